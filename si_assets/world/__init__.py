@@ -1,0 +1,31 @@
+"""The embedded procedural image world (Dagster-free): exact ground truth, co-occurrence priors."""
+
+from si_assets.world.generate import (
+    CAPTION_PROMPTS,
+    EVAL_PROMPT,
+    LABELED_SPLITS,
+    SPLIT_NAMES,
+    caption_for,
+    generate_split,
+    generate_world,
+    sample_scene,
+)
+from si_assets.world.render import PlacedObject, decode_png, draw_mask, encode_png, render_image
+from si_assets.world.spec import WorldSpec
+
+__all__ = [
+    "CAPTION_PROMPTS",
+    "EVAL_PROMPT",
+    "LABELED_SPLITS",
+    "SPLIT_NAMES",
+    "PlacedObject",
+    "WorldSpec",
+    "caption_for",
+    "decode_png",
+    "draw_mask",
+    "encode_png",
+    "generate_split",
+    "generate_world",
+    "render_image",
+    "sample_scene",
+]

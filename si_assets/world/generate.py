@@ -1,0 +1,116 @@
+"""Sampling scenes, captions and the four disjoint splits of the embedded world.
+
+Every image is drawn from its own child seed of (world seed, split), so a split is reproducible on its
+own and splits never share a random stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import polars as pl
+
+from si_assets.world.render import PlacedObject, encode_png, render_image
+from si_assets.world.spec import WorldSpec
+
+CAPTION_PROMPTS = ["Describe the image.", "What objects are in the picture?", "List the objects you see."]
+EVAL_PROMPT = CAPTION_PROMPTS[0]
+SPLIT_NAMES = ("seed_train", "clip_train", "improve", "eval")
+# Captioned splits carry ground truth; `improve` is the unlabeled pool the loop may read.
+LABELED_SPLITS = ("seed_train", "clip_train", "eval")
+
+
+def sample_scene(spec: WorldSpec, rng: np.random.Generator) -> list[PlacedObject]:
+    """Unique kinds per image; an anchor pulls its co-occurrence partner in with `cooccurrence_strength`."""
+    n_target = int(rng.integers(spec.min_objects, spec.max_objects + 1))
+    partner = spec.partner
+    kinds: list[str] = []
+    while len(kinds) < n_target:
+        free = [k for k in spec.kinds if k not in kinds]
+        kind = free[int(rng.integers(len(free)))]
+        kinds.append(kind)
+        mate = partner.get(kind)
+        if mate and mate not in kinds and len(kinds) < n_target and rng.random() < spec.cooccurrence_strength:
+            kinds.append(mate)
+
+    cell = spec.image_size / spec.grid
+    cells = rng.permutation(spec.grid**2)[: len(kinds)]
+    colour_names = list(spec.colours)
+    objects = []
+    for kind, c in zip(kinds, cells):
+        size = float(rng.uniform(spec.min_object_size, spec.max_object_size))
+        slack = max(0.0, (cell - size) / 2)
+        cx = (c % spec.grid + 0.5) * cell + rng.uniform(-slack, slack)
+        cy = (c // spec.grid + 0.5) * cell + rng.uniform(-slack, slack)
+        objects.append(
+            PlacedObject(
+                kind=kind,
+                colour=colour_names[int(rng.integers(len(colour_names)))],
+                cx=float(cx),
+                cy=float(cy),
+                size=size,
+                contrast=float(rng.uniform(spec.min_contrast, 1.0)),
+            )
+        )
+    return objects
+
+
+def caption_for(mentions: list[tuple[str, str]], kind_order: list[str]) -> str:
+    """'a red circle, a blue square and a green star.' — objects in a fixed kind order."""
+    ordered = sorted(mentions, key=lambda m: kind_order.index(m[0]))
+    phrases = [f"a {colour} {kind}" for kind, colour in ordered]
+    if len(phrases) == 1:
+        return phrases[0] + "."
+    return ", ".join(phrases[:-1]) + " and " + phrases[-1] + "."
+
+
+def noisy_mentions(
+    objects: list[PlacedObject], spec: WorldSpec, rng: np.random.Generator
+) -> list[tuple[str, str]]:
+    """With probability `caption_noise`, an image whose anchor lacks its partner gets the partner named
+    anyway (a random colour): the web-caption habit that makes models hallucinate the usual companion."""
+    mentions = [(o.kind, o.colour) for o in objects]
+    present = {o.kind for o in objects}
+    absent_partners = sorted({spec.partner[k] for k in present if k in spec.partner} - present)
+    if absent_partners and rng.random() < spec.caption_noise:
+        mate = absent_partners[int(rng.integers(len(absent_partners)))]
+        colours = list(spec.colours)
+        mentions.append((mate, colours[int(rng.integers(len(colours)))]))
+    return mentions
+
+
+def _split_seed(spec: WorldSpec, split: str) -> np.random.SeedSequence:
+    # A stable integer per split name (Python's hash() is salted per process).
+    salt = int.from_bytes(hashlib.sha256(split.encode()).digest()[:4], "little")
+    return np.random.SeedSequence([spec.seed, salt])
+
+
+def generate_split(spec: WorldSpec, split: str) -> pl.DataFrame:
+    """One split as a table. Labeled splits carry `objects` (ground truth, kind order), `colours`, and a
+    `caption`; `improve` carries only the image and a prompt — the loop never sees a label."""
+    if split not in spec.splits:
+        raise KeyError(f"unknown split {split!r}; configured: {sorted(spec.splits)}")
+    n = spec.splits[split]
+    children = _split_seed(spec, split).spawn(n)
+    rows = []
+    for i, child in enumerate(children):
+        rng = np.random.default_rng(child)
+        objects = sample_scene(spec, rng)
+        png = encode_png(render_image(objects, spec, rng))
+        row: dict = {"id": f"{split}-{i:06d}", "image_png": png, "image_sha256": hashlib.sha256(png).hexdigest()}
+        if split == "improve":
+            row["prompt"] = CAPTION_PROMPTS[int(rng.integers(len(CAPTION_PROMPTS)))]
+        else:
+            ordered = sorted(objects, key=lambda o: spec.kinds.index(o.kind))
+            row["objects"] = [o.kind for o in ordered]
+            row["colours"] = [o.colour for o in ordered]
+            mentions = noisy_mentions(objects, spec, rng) if split == "seed_train" else [(o.kind, o.colour) for o in objects]
+            row["caption"] = caption_for(mentions, spec.kinds)
+            row["caption_objects"] = sorted({k for k, _ in mentions}, key=spec.kinds.index)
+        rows.append(row)
+    return pl.DataFrame(rows)
+
+
+def generate_world(spec: WorldSpec) -> dict[str, pl.DataFrame]:
+    return {split: generate_split(spec, split) for split in SPLIT_NAMES}

@@ -1,0 +1,79 @@
+"""What the embedded world looks like: every knob that shapes images, captions and splits."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DEFAULT_KINDS = ["circle", "square", "triangle", "star", "cross", "ring", "diamond", "hexagon"]
+DEFAULT_COLOURS = {
+    "red": (200, 40, 40),
+    "green": (40, 160, 60),
+    "blue": (50, 80, 210),
+    "yellow": (220, 200, 40),
+}
+# Partners that usually appear together, like a knife and a fork: the language prior learns to expect them.
+DEFAULT_COOCCURRENCE = [["circle", "square"], ["triangle", "star"], ["cross", "ring"]]
+DEFAULT_SPLITS = {"seed_train": 4000, "clip_train": 3000, "improve": 1500, "eval": 300}
+
+
+class WorldSpec(BaseModel):
+    """A procedural image world. Plain pydantic so the world stays Dagster-free; the asset layer
+    exposes the same fields as Dagster config."""
+
+    model_config = ConfigDict(frozen=True)
+
+    seed: int = 0
+    image_size: int = 48
+    kinds: list[str] = Field(default_factory=lambda: list(DEFAULT_KINDS))
+    colours: dict[str, tuple[int, int, int]] = Field(default_factory=lambda: dict(DEFAULT_COLOURS))
+    cooccurrence: list[list[str]] = Field(default_factory=lambda: [list(p) for p in DEFAULT_COOCCURRENCE])
+    cooccurrence_strength: float = Field(0.8, ge=0.0, le=1.0, description="P(partner present | anchor present)")
+    min_objects: int = Field(1, ge=1)
+    max_objects: int = Field(4, ge=1)
+    min_object_size: int = Field(7, ge=3, description="object bounding box side in pixels")
+    max_object_size: int = Field(14, ge=3)
+    min_contrast: float = Field(0.35, ge=0.0, le=1.0, description="object colour blend over the background")
+    clutter: int = Field(3, ge=0, description="max distractor strokes per image (not objects)")
+    pixel_noise: float = Field(12.0, ge=0.0, description="std of per-pixel gaussian noise, 0-255 scale")
+    caption_noise: float = Field(
+        0.3,
+        ge=0.0,
+        le=1.0,
+        description="share of seed_train captions that name an absent partner object, as web captions do",
+    )
+    splits: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_SPLITS))
+
+    @model_validator(mode="after")
+    def _check(self) -> "WorldSpec":
+        if self.min_objects > self.max_objects:
+            raise ValueError(f"min_objects={self.min_objects} > max_objects={self.max_objects}")
+        if self.min_object_size > self.max_object_size:
+            raise ValueError("min_object_size > max_object_size")
+        if self.max_objects > len(self.kinds):
+            raise ValueError("max_objects exceeds the number of kinds (kinds are unique per image)")
+        if self.max_objects > self.grid**2:
+            raise ValueError(f"max_objects={self.max_objects} does not fit the {self.grid}x{self.grid} layout grid")
+        unknown = {k for pair in self.cooccurrence for k in pair} - set(self.kinds)
+        if unknown:
+            raise ValueError(f"co-occurrence names unknown kinds: {sorted(unknown)}")
+        if any(len(pair) != 2 or pair[0] == pair[1] for pair in self.cooccurrence):
+            raise ValueError("each co-occurrence entry must be two different kinds")
+        partners = [k for pair in self.cooccurrence for k in pair]
+        if len(partners) != len(set(partners)):
+            raise ValueError("a kind may belong to at most one co-occurrence pair")
+        missing = {"seed_train", "clip_train", "improve", "eval"} - set(self.splits)
+        if missing:
+            raise ValueError(f"splits missing: {sorted(missing)}")
+        return self
+
+    @property
+    def grid(self) -> int:
+        """Objects sit in cells of a grid so they rarely overlap."""
+        return max(2, self.image_size // 16)
+
+    @property
+    def partner(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for a, b in self.cooccurrence:
+            out[a], out[b] = b, a
+        return out

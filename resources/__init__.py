@@ -1,0 +1,14 @@
+"""Dagster resources: the compute device, model loading, the CLIP verifier, the artifact store."""
+
+from resources.device import ComputeDevice
+from resources.models import ClipVerifier, VisionLanguageModels
+from resources.store import ArtifactStoreResource, ContentAddressedIOManager, default_store_root
+
+__all__ = [
+    "ArtifactStoreResource",
+    "ClipVerifier",
+    "ComputeDevice",
+    "ContentAddressedIOManager",
+    "VisionLanguageModels",
+    "default_store_root",
+]

@@ -8,6 +8,7 @@ from si_assets.world.generate import (
     caption_for,
     generate_split,
     generate_world,
+    hard_negative_caption,
     sample_scene,
 )
 from si_assets.world.render import PlacedObject, decode_png, draw_mask, encode_png, render_image
@@ -26,6 +27,7 @@ __all__ = [
     "encode_png",
     "generate_split",
     "generate_world",
+    "hard_negative_caption",
     "render_image",
     "sample_scene",
 ]

@@ -114,3 +114,26 @@ def generate_split(spec: WorldSpec, split: str) -> pl.DataFrame:
 
 def generate_world(spec: WorldSpec) -> dict[str, pl.DataFrame]:
     return {split: generate_split(spec, split) for split in SPLIT_NAMES}
+
+
+def hard_negative_caption(
+    objects: list[str], colours: list[str], spec: WorldSpec, rng: np.random.Generator
+) -> str:
+    """A caption that is wrong in one way a hallucinating captioner is wrong: an absent object added
+    (the co-occurrence partner when there is one), one object's kind replaced, or one colour changed."""
+    mentions = list(zip(objects, colours))
+    absent = [k for k in spec.kinds if k not in objects]
+    partners = [spec.partner[k] for k in objects if k in spec.partner and spec.partner[k] in absent]
+    colour_names = list(spec.colours)
+    move = rng.integers(3)
+    if (move == 0 or len(objects) == len(spec.kinds)) and len(colour_names) > 1:
+        i = int(rng.integers(len(mentions)))
+        others = [c for c in colour_names if c != mentions[i][1]]
+        mentions[i] = (mentions[i][0], others[int(rng.integers(len(others)))])
+    elif move == 1 and absent:
+        i = int(rng.integers(len(mentions)))
+        mentions[i] = (absent[int(rng.integers(len(absent)))], mentions[i][1])
+    elif absent:
+        pool = partners or absent
+        mentions.append((pool[int(rng.integers(len(pool)))], colour_names[int(rng.integers(len(colour_names)))]))
+    return caption_for(mentions, spec.kinds)

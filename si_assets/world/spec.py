@@ -6,10 +6,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_KINDS = ["circle", "square", "triangle", "star", "cross", "ring", "diamond", "hexagon"]
 DEFAULT_COLOURS = {
-    "red": (200, 40, 40),
-    "green": (40, 160, 60),
-    "blue": (50, 80, 210),
-    "yellow": (220, 200, 40),
+    "red": [200, 40, 40],
+    "green": [40, 160, 60],
+    "blue": [50, 80, 210],
+    "yellow": [220, 200, 40],
 }
 # Partners that usually appear together, like a knife and a fork: the language prior learns to expect them.
 DEFAULT_COOCCURRENCE = [["circle", "square"], ["triangle", "star"], ["cross", "ring"]]
@@ -25,7 +25,7 @@ class WorldSpec(BaseModel):
     seed: int = 0
     image_size: int = 48
     kinds: list[str] = Field(default_factory=lambda: list(DEFAULT_KINDS))
-    colours: dict[str, tuple[int, int, int]] = Field(default_factory=lambda: dict(DEFAULT_COLOURS))
+    colours: dict[str, list[int]] = Field(default_factory=lambda: dict(DEFAULT_COLOURS))
     cooccurrence: list[list[str]] = Field(default_factory=lambda: [list(p) for p in DEFAULT_COOCCURRENCE])
     cooccurrence_strength: float = Field(0.8, ge=0.0, le=1.0, description="P(partner present | anchor present)")
     min_objects: int = Field(1, ge=1)

@@ -1,0 +1,38 @@
+# One venv for everything; each target creates it when missing.
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+
+# The demo's Dagster instance and artifact store live in the checkout (git-ignored); override either.
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+export SI_STORE ?= $(CURDIR)/.si_store
+# No model hub on our machines: without this, hub look-ups retry for tens of seconds before failing.
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export DAGSTER_DISABLE_TELEMETRY := 1
+
+.PHONY: venv demo test ui bench clean-demo
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+demo: venv
+	$(BIN)/python -m si_assets.demo
+
+test: venv
+	$(BIN)/python -m pytest
+
+ui: venv
+	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p $${PORT:-3000}
+
+bench: venv
+	$(BIN)/python bench/bootstrap_convergence.py
+
+clean-demo:
+	rm -rf $(DAGSTER_HOME) $(SI_STORE)

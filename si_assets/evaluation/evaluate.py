@@ -1,0 +1,84 @@
+"""Evaluate one model on labeled images: captions (CHAIR, precision, recall, F1) and POPE probing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import polars as pl
+from PIL import Image
+
+from si_assets.evaluation.metrics import (
+    POPE_STRATEGIES,
+    ObjectVocabulary,
+    build_pope_questions,
+    caption_scores,
+    parse_yes_no,
+    pope_scores,
+)
+from si_assets.modeling.generation import generate_greedy
+
+POPE_PROMPT = "Is there a {object} in the image?"
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]  # flat: precision, recall, f1, chair_s, ..., pope_f1, pope_random_f1, ...
+    captions: pl.DataFrame  # id, caption, objects, mentioned, hallucinated
+
+
+def evaluate_model(
+    model,
+    processor,
+    image_ids: Sequence[str],
+    images: Sequence[Image.Image],
+    truths: Sequence[Sequence[str]],
+    vocab: ObjectVocabulary,
+    caption_prompt: str,
+    pope_per_image: int = 2,
+    seed: int = 0,
+    batch_size: int = 64,
+    max_new_tokens: int = 32,
+    log: Callable[[str], None] | None = None,
+) -> EvalResult:
+    captions = generate_greedy(
+        model, processor, images, [caption_prompt] * len(images), max_new_tokens, batch_size, log, "eval captions"
+    )
+    metrics = caption_scores(captions, truths, vocab).as_dict()
+
+    questions = build_pope_questions(image_ids, truths, vocab.objects, per_image=pope_per_image, seed=seed)
+    by_id = dict(zip(image_ids, images))
+    # The three strategies share their 'yes' questions: ask each distinct (image, object) once.
+    distinct = sorted({(q.image_id, q.object) for q in questions})
+    answers_text = generate_greedy(
+        model,
+        processor,
+        [by_id[i] for i, _ in distinct],
+        [POPE_PROMPT.format(object=o) for _, o in distinct],
+        max_new_tokens=4,
+        batch_size=batch_size,
+        log=log,
+        desc="eval POPE",
+    )
+    answer = {key: parse_yes_no(text) for key, text in zip(distinct, answers_text)}
+    per_strategy = {}
+    for strategy in POPE_STRATEGIES:
+        qs = [q for q in questions if q.strategy == strategy]
+        per_strategy[strategy] = pope_scores([q.label for q in qs], [answer[(q.image_id, q.object)] for q in qs])
+        for name, value in per_strategy[strategy].items():
+            metrics[f"pope_{strategy}_{name}"] = value
+    for name in ("accuracy", "precision", "recall", "f1", "yes_ratio"):
+        metrics[f"pope_{name}"] = sum(s[name] for s in per_strategy.values()) / len(per_strategy)
+    metrics["pope_unparsed"] = sum(a is None for a in answer.values()) / max(1, len(answer))
+
+    mentioned = [vocab.mentions(c) for c in captions]
+    table = pl.DataFrame(
+        {
+            "id": list(image_ids),
+            "caption": captions,
+            "objects": [list(t) for t in truths],
+            "mentioned": mentioned,
+            "hallucinated": [[m for m in ms if m not in set(t)] for ms, t in zip(mentioned, truths)],
+        }
+    )
+    return EvalResult(metrics, table)

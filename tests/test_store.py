@@ -1,0 +1,99 @@
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from resources import ContentAddressedIOManager
+from si_assets.assets.common import versioned
+from si_assets.storage import ArtifactStore, Checkpoint, content_hash
+
+
+def _checkpoint(store: ArtifactStore, payload: bytes) -> Checkpoint:
+    path = store.staging_dir()
+    (path / "model.safetensors").write_bytes(payload)
+    (path / "config.json").write_text("{}")
+    return Checkpoint(path)
+
+
+def test_two_versions_both_readable_never_overwritten(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    v1 = store.put(pl.DataFrame({"a": [1, 2]}), "pairs")
+    v2 = store.put(pl.DataFrame({"a": [3]}), "pairs")
+    assert v1.uri != v2.uri
+    assert store.read_table(v1)["a"].to_list() == [1, 2]
+    assert store.read_table(v2)["a"].to_list() == [3]
+    assert store.versions("pairs") == sorted([v1.version, v2.version])
+    assert store.head("pairs") == v2
+
+
+def test_same_content_same_path_and_hash_is_the_data_version(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    df = pl.DataFrame({"x": ["a", "b"], "y": [1.0, 2.0]})
+    a = store.put(df, "t", "round-0001")
+    b = store.put(df.clone(), "t", "round-0001")
+    assert a == b
+    assert a.content_hash == content_hash(df)
+    assert store.versions("t", "round-0001") == [a.version]
+
+
+def test_checkpoint_from_staging_is_moved_a_foreign_folder_is_copied(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "store")
+    staged = _checkpoint(store, b"weights-1")
+    art = store.put(staged, "model")
+    assert not staged.path.exists()
+    loaded = store.load(art)
+    assert (loaded.path / "model.safetensors").read_bytes() == b"weights-1"
+    # Storing an existing version under another asset copies it: the source stays intact.
+    again = store.put(loaded, "seed_checkpoint")
+    assert loaded.path.exists()
+    assert again.content_hash == art.content_hash and again.uri != art.uri
+
+
+def test_checkpoint_hash_depends_on_names_and_bytes(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    one = content_hash(_checkpoint(store, b"w"))
+    two = content_hash(_checkpoint(store, b"w"))
+    three = content_hash(_checkpoint(store, b"W"))
+    assert one == two != three
+
+
+def test_paths_escaping_the_root_are_refused(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    with pytest.raises(ValueError, match="escapes"):
+        store.put(pl.DataFrame({"a": [1]}), "../outside")
+    with pytest.raises(TypeError):
+        store.put({"not": "a table"}, "x")  # type: ignore[arg-type]
+
+
+def test_pointers_round_trip(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    assert store.read_pointer("champion") is None
+    store.write_pointer("champion", {"version": "abc"})
+    assert store.read_pointer("champion") == {"version": "abc"}
+
+
+def test_io_manager_versions_each_materialization_and_reads_what_dagster_recorded(tmp_path: Path) -> None:
+    calls = {"n": 0}
+
+    @dg.asset
+    def table() -> dg.Output[pl.DataFrame]:
+        calls["n"] += 1
+        return versioned(pl.DataFrame({"n": [calls["n"]]}))
+
+    @dg.asset
+    def doubled(table: pl.DataFrame) -> pl.DataFrame:
+        return table.with_columns(pl.col("n") * 2)
+
+    instance = dg.DagsterInstance.ephemeral()
+    resources = {"io_manager": ContentAddressedIOManager(root=str(tmp_path))}
+    for _ in range(2):
+        assert dg.materialize([table, doubled], instance=instance, resources=resources).success
+
+    events = instance.fetch_materializations(dg.AssetKey("table"), limit=10).records
+    assert len(events) == 2
+    paths = {e.asset_materialization.metadata["path"].value for e in events}
+    assert len(paths) == 2 and all(Path(p, "data.parquet").exists() for p in paths)
+    latest = events[0].asset_materialization
+    assert latest.tags["dagster/data_version"] == latest.metadata["content_hash"].value[:16]
+    assert ArtifactStore(tmp_path).read_table(ArtifactStore(tmp_path).head("doubled"))["n"].to_list() == [4]

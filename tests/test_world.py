@@ -1,0 +1,140 @@
+import numpy as np
+import polars as pl
+import pytest
+from pydantic import ValidationError
+
+from si_assets.world import (
+    PlacedObject,
+    WorldSpec,
+    caption_for,
+    decode_png,
+    draw_mask,
+    generate_split,
+    hard_negative_caption,
+    render_image,
+    sample_scene,
+)
+from si_assets.world.generate import SPLIT_NAMES
+
+
+def test_same_seed_same_world_other_seed_other_world(small_spec: WorldSpec) -> None:
+    a = generate_split(small_spec, "eval")
+    b = generate_split(small_spec, "eval")
+    c = generate_split(small_spec.model_copy(update={"seed": 8}), "eval")
+    assert a.equals(b)
+    assert a["image_sha256"].to_list() != c["image_sha256"].to_list()
+
+
+def test_splits_are_disjoint(small_spec: WorldSpec) -> None:
+    tables = {s: generate_split(small_spec, s) for s in SPLIT_NAMES}
+    ids = pl.concat([t.select("id") for t in tables.values()])["id"]
+    hashes = pl.concat([t.select("image_sha256") for t in tables.values()])["image_sha256"]
+    assert ids.n_unique() == len(ids) == sum(small_spec.splits.values())
+    assert hashes.n_unique() == len(hashes)
+
+
+def test_a_split_does_not_depend_on_the_size_of_another(small_spec: WorldSpec) -> None:
+    bigger = small_spec.model_copy(update={"splits": {**small_spec.splits, "seed_train": 999}})
+    assert generate_split(small_spec, "eval").equals(generate_split(bigger, "eval"))
+
+
+def test_improve_split_carries_no_labels(small_spec: WorldSpec) -> None:
+    improve = generate_split(small_spec, "improve")
+    assert set(improve.columns) == {"id", "image_png", "image_sha256", "prompt"}
+    assert improve["prompt"].str.len_chars().min() > 0
+
+
+def test_ground_truth_matches_what_is_drawn() -> None:
+    """With full contrast and no noise, every pixel of an object's mask has the object's colour, and
+    every listed object is visible."""
+    spec = WorldSpec(seed=3, min_contrast=1.0, pixel_noise=0.0, clutter=0, splits={"seed_train": 1, "clip_train": 1, "improve": 1, "eval": 1})
+    for i in range(20):
+        rng = np.random.default_rng(i)
+        objects = sample_scene(spec, rng)
+        pixels = render_image(objects, spec, rng)
+        for obj in objects:
+            mask = np.asarray(draw_mask(obj.kind, obj.cx, obj.cy, obj.size, spec.image_size)) > 0
+            others = [o for o in objects if o is not obj]
+            for o in others:  # objects sit in distinct grid cells; still, ignore any overlap
+                mask &= ~(np.asarray(draw_mask(o.kind, o.cx, o.cy, o.size, spec.image_size)) > 0)
+            assert mask.sum() > 3, f"{obj.kind} is not visible"
+            assert np.all(pixels[mask] == np.asarray(spec.colours[obj.colour])), obj
+
+
+def test_labeled_rows_agree_with_captions() -> None:
+    spec = WorldSpec(seed=1, caption_noise=0.0, splits={"seed_train": 50, "clip_train": 1, "improve": 1, "eval": 50})
+    for split in ("seed_train", "eval"):
+        df = generate_split(spec, split)
+        for row in df.iter_rows(named=True):
+            assert row["caption"] == caption_for(list(zip(row["objects"], row["colours"])), spec.kinds)
+            assert row["caption_objects"] == row["objects"]
+            assert spec.min_objects <= len(row["objects"]) <= spec.max_objects
+            assert len(set(row["objects"])) == len(row["objects"])
+            assert decode_png(row["image_png"]).size == (spec.image_size, spec.image_size)
+
+
+def test_cooccurrence_prior_shows_in_the_data() -> None:
+    spec = WorldSpec(seed=0, caption_noise=0.0, splits={"seed_train": 1, "clip_train": 1, "improve": 1, "eval": 1500})
+    objects = generate_split(spec, "eval")["objects"].to_list()
+    with_circle = [o for o in objects if "circle" in o]
+    with_hexagon = [o for o in objects if "hexagon" in o]  # hexagon has no partner
+    p_square_given_circle = sum("square" in o for o in with_circle) / len(with_circle)
+    p_square_given_hexagon = sum("square" in o for o in with_hexagon) / len(with_hexagon)
+    assert p_square_given_circle > 0.6
+    assert p_square_given_circle > p_square_given_hexagon + 0.3
+
+
+def test_caption_noise_names_absent_partners_only_in_seed_train() -> None:
+    spec = WorldSpec(seed=0, caption_noise=1.0, splits={"seed_train": 400, "clip_train": 200, "improve": 1, "eval": 200})
+    train = generate_split(spec, "seed_train")
+    partner = spec.partner
+    eligible = [r for r in train.iter_rows(named=True) if any(partner.get(k) not in r["objects"] for k in r["objects"] if k in partner)]
+    assert eligible
+    for r in eligible:
+        extra = set(r["caption_objects"]) - set(r["objects"])
+        assert len(extra) == 1
+        assert extra <= {partner[k] for k in r["objects"] if k in partner}
+    for split in ("clip_train", "eval"):
+        df = generate_split(spec, split)
+        assert (df["caption_objects"] == df["objects"]).all()
+
+
+def test_caption_noise_rate_is_the_configured_share() -> None:
+    spec = WorldSpec(seed=0, caption_noise=0.3, splits={"seed_train": 3000, "clip_train": 1, "improve": 1, "eval": 1})
+    train = generate_split(spec, "seed_train")
+    partner = spec.partner
+    eligible = [r for r in train.iter_rows(named=True) if any(k in partner and partner[k] not in r["objects"] for k in r["objects"])]
+    noisy = sum(len(r["caption_objects"]) > len(r["objects"]) for r in eligible)
+    assert noisy / len(eligible) == pytest.approx(0.3, abs=0.04)
+
+
+def test_hard_negative_is_wrong_in_exactly_one_way() -> None:
+    spec = WorldSpec()
+    rng = np.random.default_rng(0)
+    objects, colours = ["circle", "star"], ["red", "blue"]
+    truth = caption_for(list(zip(objects, colours)), spec.kinds)
+    for _ in range(30):
+        neg = hard_negative_caption(objects, colours, spec, rng)
+        assert neg != truth
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"min_objects": 3, "max_objects": 2},
+        {"cooccurrence": [["circle", "unicorn"]]},
+        {"cooccurrence": [["circle", "square"], ["circle", "star"]]},
+        {"splits": {"seed_train": 1}},
+        {"caption_noise": 1.5},
+        {"max_objects": 20},
+    ],
+)
+def test_bad_world_config_is_refused_with_a_reason(bad: dict) -> None:
+    with pytest.raises(ValidationError):
+        WorldSpec(**bad)
+
+
+def test_unknown_kind_still_renders() -> None:
+    mask = np.asarray(draw_mask("pentagram", 24, 24, 12, 48))
+    assert mask.sum() > 0
+    assert PlacedObject("x", "red", 1, 1, 3, 1.0).kind == "x"

@@ -20,6 +20,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from si_assets.modeling.chat import user_prompt
+from si_assets.modeling.schedule import warmup_cosine
 from si_assets.progress import progress
 from si_assets.world import CAPTION_PROMPTS, decode_png
 
@@ -147,15 +148,6 @@ def mean_loss(model, data: EncodedExamples, pad_id: int, batch_size: int = 64) -
     return total / max(1, count)
 
 
-def lr_at(step: int, config: SFTConfig) -> float:
-    """Linear warm-up, then cosine decay to `min_lr_ratio`."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress_ = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
-    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress_)))
-    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
-
-
 def train_sft(
     model,
     processor,
@@ -183,7 +175,7 @@ def train_sft(
             idx = order[cursor : cursor + config.batch_size].tolist()
             cursor += config.batch_size
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step - 1, config)
+                group["lr"] = config.lr * warmup_cosine(step - 1, config.max_steps, config.warmup_steps, config.min_lr_ratio)
             loss = model(**collate(train, idx, pad_id)).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from si_assets.modeling.schedule import warmup_cosine_scheduler
 from si_assets.progress import progress
 
 
@@ -49,7 +50,7 @@ def pretrain_vision_tower(
     head = nn.Linear(width, targets.shape[1])
     params = list(vision_tower.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
+    schedule = warmup_cosine_scheduler(optimizer, steps)
     loss_fn = nn.BCEWithLogitsLoss()
     vision_tower.train()
     started, loss = time.perf_counter(), torch.tensor(0.0)

@@ -22,6 +22,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict
 from safetensors.torch import save_file
 
+from si_assets.modeling.schedule import warmup_cosine_scheduler
 from si_assets.progress import progress
 
 CONFIG_FILE = "open_clip_config.json"
@@ -111,7 +112,7 @@ def train_clip(
     tokens = tokenizer(list(captions))
     neg_tokens = tokenizer(list(hard_negatives)) if hard_negatives is not None and config.hard_negatives else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.1)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.steps, pct_start=0.1)
+    schedule = warmup_cosine_scheduler(optimizer, config.steps)
     model.train()
     started, loss = time.perf_counter(), torch.tensor(0.0)
     with progress(config.steps, "CLIP training", log) as bar:

@@ -1,0 +1,62 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from si_assets.verifier.clip import (
+    ClipScorer,
+    TinyClipSpec,
+    build_tiny_clip,
+    load_clip,
+    retrieval_recall_at_1,
+    save_clip,
+    split_sentences,
+)
+from si_assets.world import WorldSpec, decode_png, generate_split
+
+
+@pytest.fixture
+def scorer(tmp_path: Path) -> ClipScorer:
+    torch.manual_seed(0)
+    spec = TinyClipSpec()
+    save_clip(build_tiny_clip(spec), spec.open_clip_config(), tmp_path)
+    model, preprocess, tokenizer = load_clip(str(tmp_path))
+    return ClipScorer(model, preprocess, tokenizer, batch_size=8)
+
+
+def test_saved_folder_reloads_identically(tmp_path: Path, scorer: ClipScorer) -> None:
+    assert (tmp_path / "open_clip_model.safetensors").exists()
+    again = ClipScorer(*load_clip(f"local-dir:{tmp_path}"))
+    images = [decode_png(b) for b in generate_split(WorldSpec(splits={"seed_train": 1, "clip_train": 1, "improve": 1, "eval": 4}), "eval")["image_png"]]
+    assert torch.allclose(scorer.image_embeddings(images), again.image_embeddings(images))
+
+
+def test_sentence_mean_averages_sentence_scores(scorer: ClipScorer) -> None:
+    images = [decode_png(b) for b in generate_split(WorldSpec(splits={"seed_train": 1, "clip_train": 1, "improve": 1, "eval": 2}), "eval")["image_png"]]
+    emb = scorer.image_embeddings(images)
+    one = scorer.score(emb, ["a red circle.", "a blue star."], mode="sentence_mean")
+    assert np.allclose(one, scorer.score(emb, ["a red circle.", "a blue star."], mode="truncate"), atol=1e-6)
+    two = scorer.score(emb[:1], ["a red circle. a blue star."], mode="sentence_mean")
+    parts = scorer.score(emb[[0, 0]], ["a red circle.", "a blue star."], mode="truncate")
+    assert two[0] == pytest.approx(parts.mean(), abs=1e-6)
+    with pytest.raises(ValueError, match="score mode"):
+        scorer.score(emb, ["a", "b"], mode="bogus")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        scorer.score(emb, ["only one"])
+
+
+def test_split_sentences() -> None:
+    assert split_sentences("A cat. A dog! Why?") == ["A cat.", "A dog!", "Why?"]
+    assert split_sentences("no end") == ["no end"]
+
+
+def test_missing_clip_folder_says_what_to_fix(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="open_clip_config.json"):
+        load_clip(f"local-dir:{tmp_path}")
+
+
+def test_retrieval_of_an_untrained_model_is_near_chance(scorer: ClipScorer) -> None:
+    df = generate_split(WorldSpec(splits={"seed_train": 1, "clip_train": 1, "improve": 1, "eval": 60}), "eval")
+    r = retrieval_recall_at_1(scorer, [decode_png(b) for b in df["image_png"]], df["caption"].to_list(), n_candidates=20)
+    assert r < 0.3

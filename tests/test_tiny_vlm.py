@@ -1,0 +1,77 @@
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from si_assets.modeling.bootstrap import tokenizer_corpus
+from si_assets.modeling.chat import user_prompt
+from si_assets.modeling.generation import generate_greedy
+from si_assets.modeling.sft import SFTConfig, build_examples, collate, encode_examples
+from si_assets.modeling.tiny_vlm import IMAGE_TOKEN, TinyVLMSpec, build_model, build_processor, build_tokenizer
+from si_assets.world import WorldSpec, decode_png, generate_split
+
+
+def _built(spec: WorldSpec):
+    df = generate_split(spec, "seed_train")
+    tok = build_tokenizer(tokenizer_corpus(df["caption"].to_list(), spec.kinds), 300)
+    arch = TinyVLMSpec()
+    return df, tok, build_processor(tok, arch), build_model(tok, arch)
+
+
+def test_tokenizer_round_trips_world_text(small_spec: WorldSpec) -> None:
+    df, tok, _, _ = _built(small_spec)
+    for caption in df["caption"].head(20):
+        ids = tok(" " + caption, add_special_tokens=False)["input_ids"]
+        assert tok.decode(ids).strip() == caption
+        assert tok.unk_token_id not in ids
+    assert tok.padding_side == "left"
+
+
+def test_processor_and_model_survive_save_and_reload(small_spec: WorldSpec, tmp_path: Path) -> None:
+    df, tok, processor, model = _built(small_spec)
+    torch.manual_seed(0)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path, use_safetensors=True)
+    reprocessor = AutoProcessor.from_pretrained(tmp_path)
+    assert reprocessor.tokenizer.padding_side == "left"  # batched generation depends on it
+    prompt = user_prompt(reprocessor, "Describe the image.")
+    assert prompt == user_prompt(processor, "Describe the image.")
+    images = [decode_png(b) for b in df["image_png"].head(3)]
+    enc = reprocessor(images=images, text=[prompt] * 3, return_tensors="pt", padding=True)
+    image_tokens = int((enc["input_ids"][0] == reprocessor.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)).sum())
+    assert image_tokens == (48 // 8) ** 2  # CLS dropped by the "default" strategy
+    before = generate_greedy(model, processor, images, ["Describe the image."] * 3, max_new_tokens=6)
+    after = generate_greedy(reloaded, reprocessor, images, ["Describe the image."] * 3, max_new_tokens=6)
+    assert before == after
+
+
+def test_batched_generation_equals_one_at_a_time(small_spec: WorldSpec) -> None:
+    """Left padding must not change what a row generates."""
+    df, _, processor, model = _built(small_spec)
+    images = [decode_png(b) for b in df["image_png"].head(4)]
+    prompts = ["Describe the image.", "Is there a star in the image?", "List the objects you see.", "Describe the image."]
+    batched = generate_greedy(model, processor, images, prompts, max_new_tokens=5, batch_size=4)
+    single = [generate_greedy(model, processor, [i], [p], max_new_tokens=5)[0] for i, p in zip(images, prompts)]
+    assert batched == single
+
+
+def test_sft_examples_have_image_dropout_and_masked_prompts(small_spec: WorldSpec) -> None:
+    df, _, processor, _ = _built(small_spec)
+    cfg = SFTConfig(image_dropout=0.5, qa_share=1.0)
+    examples = build_examples(df, small_spec.kinds, cfg, np.random.default_rng(0))
+    captions = [e for e in examples if not e.prompt.startswith("Is there")]
+    questions = [e for e in examples if e.prompt.startswith("Is there")]
+    assert len(captions) == df.height
+    assert 0.4 < sum(e.image is None for e in captions) / len(captions) < 0.6
+    assert {q.response for q in questions} == {"yes.", "no."}
+    encoded = encode_examples(processor, examples[:16])
+    batch = collate(encoded, list(range(16)), processor.tokenizer.pad_token_id)
+    n_images = sum(p is not None for p in encoded.pixel_values[:16])
+    assert batch["pixel_values"].shape[0] == n_images
+    for row in range(16):
+        labelled = batch["labels"][row][batch["labels"][row] != -100]
+        text = processor.tokenizer.decode(labelled)
+        assert text.strip() == examples[row].response + processor.tokenizer.eos_token

@@ -42,11 +42,13 @@ class ContentAddressedIOManager(dg.ConfigurableIOManager):
 
     def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame | Checkpoint) -> None:
         asset, partition = _slot(context)
-        artifact = self._store().put(obj, asset, partition)
+        store = self._store()
+        artifact = store.put(obj, asset, partition)
         metadata: dict = {
             "path": dg.MetadataValue.path(artifact.uri),
             "content_hash": artifact.content_hash,
-            "stored_versions": len(self._store().versions(asset, partition)),
+            "artifact_kind": artifact.kind,
+            "stored_versions": len(store.versions(asset, partition)),
         }
         if isinstance(obj, pl.DataFrame):
             metadata["dagster/row_count"] = obj.height
@@ -76,8 +78,6 @@ class ContentAddressedIOManager(dg.ConfigurableIOManager):
         if not records:
             return None
         meta = records[0].asset_materialization.metadata if records[0].asset_materialization else {}
-        if "path" not in meta or "content_hash" not in meta:
+        if not {"path", "content_hash", "artifact_kind"} <= set(meta):
             return None
-        uri = meta["path"].value
-        kind = "table" if "dagster/row_count" in meta else "checkpoint"
-        return StoredArtifact(kind, uri, meta["content_hash"].value)
+        return StoredArtifact(meta["artifact_kind"].value, meta["path"].value, meta["content_hash"].value)

@@ -1,5 +1,8 @@
 """Materialize the whole asset graph on a small world, twice, through Dagster."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -71,3 +74,17 @@ def test_graph_materializes_and_second_run_reuses_bootstrap(tmp_path: Path) -> N
         # Same content, same data version: nothing downstream turns stale.
         versions = {r.asset_materialization.tags["dagster/data_version"] for r in records}
         assert len(versions) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "command",
+    [["dg", "check", "defs"], ["dagster", "definitions", "validate", "-w", "workspace.yaml"]],
+    ids=["dg-check-defs", "definitions-validate"],
+)
+def test_code_location_validates(command: list[str], tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    exe = Path(sys.executable).parent / command[0]
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "SI_STORE": str(tmp_path / "store")}
+    done = subprocess.run([str(exe), *command[1:]], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

@@ -31,10 +31,10 @@ class SFTConfig(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     seed: int = 0
-    vision_pretrain_steps: int = Field(400, ge=0, description="stage 1: object classification for the vision tower")
-    max_steps: int = 2500
-    batch_size: int = 32
-    lr: float = 2e-3
+    vision_pretrain_steps: int = Field(1200, ge=0, description="stage 1: object classification for the vision tower")
+    max_steps: int = 1500
+    batch_size: int = 64
+    lr: float = 3e-3
     weight_decay: float = 0.01
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1
@@ -42,7 +42,7 @@ class SFTConfig(BaseModel):
     qa_share: float = Field(0.5, ge=0.0, description="yes/no questions per image, on average")
     val_size: int = 200
     eval_every: int = 100
-    patience: int = 4
+    patience: int = 3
     min_improvement: float = 0.002
 
 
@@ -181,7 +181,7 @@ def train_sft(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
-            running += float(loss)
+            running += loss.item()
             bar.update(1)
             if step % config.eval_every == 0:
                 val_loss = mean_loss(model, val, pad_id)

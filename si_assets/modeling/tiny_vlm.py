@@ -44,11 +44,11 @@ class TinyVLMSpec(BaseModel):
 
     image_size: int = 48
     patch_size: int = 8
-    vision_width: int = 64
-    vision_layers: int = 2
+    vision_width: int = 96
+    vision_layers: int = 3
     vision_heads: int = 4
-    text_width: int = 128
-    text_layers: int = 3
+    text_width: int = 96
+    text_layers: int = 2
     text_heads: int = 4
     vocab_size: int = 400
     max_positions: int = 128

@@ -13,7 +13,7 @@ DEFAULT_COLOURS = {
 }
 # Partners that usually appear together, like a knife and a fork: the language prior learns to expect them.
 DEFAULT_COOCCURRENCE = [["circle", "square"], ["triangle", "star"], ["cross", "ring"]]
-DEFAULT_SPLITS = {"seed_train": 4000, "clip_train": 3000, "improve": 1500, "eval": 300}
+DEFAULT_SPLITS = {"seed_train": 6000, "clip_train": 3000, "improve": 1500, "eval": 300}
 
 
 class WorldSpec(BaseModel):
@@ -30,13 +30,13 @@ class WorldSpec(BaseModel):
     cooccurrence_strength: float = Field(0.8, ge=0.0, le=1.0, description="P(partner present | anchor present)")
     min_objects: int = Field(1, ge=1)
     max_objects: int = Field(4, ge=1)
-    min_object_size: int = Field(7, ge=3, description="object bounding box side in pixels")
-    max_object_size: int = Field(14, ge=3)
-    min_contrast: float = Field(0.35, ge=0.0, le=1.0, description="object colour blend over the background")
-    clutter: int = Field(3, ge=0, description="max distractor strokes per image (not objects)")
-    pixel_noise: float = Field(12.0, ge=0.0, description="std of per-pixel gaussian noise, 0-255 scale")
+    min_object_size: int = Field(8, ge=3, description="object bounding box side in pixels")
+    max_object_size: int = Field(15, ge=3)
+    min_contrast: float = Field(0.5, ge=0.0, le=1.0, description="object colour blend over the background")
+    clutter: int = Field(2, ge=0, description="max distractor strokes per image (not objects)")
+    pixel_noise: float = Field(8.0, ge=0.0, description="std of per-pixel gaussian noise, 0-255 scale")
     caption_noise: float = Field(
-        0.3,
+        0.5,
         ge=0.0,
         le=1.0,
         description="share of seed_train captions that name an absent partner object, as web captions do",

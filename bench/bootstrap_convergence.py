@@ -17,27 +17,16 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
-import torch  # noqa: E402
 
-from si_assets.assets.bootstrap import cooccurring_pairs  # noqa: E402
 from si_assets.evaluation.evaluate import evaluate_model  # noqa: E402
 from si_assets.evaluation.metrics import ObjectVocabulary  # noqa: E402
 from si_assets.modeling.bootstrap import train_seed_model  # noqa: E402
 from si_assets.modeling.sft import SFTConfig  # noqa: E402
 from si_assets.modeling.tiny_vlm import TinyVLMSpec  # noqa: E402
-from si_assets.verifier.clip import (  # noqa: E402
-    ClipScorer,
-    ClipTrainConfig,
-    TinyClipSpec,
-    build_tiny_clip,
-    load_clip,
-    retrieval_recall_at_1,
-    save_clip,
-    train_clip,
-)
-from si_assets.world import EVAL_PROMPT, WorldSpec, decode_png, generate_split, hard_negative_caption  # noqa: E402
+from si_assets.verifier.bootstrap import train_bootstrap_clip  # noqa: E402
+from si_assets.verifier.clip import ClipTrainConfig, TinyClipSpec  # noqa: E402
+from si_assets.world import EVAL_PROMPT, WorldSpec, decode_png, generate_split  # noqa: E402
 
 HEADLINE = ["precision", "recall", "f1", "chair_s", "mentions_per_caption", "pope_f1", "pope_adversarial_f1"]
 
@@ -52,17 +41,11 @@ def seed_metrics(spec: WorldSpec, sft: SFTConfig, seed_train: pl.DataFrame, eval
 
 
 def clip_recall(spec: WorldSpec, eval_split: pl.DataFrame) -> float:
-    clip_train = generate_split(spec, "clip_train")
     with tempfile.TemporaryDirectory() as folder:
-        save_clip(build_tiny_clip(TinyClipSpec()), TinyClipSpec().open_clip_config(), Path(folder))
-        model, preprocess, tokenizer = load_clip(folder)
-        rng = np.random.default_rng(0)
-        partner_spec = spec.model_copy(update={"cooccurrence": cooccurring_pairs(clip_train)})
-        negatives = [hard_negative_caption(o, c, partner_spec, rng) for o, c in zip(clip_train["objects"], clip_train["colours"])]
-        images = torch.stack([preprocess(decode_png(b)) for b in clip_train["image_png"]])
-        train_clip(model, tokenizer, images, clip_train["caption"].to_list(), negatives, ClipTrainConfig())
-        scorer = ClipScorer(model, preprocess, tokenizer)
-        return retrieval_recall_at_1(scorer, [decode_png(b) for b in eval_split["image_png"]], eval_split["caption"].to_list())
+        stats = train_bootstrap_clip(
+            generate_split(spec, "clip_train"), eval_split, TinyClipSpec(), ClipTrainConfig(), Path(folder)
+        )
+    return stats["eval_recall_at_1"]
 
 
 def main() -> None:

@@ -138,3 +138,13 @@ def test_unknown_kind_still_renders() -> None:
     mask = np.asarray(draw_mask("pentagram", 24, 24, 12, 48))
     assert mask.sum() > 0
     assert PlacedObject("x", "red", 1, 1, 3, 1.0).kind == "x"
+
+
+def test_vocabulary_and_partners_are_read_off_captioned_data() -> None:
+    from si_assets.world.vocabulary import cooccurring_pairs, world_vocabulary
+
+    spec = WorldSpec(seed=0, splits={"seed_train": 1, "clip_train": 1500, "improve": 1, "eval": 1})
+    table = generate_split(spec, "clip_train")
+    kinds, colours = world_vocabulary(table)
+    assert kinds == sorted(spec.kinds) and colours == sorted(spec.colours)
+    assert cooccurring_pairs(table) == sorted(sorted(p) for p in spec.cooccurrence)

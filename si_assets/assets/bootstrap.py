@@ -1,12 +1,8 @@
 """The embedded default's models: a bootstrap seed MLLM and a bootstrap CLIP verifier, trained here."""
 
 
-from collections import Counter
-
 import dagster as dg
-import numpy as np
 import polars as pl
-import torch
 
 from resources import ArtifactStoreResource
 from si_assets.assets.common import BOOTSTRAP, config_key, markdown_table, memoised_checkpoint, versioned
@@ -14,18 +10,9 @@ from si_assets.modeling.bootstrap import train_seed_model
 from si_assets.modeling.sft import SFTConfig
 from si_assets.modeling.tiny_vlm import TinyVLMSpec
 from si_assets.storage import Checkpoint, content_hash
-from si_assets.verifier.clip import (
-    ClipScorer,
-    ClipTrainConfig,
-    TinyClipSpec,
-    build_tiny_clip,
-    load_clip,
-    retrieval_recall_at_1,
-    save_clip,
-    train_clip,
-)
-from si_assets.world import decode_png, hard_negative_caption
-from si_assets.world.spec import WorldSpec
+from si_assets.verifier.bootstrap import train_bootstrap_clip
+from si_assets.verifier.clip import ClipTrainConfig, TinyClipSpec
+from si_assets.world.vocabulary import world_vocabulary
 
 SEED_CODE_VERSION = "bootstrap-seed-1"
 CLIP_CODE_VERSION = "bootstrap-clip-1"
@@ -48,31 +35,6 @@ class TinyClipConfig(dg.Config, TinyClipSpec):
 class ClipBootstrapConfig(dg.Config, ClipTrainConfig):
     architecture: TinyClipConfig = TinyClipConfig()
     retrieval_candidates: int = 50
-
-
-def world_vocabulary(table: pl.DataFrame) -> tuple[list[str], list[str]]:
-    """Object kinds and colours as the captioned data shows them (sorted: a stable order)."""
-    kinds = sorted(set(table["objects"].explode().drop_nulls().to_list()))
-    colours = sorted(set(table["colours"].explode().drop_nulls().to_list()))
-    return kinds, colours
-
-
-def cooccurring_pairs(table: pl.DataFrame) -> list[list[str]]:
-    """Pairs of kinds that are each other's most frequent companion, well above independence."""
-    counts: Counter = Counter()
-    freq: Counter = Counter()
-    for objects in table["objects"].to_list():
-        freq.update(objects)
-        counts.update((a, b) for a in objects for b in objects if a != b)
-    n = max(1, table.height)
-    best = {}
-    for kind in freq:
-        lift = {b: counts[(kind, b)] * n / (freq[kind] * freq[b]) for b in freq if b != kind}
-        if lift:
-            mate = max(sorted(lift), key=lift.get)
-            if lift[mate] > 1.5:
-                best[kind] = mate
-    return sorted([a, b] for a, b in best.items() if best.get(b) == a and a < b)
 
 
 @dg.asset(group_name=BOOTSTRAP, code_version=SEED_CODE_VERSION)
@@ -134,29 +96,13 @@ def bootstrap_clip(
     artifact_store = store.get()
     train_cfg = ClipTrainConfig(**config.model_dump(exclude={"architecture", "retrieval_candidates"}))
     arch = TinyClipSpec(**config.architecture.model_dump())
-    kinds, colours = world_vocabulary(world_clip_train)
-    # Hard negatives add the usual partner of an object: read the partners off the captioned data.
-    partner_spec = WorldSpec(
-        kinds=kinds, colours={c: [0, 0, 0] for c in colours}, cooccurrence=cooccurring_pairs(world_clip_train), max_objects=1
-    )
 
     def build() -> tuple[Checkpoint, dict]:
         staging = artifact_store.staging_dir()
-        save_clip(build_tiny_clip(arch), arch.open_clip_config(), staging)
-        model, preprocess, tokenizer = load_clip(str(staging))
-        rng = np.random.default_rng(train_cfg.seed)
-        images = torch.stack([preprocess(decode_png(b)) for b in world_clip_train["image_png"]])
-        negatives = [
-            hard_negative_caption(o, c, partner_spec, rng)
-            for o, c in zip(world_clip_train["objects"], world_clip_train["colours"])
-        ]
-        stats = train_clip(model, tokenizer, images, world_clip_train["caption"].to_list(), negatives, train_cfg, context.log.info)
-        save_clip(model, arch.open_clip_config(), staging)
-        scorer = ClipScorer(model, preprocess, tokenizer)
-        recall = retrieval_recall_at_1(
-            scorer, [decode_png(b) for b in world_eval["image_png"]], world_eval["caption"].to_list(), config.retrieval_candidates
+        stats = train_bootstrap_clip(
+            world_clip_train, world_eval, arch, train_cfg, staging, config.retrieval_candidates, context.log.info
         )
-        return Checkpoint(staging), {**stats, "eval_recall_at_1": recall}
+        return Checkpoint(staging), stats
 
     key = config_key(config, content_hash(world_clip_train), content_hash(world_eval), CLIP_CODE_VERSION)
     checkpoint, meta, reused = memoised_checkpoint(artifact_store, "bootstrap_clip", key, build)

@@ -10,6 +10,7 @@ from si_assets.evaluation.evaluate import evaluate_model
 from si_assets.evaluation.metrics import ObjectVocabulary
 from si_assets.storage import Checkpoint
 from si_assets.world import EVAL_PROMPT, decode_png
+from si_assets.world.vocabulary import world_vocabulary
 
 # The headline figures, also emitted as `<model>/<metric>` float metadata so the UI plots them over time.
 HEADLINE = ("precision", "recall", "f1", "chair_s", "chair_i", "mentions_per_caption", "pope_accuracy", "pope_f1", "pope_yes_ratio")
@@ -40,7 +41,7 @@ def eval_scores(
 ) -> dg.Output[pl.DataFrame]:
     """Object precision (1 − CHAIR_i), recall, F1, CHAIR_s and POPE (random / popular / adversarial) on
     the held-out `eval` split."""
-    vocab = ObjectVocabulary.from_kinds(sorted(set(world_eval["objects"].explode().drop_nulls().to_list())))
+    vocab = ObjectVocabulary.from_kinds(world_vocabulary(world_eval)[0])
     images = [decode_png(b) for b in world_eval["image_png"]]
     model, processor = models.load(seed_checkpoint.path)
     result = evaluate_model(

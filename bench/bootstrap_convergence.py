@@ -36,8 +36,15 @@ def seed_metrics(spec: WorldSpec, sft: SFTConfig, seed_train: pl.DataFrame, eval
     model, processor, result = train_seed_model(seed_train, spec.kinds, list(spec.colours), TinyVLMSpec(), sft)
     vocab = ObjectVocabulary.from_kinds(spec.kinds)
     images = [decode_png(b) for b in eval_split["image_png"]]
-    ev = evaluate_model(model, processor, eval_split["id"].to_list(), images, eval_split["objects"].to_list(), vocab, EVAL_PROMPT)
-    return {"steps": result.steps, "best_step": result.best_step, "seconds": time.perf_counter() - started, **ev.metrics}
+    ev = evaluate_model(
+        model, processor, eval_split["id"].to_list(), images, eval_split["objects"].to_list(), vocab, EVAL_PROMPT
+    )
+    return {
+        "steps": result.steps,
+        "best_step": result.best_step,
+        "seconds": time.perf_counter() - started,
+        **ev.metrics,
+    }
 
 
 def clip_recall(spec: WorldSpec, eval_split: pl.DataFrame) -> float:
@@ -67,17 +74,27 @@ def main() -> None:
             )
         for name, sft in runs.items():
             m = seed_metrics(spec, sft, seed_train, eval_split)
-            rows.append({"world_seed": world_seed, "run": name, **{k: m[k] for k in ["steps", "best_step", "seconds", *HEADLINE]}})
+            rows.append(
+                {
+                    "world_seed": world_seed,
+                    "run": name,
+                    **{k: m[k] for k in ["steps", "best_step", "seconds", *HEADLINE]},
+                }
+            )
             print(rows[-1], flush=True)
         if args.clip:
-            print(f"world {world_seed}: bootstrap CLIP recall@1 over 50 = {clip_recall(spec, eval_split):.3f} (chance 0.020)")
+            recall = clip_recall(spec, eval_split)
+            print(f"world {world_seed}: bootstrap CLIP recall@1 over 50 = {recall:.3f} (chance 0.020)")
     table = pl.DataFrame(rows)
     with pl.Config(tbl_rows=-1, tbl_cols=-1, float_precision=3, tbl_width_chars=200):
         print(table)
     if not args.skip_longer:
         for world_seed in args.world_seed:
             sub = table.filter(pl.col("world_seed") == world_seed)
-            delta = sub.filter(pl.col("run") == "longer")["precision"][0] - sub.filter(pl.col("run") == "default")["precision"][0]
+            delta = (
+                sub.filter(pl.col("run") == "longer")["precision"][0]
+                - sub.filter(pl.col("run") == "default")["precision"][0]
+            )
             print(f"world {world_seed}: precision(longer) - precision(default) = {100 * delta:+.1f} points")
 
 

@@ -1,6 +1,5 @@
 """Which device and precision the heavy steps run on."""
 
-
 import dagster as dg
 import torch
 from pydantic import Field

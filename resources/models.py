@@ -1,6 +1,5 @@
 """Loading image-text-to-text models and the CLIP verifier once per step, safely."""
 
-
 from pathlib import Path
 
 import dagster as dg

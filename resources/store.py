@@ -1,6 +1,5 @@
 """The artifact store as a Dagster resource, and the IO manager that versions every asset by content."""
 
-
 import os
 
 import dagster as dg

@@ -9,7 +9,13 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from resources import ArtifactStoreResource, ClipVerifier, ComputeDevice, ContentAddressedIOManager, VisionLanguageModels
+from resources import (
+    ArtifactStoreResource,
+    ClipVerifier,
+    ComputeDevice,
+    ContentAddressedIOManager,
+    VisionLanguageModels,
+)
 from si_assets.definitions import all_assets, defs
 from tests.conftest import SMALL_SPLITS
 

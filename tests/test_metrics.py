@@ -11,7 +11,9 @@ from si_assets.evaluation.metrics import (
 
 @pytest.fixture
 def vocab() -> ObjectVocabulary:
-    return ObjectVocabulary({"dining table": ["table"], "knife": ["knives"], "fork": [], "person": ["man", "woman", "people"]})
+    return ObjectVocabulary(
+        {"dining table": ["table"], "knife": ["knives"], "fork": [], "person": ["man", "woman", "people"]}
+    )
 
 
 def test_mentions_use_synonyms_plurals_and_longest_match(vocab: ObjectVocabulary) -> None:
@@ -54,7 +56,14 @@ def test_pope_questions_are_balanced_and_follow_each_strategy() -> None:
     objects = ["circle", "square", "star", "ring", "cross"]
     ids = [f"i{n}" for n in range(6)]
     # square almost always with circle; star is the most frequent object overall
-    truths = [["circle", "square"], ["circle", "square", "star"], ["circle", "square"], ["star"], ["star", "ring"], ["circle"]]
+    truths = [
+        ["circle", "square"],
+        ["circle", "square", "star"],
+        ["circle", "square"],
+        ["star"],
+        ["star", "ring"],
+        ["circle"],
+    ]
     qs = build_pope_questions(ids, truths, objects, per_image=1, seed=0)
     for strategy in ("random", "popular", "adversarial"):
         mine = [q for q in qs if q.strategy == strategy]

@@ -52,7 +52,12 @@ def test_batched_generation_equals_one_at_a_time(small_spec: WorldSpec) -> None:
     """Left padding must not change what a row generates."""
     df, _, processor, model = _built(small_spec)
     images = [decode_png(b) for b in df["image_png"].head(4)]
-    prompts = ["Describe the image.", "Is there a star in the image?", "List the objects you see.", "Describe the image."]
+    prompts = [
+        "Describe the image.",
+        "Is there a star in the image?",
+        "List the objects you see.",
+        "Describe the image.",
+    ]
     batched = generate_greedy(model, processor, images, prompts, max_new_tokens=5, batch_size=4)
     single = [generate_greedy(model, processor, [i], [p], max_new_tokens=5)[0] for i, p in zip(images, prompts)]
     assert batched == single

@@ -47,7 +47,13 @@ def test_improve_split_carries_no_labels(small_spec: WorldSpec) -> None:
 def test_ground_truth_matches_what_is_drawn() -> None:
     """With full contrast and no noise, every pixel of an object's mask has the object's colour, and
     every listed object is visible."""
-    spec = WorldSpec(seed=3, min_contrast=1.0, pixel_noise=0.0, clutter=0, splits={"seed_train": 1, "clip_train": 1, "improve": 1, "eval": 1})
+    spec = WorldSpec(
+        seed=3,
+        min_contrast=1.0,
+        pixel_noise=0.0,
+        clutter=0,
+        splits={"seed_train": 1, "clip_train": 1, "improve": 1, "eval": 1},
+    )
     for i in range(20):
         rng = np.random.default_rng(i)
         objects = sample_scene(spec, rng)
@@ -85,10 +91,16 @@ def test_cooccurrence_prior_shows_in_the_data() -> None:
 
 
 def test_caption_noise_names_absent_partners_only_in_seed_train() -> None:
-    spec = WorldSpec(seed=0, caption_noise=1.0, splits={"seed_train": 400, "clip_train": 200, "improve": 1, "eval": 200})
+    spec = WorldSpec(
+        seed=0, caption_noise=1.0, splits={"seed_train": 400, "clip_train": 200, "improve": 1, "eval": 200}
+    )
     train = generate_split(spec, "seed_train")
     partner = spec.partner
-    eligible = [r for r in train.iter_rows(named=True) if any(partner.get(k) not in r["objects"] for k in r["objects"] if k in partner)]
+    eligible = [
+        r
+        for r in train.iter_rows(named=True)
+        if any(partner.get(k) not in r["objects"] for k in r["objects"] if k in partner)
+    ]
     assert eligible
     for r in eligible:
         extra = set(r["caption_objects"]) - set(r["objects"])
@@ -103,7 +115,11 @@ def test_caption_noise_rate_is_the_configured_share() -> None:
     spec = WorldSpec(seed=0, caption_noise=0.3, splits={"seed_train": 3000, "clip_train": 1, "improve": 1, "eval": 1})
     train = generate_split(spec, "seed_train")
     partner = spec.partner
-    eligible = [r for r in train.iter_rows(named=True) if any(k in partner and partner[k] not in r["objects"] for k in r["objects"])]
+    eligible = [
+        r
+        for r in train.iter_rows(named=True)
+        if any(k in partner and partner[k] not in r["objects"] for k in r["objects"])
+    ]
     noisy = sum(len(r["caption_objects"]) > len(r["objects"]) for r in eligible)
     assert noisy / len(eligible) == pytest.approx(0.3, abs=0.04)
 

@@ -1,6 +1,5 @@
 """The embedded default's models: a bootstrap seed MLLM and a bootstrap CLIP verifier, trained here."""
 
-
 import dagster as dg
 import polars as pl
 

@@ -1,6 +1,5 @@
 """Collection stage: the images of the round and the model that captions them."""
 
-
 import dagster as dg
 import polars as pl
 

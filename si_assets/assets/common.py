@@ -1,6 +1,5 @@
 """What every asset shares: content-hash data versions, tables for the UI, logging."""
 
-
 import hashlib
 import json
 import shutil
@@ -26,7 +25,9 @@ WORLD, BOOTSTRAP, COLLECTION, ORGANIZATION, OPTIMIZATION, EVALUATION = (
 def versioned(value: pl.DataFrame | Checkpoint, output_name: str = "result", **metadata) -> dg.Output:
     """The content hash is the data version: re-materializing identical content does not make
     downstream assets stale, and the IO manager stores it under the same hash."""
-    return dg.Output(value, output_name=output_name, data_version=dg.DataVersion(content_hash(value)[:16]), metadata=metadata)
+    return dg.Output(
+        value, output_name=output_name, data_version=dg.DataVersion(content_hash(value)[:16]), metadata=metadata
+    )
 
 
 def preview(df: pl.DataFrame, rows: int = 8, drop: tuple[str, ...] = ("image_png",)) -> dg.MetadataValue:

@@ -1,6 +1,5 @@
 """Evaluation stage: object hallucination of the seed (and later the trained model) on held-out images."""
 
-
 import dagster as dg
 import polars as pl
 
@@ -13,7 +12,17 @@ from si_assets.world import EVAL_PROMPT, decode_png
 from si_assets.world.vocabulary import world_vocabulary
 
 # The headline figures, also emitted as `<model>/<metric>` float metadata so the UI plots them over time.
-HEADLINE = ("precision", "recall", "f1", "chair_s", "chair_i", "mentions_per_caption", "pope_accuracy", "pope_f1", "pope_yes_ratio")
+HEADLINE = (
+    "precision",
+    "recall",
+    "f1",
+    "chair_s",
+    "chair_i",
+    "mentions_per_caption",
+    "pope_accuracy",
+    "pope_f1",
+    "pope_yes_ratio",
+)
 
 
 class EvalConfig(dg.Config):

@@ -1,6 +1,5 @@
 """The embedded world's splits: captioned data for the bootstrap, an unlabeled pool, held-out eval."""
 
-
 import dagster as dg
 import polars as pl
 
@@ -17,7 +16,11 @@ class WorldConfig(dg.Config, WorldSpec):
         f"world_{split}": dg.AssetOut(
             group_name=WORLD,
             description=f"The world's `{split}` split"
-            + (" (images and prompts only: no captions, no objects)." if split == "improve" else " (with ground truth)."),
+            + (
+                " (images and prompts only: no captions, no objects)."
+                if split == "improve"
+                else " (with ground truth)."
+            ),
             is_required=True,
         )
         for split in SPLIT_NAMES

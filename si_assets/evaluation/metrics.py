@@ -43,7 +43,7 @@ class ObjectVocabulary:
         self._max_len = max(len(k) for k in self._forms)
 
     @classmethod
-    def from_kinds(cls, kinds: Iterable[str]) -> "ObjectVocabulary":
+    def from_kinds(cls, kinds: Iterable[str]) -> ObjectVocabulary:
         return cls({k: [] for k in kinds})
 
     def mentions(self, text: str) -> list[str]:
@@ -78,9 +78,7 @@ class CaptionScores:
         return {k: float(v) for k, v in self.__dict__.items()}
 
 
-def caption_scores(
-    captions: Sequence[str], truths: Sequence[Iterable[str]], vocab: ObjectVocabulary
-) -> CaptionScores:
+def caption_scores(captions: Sequence[str], truths: Sequence[Iterable[str]], vocab: ObjectVocabulary) -> CaptionScores:
     """CHAIR_i = hallucinated mentions / all mentions; CHAIR_s = captions with any hallucination / all;
     recall = ground-truth objects mentioned / all ground-truth objects (micro-averaged)."""
     if len(captions) != len(truths):

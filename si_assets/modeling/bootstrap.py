@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from si_assets.modeling.sft import SFTConfig, SFTResult, build_examples, encode_examples, train_sft, QA_TEMPLATE
+from si_assets.modeling.sft import QA_TEMPLATE, SFTConfig, SFTResult, build_examples, encode_examples, train_sft
 from si_assets.modeling.tiny_vlm import TinyVLMSpec, build_model, build_processor, build_tokenizer
 from si_assets.modeling.vision_pretrain import multi_hot, pretrain_vision_tower
 from si_assets.world import CAPTION_PROMPTS, decode_png
@@ -41,9 +41,9 @@ def train_seed_model(
     val_rows = seed_train.head(sft.val_size)
     train_rows = seed_train.slice(sft.val_size)
     if sft.vision_pretrain_steps:
-        pixels = processor.image_processor(
-            [decode_png(b) for b in train_rows["image_png"]], return_tensors="pt"
-        )["pixel_values"]
+        pixels = processor.image_processor([decode_png(b) for b in train_rows["image_png"]], return_tensors="pt")[
+            "pixel_values"
+        ]
         targets = multi_hot(train_rows["objects"].to_list(), train_rows["colours"].to_list(), kinds, colours)
         stats = pretrain_vision_tower(
             model.model.vision_tower, pixels, targets, sft.vision_pretrain_steps, seed=sft.seed, log=log
@@ -55,7 +55,9 @@ def train_seed_model(
     val_cfg = sft.model_copy(update={"image_dropout": 0.0, "qa_share": 0.0})
     val = encode_examples(processor, build_examples(val_rows, kinds, val_cfg, rng))
     if log:
-        log(f"seed SFT: {len(train)} examples, {sum(p is None for p in train.pixel_values)} without image; "
-            f"{sum(p.numel() for p in model.parameters()):,} parameters")
+        log(
+            f"seed SFT: {len(train)} examples, {sum(p is None for p in train.pixel_values)} without image; "
+            f"{sum(p.numel() for p in model.parameters()):,} parameters"
+        )
     result: SFTResult = train_sft(model, processor, train, val, sft, log)
     return model, processor, result

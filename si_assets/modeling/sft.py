@@ -175,7 +175,9 @@ def train_sft(
             idx = order[cursor : cursor + config.batch_size].tolist()
             cursor += config.batch_size
             for group in optimizer.param_groups:
-                group["lr"] = config.lr * warmup_cosine(step - 1, config.max_steps, config.warmup_steps, config.min_lr_ratio)
+                group["lr"] = config.lr * warmup_cosine(
+                    step - 1, config.max_steps, config.warmup_steps, config.min_lr_ratio
+                )
             loss = model(**collate(train, idx, pad_id)).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -20,7 +20,10 @@ from si_assets.progress import progress
 
 
 def multi_hot(
-    objects: Sequence[Sequence[str]], colours: Sequence[Sequence[str]], kinds: Sequence[str], colour_names: Sequence[str]
+    objects: Sequence[Sequence[str]],
+    colours: Sequence[Sequence[str]],
+    kinds: Sequence[str],
+    colour_names: Sequence[str],
 ) -> torch.Tensor:
     """Targets: one slot per kind, then one per (kind, colour)."""
     k_index = {k: i for i, k in enumerate(kinds)}

@@ -43,7 +43,9 @@ def train_bootstrap_clip(
         kinds=kinds, colours={c: [0, 0, 0] for c in colours}, cooccurrence=cooccurring_pairs(clip_train), max_objects=1
     )
     rng = np.random.default_rng(config.seed)
-    negatives = [hard_negative_caption(o, c, partner_spec, rng) for o, c in zip(clip_train["objects"], clip_train["colours"])]
+    negatives = [
+        hard_negative_caption(o, c, partner_spec, rng) for o, c in zip(clip_train["objects"], clip_train["colours"])
+    ]
     images = torch.stack([preprocess(decode_png(b)) for b in clip_train["image_png"]])
     stats = train_clip(model, tokenizer, images, clip_train["caption"].to_list(), negatives, config, log)
     save_clip(model, arch.open_clip_config(), directory)

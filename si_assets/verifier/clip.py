@@ -141,7 +141,9 @@ def load_clip(source: str, pretrained: str | None = None, device: str = "cpu"):
     if Path(source).is_dir():
         source = f"local-dir:{source}"
     if source.startswith("local-dir:") and not (Path(source.removeprefix("local-dir:")) / CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"CLIP folder {source!r} has no {CONFIG_FILE}; save it with save_clip() or point to a model name")
+        raise FileNotFoundError(
+            f"CLIP folder {source!r} has no {CONFIG_FILE}; save it with save_clip() or point to a model name"
+        )
     model, _, preprocess = open_clip.create_model_and_transforms(source, pretrained=pretrained, device=device)
     model.eval()
     return model, preprocess, open_clip.get_tokenizer(source)
@@ -175,7 +177,9 @@ class ClipScorer:
             out.append(F.normalize(self.model.encode_text(tokens.to(self.device)), dim=-1))
         return torch.cat(out)
 
-    def score(self, image_embeddings: torch.Tensor, texts: Sequence[str], mode: ScoreMode = "sentence_mean") -> np.ndarray:
+    def score(
+        self, image_embeddings: torch.Tensor, texts: Sequence[str], mode: ScoreMode = "sentence_mean"
+    ) -> np.ndarray:
         """Score text i against image embedding i."""
         if len(texts) != len(image_embeddings):
             raise ValueError(f"{len(texts)} texts for {len(image_embeddings)} images")
@@ -200,7 +204,9 @@ def retrieval_recall_at_1(
     txt = scorer.text_embeddings(captions)
     hits = 0
     for i in range(len(images)):
-        others = rng.choice(np.delete(np.arange(len(captions)), i), size=min(n_candidates - 1, len(captions) - 1), replace=False)
+        others = rng.choice(
+            np.delete(np.arange(len(captions)), i), size=min(n_candidates - 1, len(captions) - 1), replace=False
+        )
         candidates = np.concatenate([[i], others])
         sims = (txt[torch.from_numpy(candidates)] @ img[i]).numpy()
         hits += int(np.argmax(sims) == 0)

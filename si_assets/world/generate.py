@@ -65,9 +65,7 @@ def caption_for(mentions: list[tuple[str, str]], kind_order: list[str]) -> str:
     return ", ".join(phrases[:-1]) + " and " + phrases[-1] + "."
 
 
-def noisy_mentions(
-    objects: list[PlacedObject], spec: WorldSpec, rng: np.random.Generator
-) -> list[tuple[str, str]]:
+def noisy_mentions(objects: list[PlacedObject], spec: WorldSpec, rng: np.random.Generator) -> list[tuple[str, str]]:
     """With probability `caption_noise`, an image whose anchor lacks its partner gets the partner named
     anyway (a random colour): the web-caption habit that makes models hallucinate the usual companion."""
     mentions = [(o.kind, o.colour) for o in objects]
@@ -105,7 +103,9 @@ def generate_split(spec: WorldSpec, split: str) -> pl.DataFrame:
             ordered = sorted(objects, key=lambda o: spec.kinds.index(o.kind))
             row["objects"] = [o.kind for o in ordered]
             row["colours"] = [o.colour for o in ordered]
-            mentions = noisy_mentions(objects, spec, rng) if split == "seed_train" else [(o.kind, o.colour) for o in objects]
+            mentions = (
+                noisy_mentions(objects, spec, rng) if split == "seed_train" else [(o.kind, o.colour) for o in objects]
+            )
             row["caption"] = caption_for(mentions, spec.kinds)
             row["caption_objects"] = sorted({k for k, _ in mentions}, key=spec.kinds.index)
         rows.append(row)
@@ -116,9 +116,7 @@ def generate_world(spec: WorldSpec) -> dict[str, pl.DataFrame]:
     return {split: generate_split(spec, split) for split in SPLIT_NAMES}
 
 
-def hard_negative_caption(
-    objects: list[str], colours: list[str], spec: WorldSpec, rng: np.random.Generator
-) -> str:
+def hard_negative_caption(objects: list[str], colours: list[str], spec: WorldSpec, rng: np.random.Generator) -> str:
     """A caption that is wrong in one way a hallucinating captioner is wrong: an absent object added
     (the co-occurrence partner when there is one), one object's kind replaced, or one colour changed."""
     mentions = list(zip(objects, colours))

@@ -44,7 +44,7 @@ class WorldSpec(BaseModel):
     splits: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_SPLITS))
 
     @model_validator(mode="after")
-    def _check(self) -> "WorldSpec":
+    def _check(self) -> WorldSpec:
         if self.min_objects > self.max_objects:
             raise ValueError(f"min_objects={self.min_objects} > max_objects={self.max_objects}")
         if self.min_object_size > self.max_object_size:

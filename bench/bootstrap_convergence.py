@@ -27,14 +27,17 @@ from si_assets.modeling.tiny_vlm import TinyVLMSpec  # noqa: E402
 from si_assets.verifier.bootstrap import train_bootstrap_clip  # noqa: E402
 from si_assets.verifier.clip import ClipTrainConfig, TinyClipSpec  # noqa: E402
 from si_assets.world import EVAL_PROMPT, WorldSpec, decode_png, generate_split  # noqa: E402
+from si_assets.world.vocabulary import world_vocabulary  # noqa: E402
 
 HEADLINE = ["precision", "recall", "f1", "chair_s", "mentions_per_caption", "pope_f1", "pope_adversarial_f1"]
 
 
 def seed_metrics(spec: WorldSpec, sft: SFTConfig, seed_train: pl.DataFrame, eval_split: pl.DataFrame) -> dict:
     started = time.perf_counter()
-    model, processor, result = train_seed_model(seed_train, spec.kinds, list(spec.colours), TinyVLMSpec(), sft)
-    vocab = ObjectVocabulary.from_kinds(spec.kinds)
+    # The same vocabulary order as the assets, so the default run reproduces `make demo` bit for bit.
+    kinds, colours = world_vocabulary(seed_train)
+    model, processor, result = train_seed_model(seed_train, kinds, colours, TinyVLMSpec(), sft)
+    vocab = ObjectVocabulary.from_kinds(world_vocabulary(eval_split)[0])
     images = [decode_png(b) for b in eval_split["image_png"]]
     ev = evaluate_model(
         model, processor, eval_split["id"].to_list(), images, eval_split["objects"].to_list(), vocab, EVAL_PROMPT

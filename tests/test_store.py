@@ -97,3 +97,24 @@ def test_io_manager_versions_each_materialization_and_reads_what_dagster_recorde
     latest = events[0].asset_materialization
     assert latest.tags["dagster/data_version"] == latest.metadata["content_hash"].value[:16]
     assert ArtifactStore(tmp_path).read_table(ArtifactStore(tmp_path).head("doubled"))["n"].to_list() == [4]
+
+
+def test_memoised_checkpoint_builds_once_per_key(tmp_path: Path) -> None:
+    from si_assets.storage.memo import config_key, memoised_checkpoint
+
+    store = ArtifactStore(tmp_path)
+    builds = []
+
+    def build() -> tuple[Checkpoint, dict]:
+        builds.append(1)
+        return _checkpoint(store, b"trained"), {"steps": 3}
+
+    key = config_key("world-hash", "code-1")
+    first, meta1, reused1 = memoised_checkpoint(store, "seed", key, build)
+    second, meta2, reused2 = memoised_checkpoint(store, "seed", key, build)
+    assert (reused1, reused2) == (False, True) and len(builds) == 1
+    assert meta1 == meta2 == {"steps": 3}
+    assert content_hash(first) == content_hash(second)
+    assert first.path != second.path  # each caller gets its own staging copy to hand to the store
+    _, _, reused3 = memoised_checkpoint(store, "seed", config_key("world-hash", "code-2"), build)
+    assert reused3 is False and len(builds) == 2

@@ -4,11 +4,12 @@ import dagster as dg
 import polars as pl
 
 from resources import ArtifactStoreResource
-from si_assets.assets.common import BOOTSTRAP, config_key, markdown_table, memoised_checkpoint, versioned
+from si_assets.assets.common import BOOTSTRAP, markdown_table, versioned
 from si_assets.modeling.bootstrap import train_seed_model
 from si_assets.modeling.sft import SFTConfig
 from si_assets.modeling.tiny_vlm import TinyVLMSpec
 from si_assets.storage import Checkpoint, content_hash
+from si_assets.storage.memo import config_key, memoised_checkpoint
 from si_assets.verifier.bootstrap import train_bootstrap_clip
 from si_assets.verifier.clip import ClipTrainConfig, TinyClipSpec
 from si_assets.world.vocabulary import world_vocabulary

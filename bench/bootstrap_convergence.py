@@ -10,6 +10,7 @@ by less than a point. Also reports the bootstrap CLIP's retrieval recall@1 again
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -64,10 +65,11 @@ def main() -> None:
     parser.add_argument("--budget-factor", type=float, default=1.5, help="step budget of the longer run")
     parser.add_argument("--skip-longer", action="store_true", help="only the default run (for other world seeds)")
     parser.add_argument("--clip", action="store_true", help="also train the bootstrap CLIP and report recall@1")
+    parser.add_argument("--world", default="{}", help="world overrides as JSON, e.g. '{\"caption_noise\": 0.35}'")
     args = parser.parse_args()
     rows = []
     for world_seed in args.world_seed:
-        spec = WorldSpec(seed=world_seed)
+        spec = WorldSpec(**{**json.loads(args.world), "seed": world_seed})
         seed_train, eval_split = generate_split(spec, "seed_train"), generate_split(spec, "eval")
         default = SFTConfig()
         runs = {"default": default}

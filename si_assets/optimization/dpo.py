@@ -1,0 +1,237 @@
+"""Model optimization: TRL's DPOTrainer with a PEFT LoRA adapter, reference log-probs cached.
+
+The reference is the adapter-disabled base. TRL refuses `precompute_ref_log_probs` for vision datasets,
+so reference log-probs are computed here once, with TRL's own collator and `compute_ref_log_probs`, kept
+as a table keyed by pair id, and fed back as dataset columns: epochs and re-runs with new
+hyper-parameters then skip the reference forward.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import datasets
+import numpy as np
+import polars as pl
+import torch
+from peft import LoraConfig
+from PIL import Image
+from torch.utils.data import DataLoader
+from transformers import TrainerCallback
+from trl import DPOConfig, DPOTrainer
+
+from si_assets.progress import progress
+
+REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+# LoRA on the language model's projections (LLaVA / Qwen2-VL: `language_model`, Idefics3: `text_model`).
+LANGUAGE_MODEL_PROJECTIONS = r".*(language_model|text_model).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+Objective = Literal["dpo", "sft"]
+
+
+@dataclass(frozen=True)
+class DPOSettings:
+    objective: Objective = "dpo"  # "sft": the SFT term alone on the chosen responses (self-training baseline)
+    beta: float = 0.1
+    rpo_alpha: float = 1.0  # weight of the SFT term on the chosen response inside the DPO loss; 0 = plain DPO
+    ld_alpha: float | None = None  # LD-DPO: weight of tokens beyond the shorter response (None = plain sums)
+    learning_rate: float = 1e-3
+    epochs: float = 2.0
+    batch_size: int = 16
+    warmup_ratio: float = 0.1
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_targets: str = LANGUAGE_MODEL_PROJECTIONS  # regex over module names, or "all-linear"
+    max_length: int | None = None  # prompt (image tokens included) + response; None = no truncation
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.objective not in ("dpo", "sft"):
+            raise ValueError(f"objective must be 'dpo' or 'sft', got {self.objective!r}")
+        if self.ld_alpha is not None and not 0 <= self.ld_alpha <= 1:
+            raise ValueError(f"ld_alpha must be in [0, 1], got {self.ld_alpha}")
+
+    def losses(self) -> tuple[list[str], list[float]]:
+        if self.objective == "sft":
+            return ["sft"], [1.0]
+        if self.rpo_alpha > 0:
+            return ["sigmoid", "sft"], [1.0, self.rpo_alpha]
+        return ["sigmoid"], [1.0]
+
+
+@dataclass
+class DPOResult:
+    seconds: float
+    steps: int
+    curve: list[dict[str, float]] = field(default_factory=list)
+    reference_seconds: float = 0.0  # time spent computing reference log-probs in this run (0 when cached)
+
+
+def preference_dataset(
+    pairs: pl.DataFrame, image_by_id: Mapping[str, Image.Image], reference: pl.DataFrame | None = None
+) -> datasets.Dataset:
+    """TRL's conversational vision preference format; reference log-probs joined by `pair_id` when given."""
+    if reference is not None:
+        pairs = pairs.join(reference.select("pair_id", *REF_COLUMNS), on="pair_id", how="left")
+        missing = pairs.filter(pl.col(REF_COLUMNS[0]).is_null()).height
+        if missing:
+            raise ValueError(f"the reference log-prob table lacks {missing} of {pairs.height} pairs")
+    data: dict[str, Any] = {
+        "pair_id": pairs["pair_id"].to_list(),
+        "images": [[image_by_id[i]] for i in pairs["image_id"]],
+        "prompt": [[_message("user", p, with_image=True)] for p in pairs["prompt"]],
+        "chosen": [[_message("assistant", c)] for c in pairs["chosen"]],
+        "rejected": [[_message("assistant", r)] for r in pairs["rejected"]],
+    }
+    if reference is not None:
+        data.update({c: pairs[c].to_list() for c in REF_COLUMNS})
+    return datasets.Dataset.from_dict(data)
+
+
+def _message(role: str, text: str, with_image: bool = False) -> dict:
+    return {"role": role, "content": ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": text}]}
+
+
+@dataclass
+class CollatorWithReference:
+    """TRL's vision collator drops extra keys; carry the cached reference log-probs through it."""
+
+    base: Callable[[list[dict]], dict]
+
+    def __call__(self, examples: list[dict]) -> dict:
+        present = [c for c in REF_COLUMNS if c in examples[0]]
+        cached = {c: torch.tensor([ex.pop(c) for ex in examples], dtype=torch.float32) for c in present}
+        for ex in examples:
+            ex.pop("pair_id", None)
+        batch = self.base(examples)
+        batch.update(cached)
+        return batch
+
+
+class CachedReferenceDPOTrainer(DPOTrainer):
+    """DPOTrainer that, for vision datasets too, takes reference log-probs from dataset columns."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.data_collator = CollatorWithReference(self.data_collator)
+        self.precompute_ref_logps = REF_COLUMNS[0] in self.train_dataset.column_names
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        self._signature_columns = [*self._signature_columns, "pair_id", *REF_COLUMNS]
+
+    @torch.no_grad()
+    def reference_log_probs(self, log: Callable[[str], None] | None = None) -> pl.DataFrame:
+        """Reference (adapter-disabled) log-probs of every pair's chosen and rejected response."""
+        ids = self.train_dataset["pair_id"]
+        drop = [c for c in ("pair_id", *REF_COLUMNS) if c in self.train_dataset.column_names]
+        plain = self.train_dataset.remove_columns(drop)
+        loader = DataLoader(plain, batch_size=self.args.per_device_train_batch_size, collate_fn=self.data_collator.base)
+        chosen, rejected = [], []
+        with progress(len(plain), "reference log-probs", log) as bar:
+            for batch in loader:
+                c, r = self.compute_ref_log_probs(self.model, self._prepare_inputs(batch))
+                chosen.append(c.float().cpu())
+                rejected.append(r.float().cpu())
+                bar.update(len(c))
+        return pl.DataFrame(
+            {"pair_id": ids, REF_COLUMNS[0]: torch.cat(chosen).numpy(), REF_COLUMNS[1]: torch.cat(rejected).numpy()}
+        )
+
+
+class _CurveLogger(TrainerCallback):
+    def __init__(self, log: Callable[[str], None] | None) -> None:
+        self.log = log
+
+    def on_log(self, args, state, control, logs=None, **kwargs) -> None:
+        if self.log and logs and "loss" in logs:
+            shown = {k: round(v, 4) for k, v in logs.items() if isinstance(v, float)}
+            self.log(f"step {state.global_step}/{state.max_steps}: {shown}")
+
+
+def build_trainer(
+    model, processor, dataset: datasets.Dataset, settings: DPOSettings, output_dir: Path, log_every: int = 10
+) -> CachedReferenceDPOTrainer:
+    loss_type, loss_weights = settings.losses()
+    device = next(model.parameters()).device
+    args = DPOConfig(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=settings.batch_size,
+        num_train_epochs=settings.epochs,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_ratio=settings.warmup_ratio,
+        beta=settings.beta,
+        loss_type=loss_type,
+        loss_weights=loss_weights,
+        ld_alpha=settings.ld_alpha,
+        max_length=settings.max_length,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        logging_steps=log_every,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=device.type == "cpu",
+        bf16=next(model.parameters()).dtype == torch.bfloat16,
+        gradient_checkpointing=False,  # small activations; recomputation would only cost time
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    lora = LoraConfig(
+        r=settings.lora_r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=settings.lora_targets,
+        task_type="CAUSAL_LM",
+    )
+    return CachedReferenceDPOTrainer(
+        model=model, args=args, train_dataset=dataset, processing_class=processor, peft_config=lora
+    )
+
+
+def train_dpo(
+    model,
+    processor,
+    pairs: pl.DataFrame,
+    image_by_id: Mapping[str, Image.Image],
+    settings: DPOSettings,
+    work_dir: Path,
+    reference: pl.DataFrame | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[Any, pl.DataFrame, DPOResult]:
+    """Train a LoRA adapter with DPO (or the SFT term alone). Returns the PEFT-wrapped model, the
+    reference log-prob table (the given one, or the one computed here) and the result."""
+    if pairs.height == 0:
+        raise ValueError("no training pairs: every pair was discarded (lower `margin` or sample more images)")
+    torch.manual_seed(settings.seed)
+    np.random.seed(settings.seed)
+    trainer = build_trainer(model, processor, preference_dataset(pairs, image_by_id, reference), settings, work_dir)
+    reference_seconds = 0.0
+    if reference is None:
+        started = time.perf_counter()
+        reference = trainer.reference_log_probs(log)
+        trainer.train_dataset = preference_dataset(pairs, image_by_id, reference)
+        trainer.precompute_ref_logps = True
+        reference_seconds = time.perf_counter() - started
+    trainer.add_callback(_CurveLogger(log))
+    started = time.perf_counter()
+    trainer.train()
+    curve = [
+        {k: float(v) for k, v in entry.items() if isinstance(v, int | float)}
+        for entry in trainer.state.log_history
+        if "loss" in entry
+    ]
+    result = DPOResult(time.perf_counter() - started, trainer.state.global_step, curve, reference_seconds)
+    return trainer.model, reference, result
+
+
+def save_trained(peft_model, processor, merged_dir: Path, adapter_dir: Path) -> None:
+    """The adapter alone, and the merged model that plain `from_pretrained` loads (safetensors)."""
+    peft_model.save_pretrained(adapter_dir)
+    merged = peft_model.merge_and_unload()
+    merged.save_pretrained(merged_dir)
+    processor.save_pretrained(merged_dir)

@@ -1,0 +1,133 @@
+"""Data organization: CLIP scores turn sampled responses into preference pairs, judge-free.
+
+Per image the chosen response is the CLIP-best of the positives (n_samples = 1 is the paper's literal
+recipe) and the rejected one the CLIP-worst of the negatives. Then the rule of the method: a pair whose
+rejected response outscores its chosen one is reversed, a pair whose scores are closer than `margin` is
+discarded. Every score and decision stays on the row; training reads only kept and reversed pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import polars as pl
+
+from si_assets.collection.sampling import NEGATIVE, POSITIVE, stable_seed
+
+KEPT, REVERSED, DISCARDED = "kept", "reversed", "discarded"
+Verification = Literal["clip", "none"]
+NegativeSource = Literal["hallucinated", "random"]
+
+
+@dataclass(frozen=True)
+class PairRule:
+    margin: float = 0.0
+    verification: Verification = "clip"  # "none": pairs as generated (positive 0 vs negative 0), a baseline
+    negatives: NegativeSource = "hallucinated"  # "random": another image's response, a baseline
+    seed: int = 0  # for random negatives
+
+    def __post_init__(self) -> None:
+        if self.margin < 0:
+            raise ValueError(f"margin must be >= 0, got {self.margin}")
+        if self.verification not in ("clip", "none"):
+            raise ValueError(f"verification must be 'clip' or 'none', got {self.verification!r}")
+        if self.negatives not in ("hallucinated", "random"):
+            raise ValueError(f"negatives must be 'hallucinated' or 'random', got {self.negatives!r}")
+
+
+def decide(score_positive: np.ndarray, score_negative: np.ndarray, margin: float) -> np.ndarray:
+    """kept / reversed / discarded per pair. A near tie is discarded whichever way it leans."""
+    diff = np.asarray(score_positive, dtype=float) - np.asarray(score_negative, dtype=float)
+    return np.where(np.abs(diff) < margin, DISCARDED, np.where(diff < 0, REVERSED, KEPT))
+
+
+def score_responses(
+    responses: pl.DataFrame,
+    score: Callable[[Sequence[str], Sequence[str]], np.ndarray],
+) -> pl.DataFrame:
+    """Add a `score` column: score(image_ids, texts) is the verifier's image-text similarity."""
+    return responses.with_columns(
+        score=pl.Series(score(responses["image_id"].to_list(), responses["response"].to_list()), dtype=pl.Float64)
+    )
+
+
+def select_candidates(scored: pl.DataFrame, rule: PairRule) -> pl.DataFrame:
+    """One candidate pair per image: (positive, negative) texts with their scores and ratios."""
+    positives = scored.filter(pl.col("role") == POSITIVE)
+    negatives = scored.filter(pl.col("role") == NEGATIVE)
+    if rule.verification == "clip":
+        best = positives.sort("score", "sample", descending=[True, False]).group_by("image_id", maintain_order=True)
+        worst = negatives.sort("score", "sample").group_by("image_id", maintain_order=True)
+        positives, negatives = best.first(), worst.first()
+    else:
+        positives, negatives = positives.filter(pl.col("sample") == 0), negatives.filter(pl.col("sample") == 0)
+    keep = ["image_id", "prompt", "response", "score", "h", "sample", "seed"]
+    pos = positives.select(keep).rename({c: f"{c}_positive" for c in keep[2:]})
+    neg = negatives.select(keep[0], *keep[2:]).rename({c: f"{c}_negative" for c in keep[2:]})
+    return pos.join(neg, on="image_id", how="inner").sort("image_id")
+
+
+def random_negatives(
+    candidates: pl.DataFrame, score: Callable[[Sequence[str], Sequence[str]], np.ndarray], seed: int
+) -> pl.DataFrame:
+    """Baseline: the negative is another image's positive (a derangement), scored against this image."""
+    n = candidates.height
+    if n < 2:
+        raise ValueError("random negatives need at least two images")
+    rng = np.random.default_rng(stable_seed("random-negatives", seed))
+    shift = rng.integers(1, n)  # a cyclic shift by 1..n-1 never maps an image to itself
+    donors = (np.arange(n) + shift) % n
+    texts = candidates["response_positive"].gather(donors)
+    return candidates.with_columns(
+        response_negative=texts,
+        score_negative=pl.Series(score(candidates["image_id"].to_list(), texts.to_list()), dtype=pl.Float64),
+        h_negative=pl.lit(None, dtype=pl.Float64),
+        sample_negative=pl.lit(None, dtype=pl.Int32),
+        seed_negative=pl.lit(None, dtype=pl.UInt64),
+    )
+
+
+def organize_pairs(
+    scored: pl.DataFrame, rule: PairRule, score: Callable[[Sequence[str], Sequence[str]], np.ndarray]
+) -> pl.DataFrame:
+    """The verified pairs: chosen/rejected after the reverse/discard rule, with every score kept."""
+    candidates = select_candidates(scored, rule)
+    if rule.negatives == "random":
+        candidates = random_negatives(candidates, score, rule.seed)
+    if rule.verification == "clip":
+        decision = decide(candidates["score_positive"].to_numpy(), candidates["score_negative"].to_numpy(), rule.margin)
+    else:
+        decision = np.full(candidates.height, KEPT)
+    reversed_ = pl.col("decision") == REVERSED
+    pairs = candidates.with_columns(decision=pl.Series(decision, dtype=pl.String))
+    return pairs.with_columns(
+        chosen=pl.when(reversed_).then("response_negative").otherwise("response_positive"),
+        rejected=pl.when(reversed_).then("response_positive").otherwise("response_negative"),
+        score_chosen=pl.when(reversed_).then("score_negative").otherwise("score_positive"),
+        score_rejected=pl.when(reversed_).then("score_positive").otherwise("score_negative"),
+    )
+
+
+def decision_counts(pairs: pl.DataFrame) -> dict[str, int]:
+    counts = dict(pairs.group_by("decision").len().iter_rows())
+    return {d: int(counts.get(d, 0)) for d in (KEPT, REVERSED, DISCARDED)}
+
+
+def training_pairs(pairs: pl.DataFrame) -> pl.DataFrame:
+    """The pairs DPO trains on: everything not discarded."""
+    return pairs.filter(pl.col("decision") != DISCARDED)
+
+
+def clip_score_fn(scorer, image_by_id: Mapping, image_ids: Sequence[str], mode: str) -> Callable:
+    """A score(image_ids, texts) function with one image embedding per distinct image."""
+    index = {image_id: i for i, image_id in enumerate(image_ids)}
+    embeddings = scorer.image_embeddings([image_by_id[i] for i in image_ids])
+
+    def score(ids: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+        rows = embeddings[np.array([index[i] for i in ids])]
+        return scorer.score(rows, texts, mode=mode)
+
+    return score

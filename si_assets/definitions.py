@@ -11,14 +11,14 @@ from resources import (
     ContentAddressedIOManager,
     VisionLanguageModels,
 )
-from si_assets.assets import bootstrap, collection, evaluation, world
+from si_assets.assets import bootstrap, collection, evaluation, optimization, organization, world
 
-all_assets = dg.load_assets_from_modules([world, bootstrap, collection, evaluation])
+all_assets = dg.load_assets_from_modules([world, bootstrap, collection, organization, optimization, evaluation])
 
 demo_job = dg.define_asset_job(
     "demo",
     selection=dg.AssetSelection.all(),
-    description="The embedded default end to end: world, bootstrap models, seed evaluation.",
+    description="The embedded default end to end: world, bootstrap models, one improvement round, evaluation.",
     executor_def=dg.in_process_executor,  # a handful of heavy steps: a process per step costs more than it buys
 )
 

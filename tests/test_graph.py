@@ -26,6 +26,8 @@ RUN_CONFIG = {
             "config": {"vision_pretrain_steps": 10, "max_steps": 20, "eval_every": 10, "batch_size": 8, "val_size": 16}
         },
         "bootstrap_clip": {"config": {"steps": 10, "batch_size": 16, "retrieval_candidates": 10}},
+        "collected_responses": {"config": {"n_samples": 3, "n_negatives": 1, "max_new_tokens": 12}},
+        "trained_model": {"config": {"epochs": 1, "batch_size": 8}},
         "eval_scores": {"config": {"pope_per_image": 1, "max_new_tokens": 12}},
     }
 }
@@ -47,6 +49,9 @@ def test_definitions_load_with_stage_groups() -> None:
     assert groups["world_eval"] == "world"
     assert groups["bootstrap_seed_model"] == "bootstrap"
     assert groups["seed_checkpoint"] == groups["unlabeled_images"] == "collection"
+    assert groups["sampled_responses"] == groups["hallucinated_negatives"] == "collection"
+    assert groups["verified_pairs"] == "organization"
+    assert groups["trained_model"] == "optimization"
     assert groups["eval_scores"] == "evaluation"
 
 
@@ -58,12 +63,28 @@ def test_graph_materializes_and_second_run_reuses_bootstrap(tmp_path: Path) -> N
     assert first.success
 
     table: pl.DataFrame = first.output_for_node("eval_scores")
-    assert {"metric", "seed"} <= set(table.columns)
+    assert {"metric", "seed", "trained", "delta"} <= set(table.columns)
     event = instance.get_latest_materialization_event(dg.AssetKey("eval_scores")).asset_materialization
     for metric in ("precision", "recall", "f1", "chair_s", "pope_f1"):
-        value = event.metadata[f"seed/{metric}"].value
-        assert 0.0 <= value <= 1.0
-    assert "| metric | seed |" in event.metadata["eval_table"].value
+        seed, trained = event.metadata[f"seed/{metric}"].value, event.metadata[f"trained/{metric}"].value
+        assert 0.0 <= seed <= 1.0 and 0.0 <= trained <= 1.0
+        assert event.metadata[f"delta/{metric}"].value == pytest.approx(trained - seed)
+    assert "| metric | seed | trained | delta |" in event.metadata["eval_table"].value
+
+    positives = first.asset_value("sampled_responses")
+    negatives = first.asset_value("hallucinated_negatives")
+    n_images = SMALL_SPLITS["improve"]
+    assert positives.height == 3 * n_images and negatives.height == n_images
+    assert (positives["role"] == "positive").all() and (negatives["role"] == "negative").all()
+    seed_version = first.asset_value("seed_checkpoint").version
+    assert set(positives["model_version"]) == {seed_version}
+    pairs = first.asset_value("verified_pairs")
+    assert pairs.height == n_images
+    pairs_meta = instance.get_latest_materialization_event(dg.AssetKey("verified_pairs")).asset_materialization
+    assert sum(pairs_meta.metadata[d].value for d in ("kept", "reversed", "discarded")) == n_images
+    trained = instance.get_latest_materialization_event(dg.AssetKey("trained_model")).asset_materialization
+    assert trained.metadata["reference_logps_reused"].value is False
+    assert trained.metadata["training_pairs"].value == n_images - pairs_meta.metadata["discarded"].value
 
     clip = instance.get_latest_materialization_event(dg.AssetKey("bootstrap_clip")).asset_materialization
     assert 0.0 <= clip.metadata["eval_recall_at_1"].value <= 1.0
@@ -80,6 +101,12 @@ def test_graph_materializes_and_second_run_reuses_bootstrap(tmp_path: Path) -> N
         # Same content, same data version: nothing downstream turns stale.
         versions = {r.asset_materialization.tags["dagster/data_version"] for r in records}
         assert len(versions) == 1
+    # Same config and seed: bit-identical responses and pairs; the reference log-probs come from the cache.
+    for key in ("sampled_responses", "hallucinated_negatives", "verified_pairs"):
+        records = instance.fetch_materializations(dg.AssetKey(key), limit=2).records
+        assert len({r.asset_materialization.tags["dagster/data_version"] for r in records}) == 1, key
+    trained = instance.get_latest_materialization_event(dg.AssetKey("trained_model")).asset_materialization
+    assert trained.metadata["reference_logps_reused"].value is True
 
 
 @pytest.mark.slow

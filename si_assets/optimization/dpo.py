@@ -28,7 +28,9 @@ from si_assets.progress import progress
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 # LoRA on the language model's projections (LLaVA / Qwen2-VL: `language_model`, Idefics3: `text_model`).
-LANGUAGE_MODEL_PROJECTIONS = r".*(language_model|text_model).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+LANGUAGE_MODEL_PROJECTIONS = (
+    r".*(language_model|text_model).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+)
 Objective = Literal["dpo", "sft"]
 
 
@@ -48,6 +50,7 @@ class DPOSettings:
     lora_targets: str = LANGUAGE_MODEL_PROJECTIONS  # regex over module names, or "all-linear"
     max_length: int | None = None  # prompt (image tokens included) + response; None = no truncation
     seed: int = 0
+    logging_steps: int = 10
 
     def __post_init__(self) -> None:
         if self.objective not in ("dpo", "sft"):
@@ -154,7 +157,7 @@ class _CurveLogger(TrainerCallback):
 
 
 def build_trainer(
-    model, processor, dataset: datasets.Dataset, settings: DPOSettings, output_dir: Path, log_every: int = 10
+    model, processor, dataset: datasets.Dataset, settings: DPOSettings, output_dir: Path
 ) -> CachedReferenceDPOTrainer:
     loss_type, loss_weights = settings.losses()
     device = next(model.parameters()).device
@@ -164,7 +167,7 @@ def build_trainer(
         num_train_epochs=settings.epochs,
         learning_rate=settings.learning_rate,
         lr_scheduler_type="cosine",
-        warmup_ratio=settings.warmup_ratio,
+        warmup_steps=settings.warmup_ratio,  # a float < 1 is a share of the total steps
         beta=settings.beta,
         loss_type=loss_type,
         loss_weights=loss_weights,
@@ -172,12 +175,12 @@ def build_trainer(
         max_length=settings.max_length,
         seed=settings.seed,
         data_seed=settings.seed,
-        logging_steps=log_every,
+        logging_steps=settings.logging_steps,
         save_strategy="no",
         report_to="none",
         use_cpu=device.type == "cpu",
         bf16=next(model.parameters()).dtype == torch.bfloat16,
-        gradient_checkpointing=False,  # small activations; recomputation would only cost time
+        activation_checkpointing=False,  # small activations; recomputation would only cost time
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
@@ -193,6 +196,23 @@ def build_trainer(
     )
 
 
+def compute_reference(
+    model,
+    processor,
+    pairs: pl.DataFrame,
+    image_by_id: Mapping[str, Image.Image],
+    settings: DPOSettings,
+    work_dir: Path,
+    log: Callable[[str], None] | None = None,
+) -> pl.DataFrame:
+    """Reference log-probs of every pair, computed the way the trainer would, for caching. The model is
+    left as it came (the temporary LoRA wrapper is removed again)."""
+    trainer = build_trainer(model, processor, preference_dataset(pairs, image_by_id), settings, work_dir)
+    table = trainer.reference_log_probs(log)
+    trainer.model.unload()
+    return table
+
+
 def train_dpo(
     model,
     processor,
@@ -202,16 +222,18 @@ def train_dpo(
     work_dir: Path,
     reference: pl.DataFrame | None = None,
     log: Callable[[str], None] | None = None,
-) -> tuple[Any, pl.DataFrame, DPOResult]:
+    cache_reference: bool = True,
+) -> tuple[Any, pl.DataFrame | None, DPOResult]:
     """Train a LoRA adapter with DPO (or the SFT term alone). Returns the PEFT-wrapped model, the
-    reference log-prob table (the given one, or the one computed here) and the result."""
+    reference log-prob table (the given one, or the one computed here) and the result. Without a
+    table and with `cache_reference=False`, TRL runs the reference forward at every step (for benchmarks)."""
     if pairs.height == 0:
         raise ValueError("no training pairs: every pair was discarded (lower `margin` or sample more images)")
     torch.manual_seed(settings.seed)
     np.random.seed(settings.seed)
     trainer = build_trainer(model, processor, preference_dataset(pairs, image_by_id, reference), settings, work_dir)
     reference_seconds = 0.0
-    if reference is None:
+    if reference is None and cache_reference:
         started = time.perf_counter()
         reference = trainer.reference_log_probs(log)
         trainer.train_dataset = preference_dataset(pairs, image_by_id, reference)

@@ -7,6 +7,7 @@ import json
 import shutil
 from collections.abc import Callable
 
+import polars as pl
 from pydantic import BaseModel
 
 from si_assets.storage.store import ArtifactStore, Checkpoint, StoredArtifact
@@ -36,3 +37,19 @@ def memoised_checkpoint(
     artifact = store.put(Checkpoint(keep), f"_memo/{name}", key)
     store.write_pointer(pointer_name, {"artifact": artifact.__dict__, "metadata": metadata})
     return checkpoint, metadata, False
+
+
+def memoised_table(
+    store: ArtifactStore, name: str, key: str, build: Callable[[], pl.DataFrame]
+) -> tuple[pl.DataFrame, StoredArtifact, bool]:
+    """A table computed once per key and kept as its own artifact (e.g. reference log-probs per
+    (model version, pairs version)). Returns (table, where it is stored, whether it was reused)."""
+    pointer_name = f"memo/{name}-{key}"
+    pointer = store.read_pointer(pointer_name)
+    if pointer is not None:
+        artifact = StoredArtifact(**pointer["artifact"])
+        return store.read_table(artifact), artifact, True
+    table = build()
+    artifact = store.put(table, f"_memo/{name}", key)
+    store.write_pointer(pointer_name, {"artifact": artifact.__dict__})
+    return table, artifact, False

@@ -37,6 +37,11 @@ class Checkpoint:
         if not Path(self.path).is_dir():
             raise NotADirectoryError(f"checkpoint directory {self.path} does not exist")
 
+    @property
+    def version(self) -> str:
+        """The data version of a stored checkpoint: the store names each version's folder by its hash."""
+        return Path(self.path).name
+
 
 @dataclass(frozen=True)
 class StoredArtifact:

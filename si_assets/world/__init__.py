@@ -9,6 +9,7 @@ from si_assets.world.generate import (
     generate_split,
     generate_world,
     hard_negative_caption,
+    improve_ground_truth,
     sample_scene,
 )
 from si_assets.world.render import PlacedObject, decode_png, draw_mask, encode_png, render_image
@@ -27,6 +28,7 @@ __all__ = [
     "encode_png",
     "generate_split",
     "generate_world",
+    "improve_ground_truth",
     "hard_negative_caption",
     "render_image",
     "sample_scene",

@@ -112,6 +112,17 @@ def generate_split(spec: WorldSpec, split: str) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
+def improve_ground_truth(spec: WorldSpec) -> dict[str, list[str]]:
+    """The objects in each `improve` image, replayed from the split's random streams. For benchmarks and
+    diagnostics only: the loop itself never reads them."""
+    children = _split_seed(spec, "improve").spawn(spec.splits["improve"])
+    truth = {}
+    for i, child in enumerate(children):
+        objects = sample_scene(spec, np.random.default_rng(child))
+        truth[f"improve-{i:06d}"] = [o.kind for o in sorted(objects, key=lambda o: spec.kinds.index(o.kind))]
+    return truth
+
+
 def generate_world(spec: WorldSpec) -> dict[str, pl.DataFrame]:
     return {split: generate_split(spec, split) for split in SPLIT_NAMES}
 

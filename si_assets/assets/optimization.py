@@ -1,0 +1,119 @@
+"""Optimization stage: DPO with a LoRA adapter on the verified pairs (or a configured baseline)."""
+
+from typing import Literal
+
+import dagster as dg
+import polars as pl
+from pydantic import Field
+
+from resources import ArtifactStoreResource, VisionLanguageModels
+from si_assets.assets.collection import decode_images
+from si_assets.assets.common import OPTIMIZATION, markdown_table, versioned
+from si_assets.modeling.generation import generate_greedy
+from si_assets.optimization.dpo import (
+    LANGUAGE_MODEL_PROJECTIONS,
+    DPOSettings,
+    compute_reference,
+    save_trained,
+    train_dpo,
+)
+from si_assets.organization.verification import training_pairs
+from si_assets.storage import Checkpoint, content_hash
+from si_assets.storage.memo import config_key, memoised_table
+
+REFERENCE_CODE_VERSION = "reference-logps-1"
+
+
+class TrainingConfig(dg.Config):
+    optimization: Literal["dpo", "self_sft"] = Field(
+        "dpo", description="'self_sft': SFT on the seed's own greedy captions, same trainer and epochs (baseline)"
+    )
+    beta: float = 0.1
+    rpo_alpha: float = Field(1.0, ge=0, description="weight of the SFT term on the chosen response; 0 = plain DPO")
+    ld_alpha: float | None = Field(None, description="LD-DPO weight of tokens past the shorter response")
+    learning_rate: float = 1e-3
+    epochs: float = 2.0
+    batch_size: int = 16
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_targets: str = LANGUAGE_MODEL_PROJECTIONS
+    max_length: int | None = None
+    seed: int = 0
+
+
+def self_sft_pairs(model, processor, images: pl.DataFrame, log) -> pl.DataFrame:
+    """The label-free self-training baseline's data: the seed's own greedy captions as 'chosen'."""
+    image_by_id = decode_images(images)
+    captions = generate_greedy(
+        model, processor, list(image_by_id.values()), images["prompt"].to_list(), log=log, desc="self-SFT captions"
+    )
+    return pl.DataFrame(
+        {"pair_id": images["id"], "image_id": images["id"], "prompt": images["prompt"], "chosen": captions}
+    ).with_columns(rejected=pl.col("chosen"))
+
+
+@dg.asset(group_name=OPTIMIZATION, code_version="train-1")
+def trained_model(
+    context: dg.AssetExecutionContext,
+    config: TrainingConfig,
+    models: VisionLanguageModels,
+    store: ArtifactStoreResource,
+    seed_checkpoint: Checkpoint,
+    verified_pairs: pl.DataFrame,
+    unlabeled_images: pl.DataFrame,
+) -> dg.Output[Checkpoint]:
+    """The seed plus a DPO-trained LoRA adapter, merged (loads with plain `from_pretrained`); the adapter
+    alone sits in `adapter/`. Reference log-probs are computed once per (seed, pairs, length settings)."""
+    artifact_store = store.get()
+    settings = DPOSettings(
+        objective="sft" if config.optimization == "self_sft" else "dpo",
+        **config.model_dump(exclude={"optimization"}),
+    )
+    model, processor = models.load(seed_checkpoint.path)
+    if config.optimization == "self_sft":
+        pairs = self_sft_pairs(model, processor, unlabeled_images, context.log.info)
+    else:
+        pairs = training_pairs(verified_pairs)
+    image_by_id = decode_images(unlabeled_images)
+    work = artifact_store.staging_dir()
+
+    def reference() -> pl.DataFrame:
+        return compute_reference(model, processor, pairs, image_by_id, settings, work / "ref", context.log.info)
+
+    key = config_key(
+        seed_checkpoint.version,
+        content_hash(pairs),
+        str(settings.max_length),
+        str(settings.ld_alpha),
+        REFERENCE_CODE_VERSION,
+    )
+    ref_table, ref_artifact, ref_reused = memoised_table(artifact_store, "reference_logps", key, reference)
+    context.log.info(("reused" if ref_reused else "computed") + f" reference log-probs ({ref_artifact.uri})")
+    peft_model, _, result = train_dpo(
+        model, processor, pairs, image_by_id, settings, work / "trainer", reference=ref_table, log=context.log.info
+    )
+    merged = artifact_store.staging_dir()
+    save_trained(peft_model, processor, merged, merged / "adapter")
+    curve = (
+        pl.DataFrame(result.curve).select(
+            [
+                c
+                for c in ("step", "epoch", "loss", "rewards/margins", "rewards/accuracies", "logps/chosen")
+                if c in pl.DataFrame(result.curve).columns
+            ]
+        )
+        if result.curve
+        else pl.DataFrame()
+    )
+    return versioned(
+        Checkpoint(merged),
+        optimization=config.optimization,
+        training_pairs=pairs.height,
+        steps=result.steps,
+        train_seconds=result.seconds,
+        reference_logps=dg.MetadataValue.path(ref_artifact.uri),
+        reference_logps_reused=ref_reused,
+        seed_checkpoint_version=seed_checkpoint.version,
+        training_curve=dg.MetadataValue.md(markdown_table(curve) if curve.height else "(no log entries)"),
+    )

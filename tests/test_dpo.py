@@ -1,0 +1,106 @@
+"""DPO through TRL with a LoRA adapter: cached reference log-probs, the saved checkpoint, bad input."""
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText
+
+from si_assets.modeling.bootstrap import tokenizer_corpus
+from si_assets.modeling.tiny_vlm import TinyVLMSpec, build_model, build_processor, build_tokenizer
+from si_assets.optimization.dpo import DPOSettings, compute_reference, save_trained, train_dpo
+from si_assets.world import WorldSpec, decode_png, generate_split
+
+SETTINGS = DPOSettings(epochs=2, batch_size=4, learning_rate=5e-3, logging_steps=1)
+
+
+@pytest.fixture(scope="module")
+def world():
+    spec = WorldSpec(seed=3, splits={"seed_train": 24, "clip_train": 2, "improve": 2, "eval": 2})
+    df = generate_split(spec, "seed_train")
+    tok = build_tokenizer(tokenizer_corpus(df["caption"].to_list(), spec.kinds), 300)
+    pairs = pl.DataFrame(
+        {
+            "pair_id": df["id"][:8],
+            "image_id": df["id"][:8],
+            "prompt": ["Describe the image."] * 8,
+            "chosen": df["caption"][:8],
+            "rejected": df["caption"][8:16],
+        }
+    )
+    return tok, pairs, {i: decode_png(b) for i, b in zip(df["id"], df["image_png"])}
+
+
+def _fresh_model(tok):
+    torch.manual_seed(0)
+    return build_model(tok, TinyVLMSpec()), build_processor(tok, TinyVLMSpec())
+
+
+class ForwardCounter:
+    def __init__(self, model) -> None:
+        self.calls = 0
+        model.register_forward_hook(self)
+
+    def __call__(self, *args) -> None:
+        self.calls += 1
+
+
+def test_cached_reference_gives_the_same_training_with_half_the_forwards(world, tmp_path: Path) -> None:
+    tok, pairs, images = world
+    model, processor = _fresh_model(tok)
+    counter = ForwardCounter(model)
+    _, reference, live = train_dpo(model, processor, pairs, images, SETTINGS, tmp_path / "a")
+    forwards_live = counter.calls
+    assert reference.height == pairs.height and live.reference_seconds > 0
+
+    model, processor = _fresh_model(tok)
+    counter = ForwardCounter(model)
+    _, reused, cached = train_dpo(model, processor, pairs, images, SETTINGS, tmp_path / "b", reference=reference)
+    assert reused is reference and cached.reference_seconds == 0
+    steps = cached.steps
+    assert steps == live.steps == 4  # 8 pairs / batch 4 × 2 epochs
+    # live: one pass to fill the cache, then one policy forward per step; cached: policy forwards only
+    assert counter.calls == steps
+    assert forwards_live == steps + 2
+    live_loss = [e["loss"] for e in live.curve]
+    cached_loss = [e["loss"] for e in cached.curve]
+    assert cached_loss == pytest.approx(live_loss, rel=1e-4)
+
+
+def test_reference_matches_trl_live_reference(world, tmp_path: Path) -> None:
+    """The cached log-probs are what TRL computes with the adapter disabled (first step: policy == reference)."""
+    tok, pairs, images = world
+    model, processor = _fresh_model(tok)
+    reference = compute_reference(model, processor, pairs, images, SETTINGS, tmp_path)
+    assert not any("lora" in name for name, _ in model.named_modules())  # the temporary wrapper is gone
+    again = compute_reference(model, processor, pairs, images, SETTINGS, tmp_path)
+    assert reference.equals(again)
+    assert (reference["ref_chosen_logps"] < 0).all() and (reference["ref_rejected_logps"] < 0).all()
+
+
+def test_saved_model_loads_with_plain_from_pretrained(world, tmp_path: Path) -> None:
+    tok, pairs, images = world
+    model, processor = _fresh_model(tok)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    peft_model, _, _ = train_dpo(model, processor, pairs, images, SETTINGS, tmp_path / "w")
+    save_trained(peft_model, processor, tmp_path / "merged", tmp_path / "merged" / "adapter")
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
+    assert (tmp_path / "merged" / "adapter" / "adapter_model.safetensors").is_file()
+    reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path / "merged", use_safetensors=True)
+    after = reloaded.state_dict()
+    changed = [k for k in before if "language_model" in k and not torch.equal(before[k], after[k])]
+    assert changed, "the merged adapter should change the language model's projections"
+    assert all(torch.equal(before[k], after[k]) for k in before if "vision_tower" in k)  # LoRA targets the LM only
+
+
+def test_no_pairs_and_missing_reference_rows_are_clear_errors(world, tmp_path: Path) -> None:
+    tok, pairs, images = world
+    model, processor = _fresh_model(tok)
+    with pytest.raises(ValueError, match="no training pairs"):
+        train_dpo(model, processor, pairs.head(0), images, SETTINGS, tmp_path)
+    partial = pl.DataFrame(
+        {"pair_id": pairs["pair_id"][:3], "ref_chosen_logps": [-1.0] * 3, "ref_rejected_logps": [-1.0] * 3}
+    )
+    with pytest.raises(ValueError, match="lacks 5 of 8 pairs"):
+        train_dpo(model, processor, pairs, images, SETTINGS, tmp_path, reference=partial)

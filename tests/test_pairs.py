@@ -1,0 +1,126 @@
+"""Collection plan and pair organization: ratios, seeds, the reverse/discard rule, baselines."""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from si_assets.collection.sampling import (
+    NEGATIVE,
+    POSITIVE,
+    HallucinationRatios,
+    draw_ratios,
+    plan_requests,
+    stable_seed,
+)
+from si_assets.organization.verification import (
+    DISCARDED,
+    KEPT,
+    REVERSED,
+    PairRule,
+    decide,
+    decision_counts,
+    organize_pairs,
+    training_pairs,
+)
+
+
+def _images(n: int) -> pl.DataFrame:
+    return pl.DataFrame({"id": [f"img-{i}" for i in range(n)], "prompt": ["Describe the image."] * n})
+
+
+def test_reverse_and_discard_rule() -> None:
+    pos = np.array([0.30, 0.20, 0.25, 0.10, 0.60])
+    neg = np.array([0.10, 0.35, 0.24, 0.10, 0.45])
+    assert decide(pos, neg, margin=0.0).tolist() == [KEPT, REVERSED, KEPT, KEPT, KEPT]
+    # a near tie is discarded whichever way it leans; an exact tie too once margin > 0
+    assert decide(pos, neg, margin=0.05).tolist() == [KEPT, REVERSED, DISCARDED, DISCARDED, KEPT]
+    assert decide(pos, neg, margin=0.2).tolist() == [DISCARDED, DISCARDED, DISCARDED, DISCARDED, DISCARDED]
+
+
+def test_ratios_keep_negatives_more_hallucinated() -> None:
+    ratios = HallucinationRatios(mu_pos=0.3, sd_pos=0.3, mu_neg=0.4, sd_neg=0.3)  # heavy overlap on purpose
+    rng = np.random.default_rng(0)
+    draws = np.array([draw_ratios(rng, ratios) for _ in range(2000)])
+    assert (draws[:, 1] > draws[:, 0]).all()
+    assert ((draws >= 0) & (draws <= 1)).all()
+    with pytest.raises(ValueError, match="mu_pos < mu_neg"):
+        HallucinationRatios(mu_pos=0.8, mu_neg=0.5)
+
+
+def test_plan_pairs_seeds_and_is_stable_under_more_images() -> None:
+    ratios = HallucinationRatios()
+    plan = plan_requests(_images(3), n_samples=4, n_negatives=2, ratios=ratios, base_seed=5)
+    assert plan.height == 3 * (4 + 2)
+    pos = plan.filter(pl.col("role") == POSITIVE)
+    neg = plan.filter(pl.col("role") == NEGATIVE)
+    paired = neg.join(pos, on=["image_id", "sample"], suffix="_pos")
+    assert paired.height == neg.height
+    assert (paired["seed"] == paired["seed_pos"]).all()  # negative k shares positive k's sampler seed
+    assert (paired["h"] > paired["h_pos"]).all()
+    assert pos["seed"].n_unique() == pos.height
+    bigger = plan_requests(_images(5), n_samples=4, n_negatives=2, ratios=ratios, base_seed=5)
+    assert bigger.head(plan.height).equals(plan)  # adding images changes no existing row
+    assert stable_seed(5, "img-0", 0) == stable_seed(5, "img-0", 0) != stable_seed(6, "img-0", 0)
+    with pytest.raises(ValueError, match="n_negatives"):
+        plan_requests(_images(1), n_samples=1, n_negatives=2, ratios=ratios, base_seed=0)
+
+
+def _scored() -> pl.DataFrame:
+    """Two images; per image 3 positives and 2 negatives with hand-set scores."""
+    rows = []
+    scores = {
+        "a": {POSITIVE: [0.20, 0.40, 0.30], NEGATIVE: [0.25, 0.10]},
+        "b": {POSITIVE: [0.10, 0.15, 0.12], NEGATIVE: [0.50, 0.30]},
+    }
+    for image_id, by_role in scores.items():
+        for role, values in by_role.items():
+            for k, s in enumerate(values):
+                rows.append(
+                    {
+                        "image_id": image_id,
+                        "prompt": "p",
+                        "role": role,
+                        "sample": k,
+                        "h": 0.1 if role == POSITIVE else 0.7,
+                        "seed": k,
+                        "response": f"{image_id}-{role}-{k}",
+                        "score": s,
+                    }
+                )
+    return pl.DataFrame(rows, schema_overrides={"seed": pl.UInt64, "sample": pl.Int32})
+
+
+def _score_by_lookup(ids, texts):
+    return np.array([0.05 for _ in texts])
+
+
+def test_clip_picks_best_positive_and_worst_negative_then_applies_the_rule() -> None:
+    pairs = organize_pairs(_scored(), PairRule(margin=0.0), _score_by_lookup)
+    a, b = pairs.row(0, named=True), pairs.row(1, named=True)
+    assert (a["chosen"], a["rejected"], a["decision"]) == ("a-positive-1", "a-negative-1", KEPT)
+    assert (a["score_chosen"], a["score_rejected"]) == (0.40, 0.10)
+    # b: best positive 0.15 < worst negative 0.30 → reversed, scores travel with the texts
+    assert (b["chosen"], b["rejected"], b["decision"]) == ("b-negative-1", "b-positive-1", REVERSED)
+    assert (b["score_chosen"], b["score_rejected"]) == (0.30, 0.15)
+    assert decision_counts(pairs) == {KEPT: 1, REVERSED: 1, DISCARDED: 0}
+    strict = organize_pairs(_scored(), PairRule(margin=0.2), _score_by_lookup)
+    assert strict["decision"].to_list() == [KEPT, DISCARDED]
+    assert training_pairs(strict)["image_id"].to_list() == ["a"]
+
+
+def test_baselines_without_verification_and_with_random_negatives() -> None:
+    unverified = organize_pairs(_scored(), PairRule(verification="none"), _score_by_lookup)
+    assert unverified["chosen"].to_list() == ["a-positive-0", "b-positive-0"]
+    assert unverified["rejected"].to_list() == ["a-negative-0", "b-negative-0"]
+    assert unverified["decision"].to_list() == [KEPT, KEPT]
+    shuffled = organize_pairs(_scored(), PairRule(negatives="random", margin=0.0), _score_by_lookup)
+    # each image's negative is the other image's chosen positive, scored against this image
+    assert shuffled["response_negative"].to_list() == ["b-positive-1", "a-positive-1"]
+    assert shuffled["score_negative"].to_list() == [0.05, 0.05]
+
+
+def test_bad_rules_are_refused() -> None:
+    with pytest.raises(ValueError, match="margin"):
+        PairRule(margin=-0.1)
+    with pytest.raises(ValueError, match="verification"):
+        PairRule(verification="judge")  # type: ignore[arg-type]

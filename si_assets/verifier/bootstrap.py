@@ -44,7 +44,8 @@ def train_bootstrap_clip(
     )
     rng = np.random.default_rng(config.seed)
     negatives = [
-        hard_negative_caption(o, c, partner_spec, rng) for o, c in zip(clip_train["objects"], clip_train["colours"])
+        [hard_negative_caption(o, c, partner_spec, rng) for _ in range(config.negatives_per_image)]
+        for o, c in zip(clip_train["objects"], clip_train["colours"])
     ]
     images = torch.stack([preprocess(decode_png(b)) for b in clip_train["image_png"]])
     stats = train_clip(model, tokenizer, images, clip_train["caption"].to_list(), negatives, config, log)

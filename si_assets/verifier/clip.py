@@ -81,6 +81,7 @@ class ClipTrainConfig(BaseModel):
     batch_size: int = 64
     lr: float = 2e-3
     hard_negatives: bool = True
+    negatives_per_image: int = 4  # a fresh one of these is drawn at every step
 
 
 def build_tiny_clip(spec: TinyClipSpec) -> CLIP:
@@ -101,16 +102,22 @@ def train_clip(
     tokenizer,
     images: torch.Tensor,
     captions: Sequence[str],
-    hard_negatives: Sequence[str] | None,
+    hard_negatives: Sequence[Sequence[str]] | None,
     config: ClipTrainConfig,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, float]:
-    """Symmetric InfoNCE over the batch; each image also sees one hard-negative caption (its own caption
-    with an absent object added or a kind/colour changed), so the verifier learns what a hallucination is."""
+    """Symmetric InfoNCE over the batch; each image also sees one of its hard-negative captions (its own
+    caption with an absent object added or a kind/colour changed), so the verifier learns what a
+    hallucination is. `hard_negatives[i]` are image i's candidates, all of the same count."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     tokens = tokenizer(list(captions))
-    neg_tokens = tokenizer(list(hard_negatives)) if hard_negatives is not None and config.hard_negatives else None
+    neg_tokens = None
+    if hard_negatives is not None and config.hard_negatives:
+        per_image = len(hard_negatives[0])
+        if any(len(n) != per_image for n in hard_negatives) or len(hard_negatives) != len(captions):
+            raise ValueError("hard_negatives needs the same number of candidates for every caption")
+        neg_tokens = tokenizer([n for negs in hard_negatives for n in negs]).view(len(captions), per_image, -1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.1)
     schedule = warmup_cosine_scheduler(optimizer, config.steps)
     model.train()
@@ -118,7 +125,11 @@ def train_clip(
     with progress(config.steps, "CLIP training", log) as bar:
         for _ in range(config.steps):
             idx = torch.from_numpy(rng.choice(len(images), size=config.batch_size, replace=False))
-            text = tokens[idx] if neg_tokens is None else torch.cat([tokens[idx], neg_tokens[idx]])
+            if neg_tokens is None:
+                text = tokens[idx]
+            else:
+                pick = torch.from_numpy(rng.integers(neg_tokens.shape[1], size=len(idx)))
+                text = torch.cat([tokens[idx], neg_tokens[idx, pick]])
             img_emb = F.normalize(model.encode_image(images[idx]), dim=-1)
             txt_emb = F.normalize(model.encode_text(text), dim=-1)
             logits = model.logit_scale.exp() * img_emb @ txt_emb.T  # (B, B) or (B, 2B)

@@ -1,0 +1,252 @@
+"""Does one improvement round really reduce hallucination, and more than every baseline?
+
+Reuses (or builds) the world and the bootstrap seed + CLIP through Dagster, decodes the round's responses
+once per sampling setting, then trains every variant over several training seeds and evaluates each on
+the held-out split. Baselines are configuration of the same code: no verification, random negatives,
+label-free self-SFT, the literal recipe (1 sample, plain DPO); plus, as a reference only, supervised
+training on `seed_train` labels with the same trainer and steps. Labels of `improve` are read only to
+diagnose the pairs (precision of chosen / rejected), never by the loop.
+
+    .venv/bin/python bench/round_ablation.py [--seeds 0 1 2] [--variants loop self_sft ...] [--out docs/...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+
+import dagster as dg  # noqa: E402
+import polars as pl  # noqa: E402
+import torch  # noqa: E402
+from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
+
+from si_assets.assets.bootstrap import bootstrap_clip, bootstrap_seed_model  # noqa: E402
+from si_assets.assets.world import world_splits  # noqa: E402
+from si_assets.collection.sampling import HallucinationRatios, decode_plan, plan_requests  # noqa: E402
+from si_assets.definitions import build_resources  # noqa: E402
+from si_assets.evaluation.evaluate import evaluate_model  # noqa: E402
+from si_assets.evaluation.metrics import ObjectVocabulary, caption_scores  # noqa: E402
+from si_assets.modeling.generation import generate_greedy  # noqa: E402
+from si_assets.modeling.mixed_decoding import SamplerSettings  # noqa: E402
+from si_assets.optimization.dpo import DPOSettings, train_dpo  # noqa: E402
+from si_assets.organization.verification import (  # noqa: E402
+    PairRule,
+    clip_score_fn,
+    decision_counts,
+    organize_pairs,
+    score_responses,
+    training_pairs,
+)
+from si_assets.verifier.clip import ClipScorer, load_clip  # noqa: E402
+from si_assets.world import EVAL_PROMPT, WorldSpec, decode_png, improve_ground_truth  # noqa: E402
+from si_assets.world.vocabulary import world_vocabulary  # noqa: E402
+
+METRICS = ["precision", "recall", "f1", "chair_s", "mentions_per_caption", "pope_f1"]
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    n_samples: int = 8
+    n_negatives: int = 2
+    rule: PairRule = PairRule()
+    training: DPOSettings = DPOSettings()
+    data: str = "pairs"  # "pairs" | "self_sft" (seed's greedy captions) | "supervised" (seed_train labels)
+    note: str = ""
+
+
+DEFAULT = DPOSettings()
+VARIANTS = {
+    v.name: v
+    for v in [
+        Variant("loop", note="CLIP best-of-N chosen, CLIP-worst negative, DPO + SFT term (the defaults)"),
+        Variant("literal", n_samples=1, n_negatives=1, training=replace(DEFAULT, rpo_alpha=0.0),
+                note="1 sample, CLIP swap/discard, plain DPO (the paper's recipe)"),
+        Variant("literal_sft", n_samples=1, n_negatives=1, note="1 sample, CLIP swap/discard, DPO + SFT term"),
+        Variant("no_verification", rule=PairRule(verification="none"), note="pairs as generated"),
+        Variant("random_negatives", rule=PairRule(negatives="random"), note="negative = another image's response"),
+        Variant("self_sft", data="self_sft", training=replace(DEFAULT, objective="sft"),
+                note="label-free self-training on the seed's greedy captions, same trainer and steps"),
+        Variant("supervised", data="supervised", training=replace(DEFAULT, objective="sft"),
+                note="REFERENCE ONLY (reads labels): SFT on seed_train captions, same steps"),
+    ]
+}  # fmt: skip
+
+
+@dataclass
+class Bench:
+    world: dict[str, pl.DataFrame]
+    seed_dir: Path
+    clip_dir: Path
+    vocab: ObjectVocabulary
+    eval_images: list
+    improve_images: dict
+    responses: dict[tuple[int, int], pl.DataFrame] = field(default_factory=dict)
+
+    def load_seed(self):
+        model = AutoModelForImageTextToText.from_pretrained(self.seed_dir, use_safetensors=True).eval()
+        return model, AutoProcessor.from_pretrained(self.seed_dir)
+
+    def evaluate(self, model, processor) -> dict[str, float]:
+        ev = self.world["eval"]
+        return evaluate_model(
+            model, processor, ev["id"].to_list(), self.eval_images, ev["objects"].to_list(), self.vocab, EVAL_PROMPT
+        ).metrics
+
+
+def build_bench(images: int, world: dict, clip: dict) -> Bench:
+    """World and bootstrap models through Dagster (memoised: reused when `make demo` built them)."""
+    resources = build_resources()
+    result = dg.materialize(
+        [world_splits, bootstrap_seed_model, bootstrap_clip],
+        resources=resources,
+        instance=dg.DagsterInstance.get(),
+        run_config={"ops": {"world_splits": {"config": world}, "bootstrap_clip": {"config": clip}}},
+    )
+    world = {s: result.asset_value(f"world_{s}") for s in ("seed_train", "improve", "eval")}
+    world["improve"] = world["improve"].head(images)
+    store = resources["store"].get()  # the checkpoints as stored (the outputs' staging folders are gone)
+    seed_dir = Path(store.local_checkpoint(store.head("bootstrap_seed_model")).path)
+    clip_dir = Path(store.local_checkpoint(store.head("bootstrap_clip")).path)
+    return Bench(
+        world=world,
+        seed_dir=seed_dir,
+        clip_dir=clip_dir,
+        vocab=ObjectVocabulary.from_kinds(world_vocabulary(world["eval"])[0]),
+        eval_images=[decode_png(b) for b in world["eval"]["image_png"]],
+        improve_images={i: decode_png(b) for i, b in zip(world["improve"]["id"], world["improve"]["image_png"])},
+    )
+
+
+def responses_for(bench: Bench, n_samples: int, n_negatives: int) -> pl.DataFrame:
+    key = (n_samples, n_negatives)
+    if key not in bench.responses:
+        model, processor = bench.load_seed()
+        plan = plan_requests(bench.world["improve"], n_samples, n_negatives, HallucinationRatios(), base_seed=0)
+        started = time.perf_counter()
+        bench.responses[key] = decode_plan(model, processor, plan, bench.improve_images, SamplerSettings(), "seed")
+        print(f"decoded {plan.height} responses (N={n_samples}) in {time.perf_counter() - started:.0f}s", flush=True)
+    return bench.responses[key]
+
+
+def pairs_for(bench: Bench, variant: Variant, scorer: ClipScorer, truth: dict) -> tuple[pl.DataFrame, dict]:
+    improve = bench.world["improve"]
+    if variant.data == "self_sft":
+        model, processor = bench.load_seed()
+        captions = generate_greedy(model, processor, list(bench.improve_images.values()), improve["prompt"].to_list())
+        pairs = pl.DataFrame({"image_id": improve["id"], "prompt": improve["prompt"], "chosen": captions})
+        return pairs.with_columns(pair_id=pl.col("image_id"), rejected=pl.col("chosen")), {}
+    if variant.data == "supervised":
+        train = bench.world["seed_train"].sample(improve.height, seed=0)
+        bench.improve_images.update({i: decode_png(b) for i, b in zip(train["id"], train["image_png"])})
+        pairs = pl.DataFrame({"image_id": train["id"], "prompt": "Describe the image.", "chosen": train["caption"]})
+        return pairs.with_columns(pair_id=pl.col("image_id"), rejected=pl.col("chosen")), {}
+    responses = responses_for(bench, variant.n_samples, variant.n_negatives)
+    score = clip_score_fn(scorer, bench.improve_images, improve["id"].to_list(), "sentence_mean")
+    pairs = organize_pairs(score_responses(responses, score), variant.rule, score)
+    kept = training_pairs(pairs)
+
+    def precision(texts: pl.Series, ids: pl.Series) -> float:
+        return caption_scores(texts.to_list(), [truth[i] for i in ids], bench.vocab).precision
+
+    diagnostics = {
+        **decision_counts(pairs),
+        "chosen_precision": precision(kept["chosen"], kept["image_id"]),
+        "rejected_precision": precision(kept["rejected"], kept["image_id"]),
+        "chosen_words": float(kept["chosen"].str.split(" ").list.len().mean()),
+        "rejected_words": float(kept["rejected"].str.split(" ").list.len().mean()),
+    }
+    return kept.with_columns(pair_id=pl.col("image_id")), diagnostics
+
+
+def run(
+    variants: list[str],
+    seeds: list[int],
+    images: int,
+    overrides: dict,
+    world: dict,
+    clip: dict,
+    clip_dir: Path | None = None,
+) -> pl.DataFrame:
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    bench = build_bench(images, world, clip)
+    truth = improve_ground_truth(WorldSpec(**world))
+    clip_model, preprocess, tokenizer = load_clip(str(clip_dir or bench.clip_dir))
+    scorer = ClipScorer(clip_model, preprocess, tokenizer)
+    rows = [{"variant": "seed", "seed": -1, **bench.evaluate(*bench.load_seed())}]
+    print("seed:", {m: round(rows[0][m], 3) for m in METRICS}, flush=True)
+    for name in variants:
+        variant = VARIANTS[name]
+        variant = replace(variant, training=replace(variant.training, **overrides))
+        pairs, diagnostics = pairs_for(bench, variant, scorer, truth)
+        if diagnostics:
+            print(f"{name}: pairs {diagnostics}", flush=True)
+        for seed in seeds:
+            model, processor = bench.load_seed()
+            started = time.perf_counter()
+            with tempfile.TemporaryDirectory() as work:
+                trained, _, result = train_dpo(
+                    model,
+                    processor,
+                    pairs,
+                    bench.improve_images,
+                    replace(variant.training, seed=seed),
+                    Path(work),
+                )
+            merged = trained.merge_and_unload().eval()
+            metrics = bench.evaluate(merged, processor)
+            seconds = time.perf_counter() - started
+            rows.append({"variant": name, "seed": seed, "steps": result.steps, "seconds": seconds, **metrics})
+            print(f"{name} seed {seed}: " + " ".join(f"{m} {metrics[m]:.3f}" for m in METRICS), flush=True)
+    return pl.DataFrame(rows)
+
+
+def summary(results: pl.DataFrame) -> pl.DataFrame:
+    seed = results.filter(pl.col("variant") == "seed").row(0, named=True)
+    return (
+        results.filter(pl.col("variant") != "seed")
+        .group_by("variant", maintain_order=True)
+        .agg(
+            pl.len().alias("seeds"),
+            *[pl.col(m).mean().alias(m) for m in METRICS],
+            (pl.col("precision").max() - pl.col("precision").min()).alias("precision_spread"),
+            pl.col("precision").round(3).cast(pl.String).str.join(" / ").alias("precision_per_seed"),
+        )
+        .with_columns(
+            delta_precision=pl.col("precision") - seed["precision"], delta_recall=pl.col("recall") - seed["recall"]
+        )
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--images", type=int, default=1500, help="unlabeled images used (the improve split's head)")
+    parser.add_argument("--train", type=json.loads, default={}, help="DPOSettings overrides, e.g. '{\"epochs\": 3}'")
+    parser.add_argument("--world", type=json.loads, default={}, help="WorldConfig overrides as JSON")
+    parser.add_argument("--clip", type=json.loads, default={}, help="bootstrap_clip config overrides as JSON")
+    parser.add_argument("--clip-dir", type=Path, help="score with this open_clip folder instead of the bootstrap CLIP")
+    parser.add_argument("--out", type=Path, help="write the per-seed results as CSV here")
+    args = parser.parse_args()
+    results = run(args.variants, args.seeds, args.images, args.train, args.world, args.clip, args.clip_dir)
+    table = summary(results)
+    with pl.Config(tbl_rows=50, tbl_cols=20, float_precision=3, tbl_width_chars=200):
+        print(results.filter(pl.col("variant") == "seed").select("variant", *METRICS))
+        print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        results.write_csv(args.out)
+    print(f"spread of the per-seed precision, mean over variants: {float(table['precision_spread'].mean()):.3f}")
+
+
+if __name__ == "__main__":
+    main()

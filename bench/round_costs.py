@@ -1,0 +1,228 @@
+"""What the round's steps cost, as ratios against a baseline measured in the same run (medians of repeats).
+
+(a) one controlled-hallucination pair (positive + negative, each decoded from p_mix with image and
+    image-free streams in ONE batched forward per token) vs two plain `model.generate` samples; and a
+    naive mixed decoder that runs the two streams as two forwards per token, for reference;
+(b) CLIP verification of a pair vs the seed model judging the same pair by answering "Is there a X in
+    the image?" for every object each response mentions;
+(c) a 2-epoch DPO run with reference log-probs from the cache vs recomputed by TRL at every step.
+
+    .venv/bin/python bench/round_costs.py [--images 128] [--pairs 256] [--repeats 3]
+
+Uses the bootstrap seed and CLIP from the artifact store (run `make demo` first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+import torch  # noqa: E402
+from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
+
+from si_assets.collection.sampling import HallucinationRatios, draw_ratios, stable_seed  # noqa: E402
+from si_assets.evaluation.evaluate import POPE_PROMPT  # noqa: E402
+from si_assets.evaluation.metrics import ObjectVocabulary  # noqa: E402
+from si_assets.modeling.chat import user_prompt  # noqa: E402
+from si_assets.modeling.generation import generate_greedy  # noqa: E402
+from si_assets.modeling.mixed_decoding import MixedRequest, MixtureSampler, SamplerSettings, decode_mixed  # noqa: E402
+from si_assets.optimization.dpo import DPOSettings, compute_reference, train_dpo  # noqa: E402
+from si_assets.storage import ArtifactStore  # noqa: E402
+from si_assets.verifier.clip import ClipScorer, load_clip  # noqa: E402
+from si_assets.world import decode_png  # noqa: E402
+
+SETTINGS = SamplerSettings()
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def pair_requests(images: list, prompt: str) -> list[MixedRequest]:
+    requests = []
+    for k, image in enumerate(images):
+        seed = stable_seed("bench", k)
+        h_pos, h_neg = draw_ratios(np.random.default_rng(seed), HallucinationRatios())
+        requests += [MixedRequest(image, prompt, h_pos, seed), MixedRequest(image, prompt, h_neg, seed)]
+    return requests
+
+
+@torch.no_grad()
+def plain_samples(model, processor, images: list, prompt: str, batch_size: int = 64) -> None:
+    """Two ordinary sampled captions per image: the cost a pair is compared against."""
+    text = user_prompt(processor, prompt)
+    for start in range(0, len(images), batch_size // 2):
+        batch = images[start : start + batch_size // 2] * 2
+        enc = processor(images=batch, text=[text] * len(batch), return_tensors="pt", padding=True)
+        model.generate(
+            **enc,
+            do_sample=True,
+            temperature=SETTINGS.temperature,
+            max_new_tokens=SETTINGS.max_new_tokens,
+            pad_token_id=processor.tokenizer.pad_token_id,
+        )
+
+
+@torch.no_grad()
+def naive_mixed(model, processor, requests: list[MixedRequest], batch_size: int = 64) -> None:
+    """The two streams as two separate forwards per token, each with its own KV cache."""
+    eos = processor.tokenizer.eos_token_id
+    for start in range(0, len(requests), batch_size):
+        batch = requests[start : start + batch_size]
+        streams = []
+        for with_image in (True, False):
+            texts = [user_prompt(processor, r.prompt, with_image=with_image) for r in batch]
+            images = [r.image for r in batch] if with_image else None
+            enc = processor(images=images, text=texts, return_tensors="pt", padding=True)
+            positions = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+            out = model(**enc, position_ids=positions, use_cache=True)
+            streams.append({"mask": enc["attention_mask"], "pos": positions[:, -1:], "out": out})
+        sampler = MixtureSampler([r.h for r in batch], [r.seed for r in batch], SETTINGS)
+        done = torch.zeros(len(batch), dtype=torch.bool)
+        for _ in range(SETTINGS.max_new_tokens):
+            scores = torch.cat([s["out"].logits[:, -1] for s in streams])
+            token = sampler(None, scores)[: len(batch)].argmax(-1)
+            done |= token == eos
+            if done.all():
+                break
+            for s in streams:
+                s["mask"] = torch.cat([s["mask"], torch.ones(len(batch), 1, dtype=s["mask"].dtype)], dim=1)
+                s["pos"] = s["pos"] + 1
+                s["out"] = model(
+                    input_ids=token[:, None],
+                    attention_mask=s["mask"],
+                    position_ids=s["pos"],
+                    past_key_values=s["out"].past_key_values,
+                    use_cache=True,
+                )
+
+
+def bench_decoding(model, processor, images: list, repeats: int) -> dict[str, float]:
+    prompt = "Describe the image."
+    requests = pair_requests(images, prompt)
+    plain = median_seconds(lambda: plain_samples(model, processor, images, prompt), repeats)
+    mixed = median_seconds(lambda: decode_mixed(model, processor, requests, SETTINGS, batch_size=128), repeats)
+    naive = median_seconds(lambda: naive_mixed(model, processor, requests), repeats)
+    return {"plain_two_samples_s": plain, "mixed_pair_s": mixed, "naive_two_pass_s": naive}
+
+
+def bench_verification(model, processor, scorer: ClipScorer, images: list, repeats: int) -> dict[str, float]:
+    """Both judges see the same pairs: the seed's own positive/negative captions."""
+    requests = pair_requests(images, "Describe the image.")
+    texts = decode_mixed(model, processor, requests, SETTINGS, batch_size=128)
+    pair_images = [r.image for r in requests]
+    vocab = ObjectVocabulary.from_kinds(["circle", "square", "triangle", "star", "cross", "ring", "heart", "moon"])
+
+    def clip_judge() -> None:
+        embeddings = scorer.image_embeddings(images)
+        scorer.score(embeddings.repeat_interleave(2, dim=0), texts)
+
+    questions = [(im, POPE_PROMPT.format(object=o)) for im, t in zip(pair_images, texts) for o in vocab.mentions(t)]
+
+    def self_judge() -> None:
+        generate_greedy(model, processor, [q[0] for q in questions], [q[1] for q in questions], max_new_tokens=4)
+
+    return {
+        "clip_s": median_seconds(clip_judge, repeats),
+        "self_judge_s": median_seconds(self_judge, repeats),
+        "questions": len(questions),
+    }
+
+
+def bench_reference_cache(seed_dir: Path, pairs: pl.DataFrame, image_by_id: dict, repeats: int) -> dict[str, float]:
+    settings = DPOSettings(epochs=2, logging_steps=1000)
+
+    def fresh():
+        return AutoModelForImageTextToText.from_pretrained(seed_dir), AutoProcessor.from_pretrained(seed_dir)
+
+    def train(reference, cache: bool) -> float:
+        model, processor = fresh()
+        with tempfile.TemporaryDirectory() as work:
+            started = time.perf_counter()
+            train_dpo(model, processor, pairs, image_by_id, settings, Path(work), reference, cache_reference=cache)
+            return time.perf_counter() - started
+
+    with tempfile.TemporaryDirectory() as work:
+        model, processor = fresh()
+        started = time.perf_counter()
+        reference = compute_reference(model, processor, pairs, image_by_id, settings, Path(work))
+        reference_s = time.perf_counter() - started
+    per_step = statistics.median(train(None, cache=False) for _ in range(repeats))
+    cached = statistics.median(train(reference, cache=True) for _ in range(repeats))
+    return {"recomputed_s": per_step, "cached_s": cached, "cache_fill_s": reference_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store", default=os.environ.get("SI_STORE", ".si_store"))
+    parser.add_argument("--images", type=int, default=128)
+    parser.add_argument("--pairs", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+
+    store = ArtifactStore(args.store)
+    heads = {name: store.head(name) for name in ("bootstrap_seed_model", "bootstrap_clip", "world_improve")}
+    if any(h is None for h in heads.values()):
+        raise SystemExit(f"no bootstrap artifacts in {args.store}: run `make demo` first")
+    seed_dir = store.local_checkpoint(heads["bootstrap_seed_model"]).path
+    model = AutoModelForImageTextToText.from_pretrained(seed_dir).eval()
+    processor = AutoProcessor.from_pretrained(seed_dir)
+    improve = store.read_table(heads["world_improve"])
+    images = [decode_png(b) for b in improve["image_png"].head(args.images)]
+
+    a = bench_decoding(model, processor, images, args.repeats)
+    clip_model, preprocess, tokenizer = load_clip(str(store.local_checkpoint(heads["bootstrap_clip"]).path))
+    b = bench_verification(model, processor, ClipScorer(clip_model, preprocess, tokenizer), images, args.repeats)
+
+    subset = improve.head(args.pairs)
+    image_by_id = {i: decode_png(p) for i, p in zip(subset["id"], subset["image_png"])}
+    captions = decode_mixed(
+        model, processor, pair_requests(list(image_by_id.values()), "Describe the image."), SETTINGS, batch_size=128
+    )
+    pairs = pl.DataFrame(
+        {
+            "pair_id": subset["id"],
+            "image_id": subset["id"],
+            "prompt": "Describe the image.",
+            "chosen": captions[0::2],
+            "rejected": captions[1::2],
+        }
+    )
+    c = bench_reference_cache(Path(seed_dir), pairs, image_by_id, args.repeats)
+
+    print(f"threads: {torch.get_num_threads()}, images: {args.images}, pairs: {args.pairs}, repeats: {args.repeats}")
+    plain = a["plain_two_samples_s"]
+    print(
+        f"(a) pair decoding: mixed pair {a['mixed_pair_s']:.2f}s vs two plain samples {plain:.2f}s"
+        f" -> {a['mixed_pair_s'] / plain:.2f}x  (goal <= 1.3x);"
+        f" naive two-pass decoder {a['naive_two_pass_s']:.2f}s -> {a['naive_two_pass_s'] / plain:.2f}x"
+    )
+    print(
+        f"(b) verification of {args.images} pairs: CLIP {b['clip_s']:.3f}s vs self-judging with {b['questions']} yes/no"
+        f" questions {b['self_judge_s']:.2f}s -> CLIP {b['self_judge_s'] / b['clip_s']:.1f}x cheaper (goal >= 20x)"
+    )
+    print(
+        f"(c) 2-epoch DPO on {args.pairs} pairs: reference recomputed every step {c['recomputed_s']:.1f}s vs cached"
+        f" {c['cached_s']:.1f}s -> {c['recomputed_s'] / c['cached_s']:.2f}x faster (goal >= 1.3x); filling the cache"
+        f" once costs {c['cache_fill_s']:.1f}s"
+        f" (first run, cache filled: {c['recomputed_s'] / (c['cached_s'] + c['cache_fill_s']):.2f}x)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -57,6 +57,7 @@ class Variant:
     name: str
     n_samples: int = 8
     n_negatives: int = 2
+    ratios: HallucinationRatios = HallucinationRatios()
     rule: PairRule = PairRule()
     training: DPOSettings = DPOSettings()
     data: str = "pairs"  # "pairs" | "self_sft" (seed's greedy captions) | "supervised" (seed_train labels)
@@ -81,6 +82,13 @@ VARIANTS = {
 }  # fmt: skip
 
 
+def derive(base: Variant, name: str, overrides: dict) -> Variant:
+    """A variant of `base` from JSON overrides; nested keys for ratios, rule and training."""
+    nested = {"ratios": base.ratios, "rule": base.rule, "training": base.training}
+    fields = {k: replace(nested[k], **v) if k in nested else v for k, v in overrides.items()}
+    return replace(base, name=name, note=json.dumps(overrides), **fields)
+
+
 @dataclass
 class Bench:
     world: dict[str, pl.DataFrame]
@@ -89,11 +97,12 @@ class Bench:
     vocab: ObjectVocabulary
     eval_images: list
     improve_images: dict
-    responses: dict[tuple[int, int], pl.DataFrame] = field(default_factory=dict)
+    responses: dict[tuple, pl.DataFrame] = field(default_factory=dict)
 
-    def load_seed(self):
-        model = AutoModelForImageTextToText.from_pretrained(self.seed_dir, use_safetensors=True).eval()
-        return model, AutoProcessor.from_pretrained(self.seed_dir)
+    def load_seed(self, checkpoint: Path | None = None):
+        checkpoint = checkpoint or self.seed_dir
+        model = AutoModelForImageTextToText.from_pretrained(checkpoint, use_safetensors=True).eval()
+        return model, AutoProcessor.from_pretrained(checkpoint)
 
     def evaluate(self, model, processor) -> dict[str, float]:
         ev = self.world["eval"]
@@ -126,18 +135,20 @@ def build_bench(images: int, world: dict, clip: dict) -> Bench:
     )
 
 
-def responses_for(bench: Bench, n_samples: int, n_negatives: int) -> pl.DataFrame:
-    key = (n_samples, n_negatives)
+def responses_for(bench: Bench, variant: Variant, checkpoint: Path | None) -> pl.DataFrame:
+    key = (variant.n_samples, variant.n_negatives, variant.ratios, checkpoint)
     if key not in bench.responses:
-        model, processor = bench.load_seed()
-        plan = plan_requests(bench.world["improve"], n_samples, n_negatives, HallucinationRatios(), base_seed=0)
+        model, processor = bench.load_seed(checkpoint)
+        plan = plan_requests(bench.world["improve"], variant.n_samples, variant.n_negatives, variant.ratios, 0)
         started = time.perf_counter()
         bench.responses[key] = decode_plan(model, processor, plan, bench.improve_images, SamplerSettings(), "seed")
-        print(f"decoded {plan.height} responses (N={n_samples}) in {time.perf_counter() - started:.0f}s", flush=True)
+        print(f"decoded {plan.height} responses {key} in {time.perf_counter() - started:.0f}s", flush=True)
     return bench.responses[key]
 
 
-def pairs_for(bench: Bench, variant: Variant, scorer: ClipScorer, truth: dict) -> tuple[pl.DataFrame, dict]:
+def pairs_for(
+    bench: Bench, variant: Variant, scorer: ClipScorer, truth: dict, checkpoint: Path | None = None
+) -> tuple[pl.DataFrame, dict]:
     improve = bench.world["improve"]
     if variant.data == "self_sft":
         model, processor = bench.load_seed()
@@ -149,32 +160,36 @@ def pairs_for(bench: Bench, variant: Variant, scorer: ClipScorer, truth: dict) -
         bench.improve_images.update({i: decode_png(b) for i, b in zip(train["id"], train["image_png"])})
         pairs = pl.DataFrame({"image_id": train["id"], "prompt": "Describe the image.", "chosen": train["caption"]})
         return pairs.with_columns(pair_id=pl.col("image_id"), rejected=pl.col("chosen")), {}
-    responses = responses_for(bench, variant.n_samples, variant.n_negatives)
+    responses = responses_for(bench, variant, checkpoint)
     score = clip_score_fn(scorer, bench.improve_images, improve["id"].to_list(), "sentence_mean")
     pairs = organize_pairs(score_responses(responses, score), variant.rule, score)
     kept = training_pairs(pairs)
 
-    def precision(texts: pl.Series, ids: pl.Series) -> float:
-        return caption_scores(texts.to_list(), [truth[i] for i in ids], bench.vocab).precision
+    def scores(texts: pl.Series, ids: pl.Series) -> str:
+        s = caption_scores(texts.to_list(), [truth[i] for i in ids], bench.vocab)
+        return f"P {s.precision:.3f} R {s.recall:.3f}"
 
+    greedy = responses.filter((pl.col("role") == "positive") & (pl.col("sample") == 0))
     diagnostics = {
         **decision_counts(pairs),
-        "chosen_precision": precision(kept["chosen"], kept["image_id"]),
-        "rejected_precision": precision(kept["rejected"], kept["image_id"]),
+        "positive_0": scores(greedy["response"], greedy["image_id"]),
+        "chosen": scores(kept["chosen"], kept["image_id"]),
+        "rejected": scores(kept["rejected"], kept["image_id"]),
         "chosen_words": float(kept["chosen"].str.split(" ").list.len().mean()),
         "rejected_words": float(kept["rejected"].str.split(" ").list.len().mean()),
     }
-    return kept.with_columns(pair_id=pl.col("image_id")), diagnostics
+    return kept, diagnostics
 
 
 def run(
-    variants: list[str],
+    variants: list[Variant],
     seeds: list[int],
     images: int,
     overrides: dict,
     world: dict,
     clip: dict,
     clip_dir: Path | None = None,
+    rounds: int = 1,
 ) -> pl.DataFrame:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     bench = build_bench(images, world, clip)
@@ -183,29 +198,37 @@ def run(
     scorer = ClipScorer(clip_model, preprocess, tokenizer)
     rows = [{"variant": "seed", "seed": -1, **bench.evaluate(*bench.load_seed())}]
     print("seed:", {m: round(rows[0][m], 3) for m in METRICS}, flush=True)
-    for name in variants:
-        variant = VARIANTS[name]
+    for variant in variants:
+        name = variant.name
         variant = replace(variant, training=replace(variant.training, **overrides))
         pairs, diagnostics = pairs_for(bench, variant, scorer, truth)
         if diagnostics:
             print(f"{name}: pairs {diagnostics}", flush=True)
         for seed in seeds:
-            model, processor = bench.load_seed()
-            started = time.perf_counter()
-            with tempfile.TemporaryDirectory() as work:
-                trained, _, result = train_dpo(
-                    model,
-                    processor,
-                    pairs,
-                    bench.improve_images,
-                    replace(variant.training, seed=seed),
-                    Path(work),
-                )
-            merged = trained.merge_and_unload().eval()
-            metrics = bench.evaluate(merged, processor)
-            seconds = time.perf_counter() - started
-            rows.append({"variant": name, "seed": seed, "steps": result.steps, "seconds": seconds, **metrics})
-            print(f"{name} seed {seed}: " + " ".join(f"{m} {metrics[m]:.3f}" for m in METRICS), flush=True)
+            with tempfile.TemporaryDirectory() as chain:
+                checkpoint, round_pairs = None, pairs
+                for round_ in range(1, (rounds if variant.data == "pairs" else 1) + 1):
+                    if round_ > 1:  # the next round samples from, and trains, the model the last one made
+                        round_pairs, diagnostics = pairs_for(bench, variant, scorer, truth, checkpoint)
+                        print(f"{name} seed {seed} round {round_}: pairs {diagnostics}", flush=True)
+                    label = name if round_ == 1 else f"{name}@round{round_}"
+                    model, processor = bench.load_seed(checkpoint)
+                    started = time.perf_counter()
+                    with tempfile.TemporaryDirectory() as work:
+                        settings = replace(variant.training, seed=seed)
+                        trained, _, result = train_dpo(
+                            model, processor, round_pairs, bench.improve_images, settings, Path(work)
+                        )
+                    merged = trained.merge_and_unload().eval()
+                    metrics = bench.evaluate(merged, processor)
+                    seconds = time.perf_counter() - started
+                    rows.append({"variant": label, "seed": seed, "steps": result.steps, "seconds": seconds, **metrics})
+                    shown = " ".join(f"{m} {metrics[m]:.3f}" for m in METRICS)
+                    print(f"{label} seed {seed}: {shown} ({result.steps} steps, {seconds:.0f}s)", flush=True)
+                    if round_ < rounds:
+                        checkpoint = Path(chain) / f"round{round_}"
+                        merged.save_pretrained(checkpoint)
+                        processor.save_pretrained(checkpoint)
     return pl.DataFrame(rows)
 
 
@@ -228,16 +251,28 @@ def summary(results: pl.DataFrame) -> pl.DataFrame:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--derive",
+        nargs="+",
+        default=[],
+        metavar="NAME=JSON",
+        help='extra variants of "loop", e.g. neg35=\'{"ratios": {"mu_neg": 0.35}, "training": {"ld_alpha": 0.5}}\'',
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--images", type=int, default=1500, help="unlabeled images used (the improve split's head)")
     parser.add_argument("--train", type=json.loads, default={}, help="DPOSettings overrides, e.g. '{\"epochs\": 3}'")
     parser.add_argument("--world", type=json.loads, default={}, help="WorldConfig overrides as JSON")
     parser.add_argument("--clip", type=json.loads, default={}, help="bootstrap_clip config overrides as JSON")
     parser.add_argument("--clip-dir", type=Path, help="score with this open_clip folder instead of the bootstrap CLIP")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds per training seed (pair-based variants)")
     parser.add_argument("--out", type=Path, help="write the per-seed results as CSV here")
     args = parser.parse_args()
-    results = run(args.variants, args.seeds, args.images, args.train, args.world, args.clip, args.clip_dir)
+    variants = [VARIANTS[v] for v in args.variants]
+    for spec in args.derive:
+        name, overrides = spec.split("=", 1)
+        variants.append(derive(VARIANTS["loop"], name, json.loads(overrides)))
+    results = run(variants, args.seeds, args.images, args.train, args.world, args.clip, args.clip_dir, args.rounds)
     table = summary(results)
     with pl.Config(tbl_rows=50, tbl_cols=20, float_precision=3, tbl_width_chars=200):
         print(results.filter(pl.col("variant") == "seed").select("variant", *METRICS))

@@ -124,3 +124,13 @@ def test_bad_rules_are_refused() -> None:
         PairRule(margin=-0.1)
     with pytest.raises(ValueError, match="verification"):
         PairRule(verification="judge")  # type: ignore[arg-type]
+
+
+def test_several_pairs_per_image_pair_ranks_in_order() -> None:
+    pairs = organize_pairs(_scored(), PairRule(pairs_per_image=2), _score_by_lookup)
+    assert pairs["pair_id"].to_list() == ["a/0", "a/1", "b/0", "b/1"]
+    assert pairs["response_positive"].to_list() == ["a-positive-1", "a-positive-2", "b-positive-1", "b-positive-2"]
+    assert pairs["response_negative"].to_list() == ["a-negative-1", "a-negative-0", "b-negative-1", "b-negative-0"]
+    assert pairs["decision"].to_list() == [KEPT, KEPT, REVERSED, REVERSED]
+    with pytest.raises(ValueError, match="pairs_per_image"):
+        PairRule(pairs_per_image=0)

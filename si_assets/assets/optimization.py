@@ -1,5 +1,6 @@
 """Optimization stage: DPO with a LoRA adapter on the verified pairs (or a configured baseline)."""
 
+import shutil
 from typing import Literal
 
 import dagster as dg
@@ -93,19 +94,10 @@ def trained_model(
     peft_model, _, result = train_dpo(
         model, processor, pairs, image_by_id, settings, work / "trainer", reference=ref_table, log=context.log.info
     )
+    shutil.rmtree(work, ignore_errors=True)
     merged = artifact_store.staging_dir()
     save_trained(peft_model, processor, merged, merged / "adapter")
-    curve = (
-        pl.DataFrame(result.curve).select(
-            [
-                c
-                for c in ("step", "epoch", "loss", "rewards/margins", "rewards/accuracies", "logps/chosen")
-                if c in pl.DataFrame(result.curve).columns
-            ]
-        )
-        if result.curve
-        else pl.DataFrame()
-    )
+    curve = result.curve_table()
     return versioned(
         Checkpoint(merged),
         optimization=config.optimization,
@@ -113,6 +105,7 @@ def trained_model(
         steps=result.steps,
         train_seconds=result.seconds,
         reference_logps=dg.MetadataValue.path(ref_artifact.uri),
+        reference_logps_version=ref_artifact.version,
         reference_logps_reused=ref_reused,
         seed_checkpoint_version=seed_checkpoint.version,
         training_curve=dg.MetadataValue.md(markdown_table(curve) if curve.height else "(no log entries)"),

@@ -29,6 +29,7 @@ class VerificationConfig(dg.Config):
     negatives: Literal["hallucinated", "random"] = Field(
         "hallucinated", description="'random': another image's response as the negative (baseline)"
     )
+    pairs_per_image: int = Field(1, ge=1, description="k best positives meet the k worst negatives, by rank")
     seed: int = 0
 
 
@@ -44,13 +45,13 @@ def verified_pairs(
 ) -> dg.Output[pl.DataFrame]:
     """Chosen = CLIP-best positive, rejected = CLIP-worst negative; reversed when the negative scores higher,
     discarded when the two are closer than `margin`. Every score and decision stays on the row."""
-    rule = PairRule(config.margin, config.verification, config.negatives, config.seed)
+    rule = PairRule(config.margin, config.verification, config.negatives, config.seed, config.pairs_per_image)
     started = time.perf_counter()
     scorer = clip.scorer(f"local-dir:{bootstrap_clip.path}")
     image_by_id = decode_images(unlabeled_images)
     score = clip_score_fn(scorer, image_by_id, unlabeled_images["id"].to_list(), config.score_mode)
     scored = score_responses(pl.concat([sampled_responses, hallucinated_negatives]), score)
-    pairs = organize_pairs(scored, rule, score).with_columns(pair_id=pl.col("image_id"))
+    pairs = organize_pairs(scored, rule, score)
     seconds = time.perf_counter() - started
     counts = decision_counts(pairs)
     context.log.info(f"pairs: {counts} in {seconds:.1f}s")

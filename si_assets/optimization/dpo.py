@@ -22,6 +22,7 @@ from peft import LoraConfig
 from PIL import Image
 from torch.utils.data import DataLoader
 from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback
 from trl import DPOConfig, DPOTrainer
 
 from si_assets.progress import progress
@@ -72,6 +73,12 @@ class DPOResult:
     steps: int
     curve: list[dict[str, float]] = field(default_factory=list)
     reference_seconds: float = 0.0  # time spent computing reference log-probs in this run (0 when cached)
+
+    def curve_table(self) -> pl.DataFrame:
+        """Loss, reward margin and preference accuracy per logged step."""
+        wanted = ("step", "epoch", "loss", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected")
+        table = pl.DataFrame(self.curve)
+        return table.select([c for c in wanted if c in table.columns])
 
 
 def preference_dataset(
@@ -239,6 +246,7 @@ def train_dpo(
         trainer.train_dataset = preference_dataset(pairs, image_by_id, reference)
         trainer.precompute_ref_logps = True
         reference_seconds = time.perf_counter() - started
+    trainer.remove_callback(PrinterCallback)  # log lines go to the run log instead of stdout
     trainer.add_callback(_CurveLogger(log))
     started = time.perf_counter()
     trainer.train()

@@ -28,8 +28,11 @@ class PairRule:
     verification: Verification = "clip"  # "none": pairs as generated (positive 0 vs negative 0), a baseline
     negatives: NegativeSource = "hallucinated"  # "random": another image's response, a baseline
     seed: int = 0  # for random negatives
+    pairs_per_image: int = 1  # k: the k CLIP-best positives meet the k CLIP-worst negatives, in rank order
 
     def __post_init__(self) -> None:
+        if self.pairs_per_image < 1:
+            raise ValueError(f"pairs_per_image must be >= 1, got {self.pairs_per_image}")
         if self.margin < 0:
             raise ValueError(f"margin must be >= 0, got {self.margin}")
         if self.verification not in ("clip", "none"):
@@ -55,19 +58,23 @@ def score_responses(
 
 
 def select_candidates(scored: pl.DataFrame, rule: PairRule) -> pl.DataFrame:
-    """One candidate pair per image: (positive, negative) texts with their scores and ratios."""
+    """Candidate pairs per image: (positive, negative) texts with their scores and ratios, and a `rank`.
+    With CLIP, rank r pairs the r-th best positive with the r-th worst negative; without, sample r with
+    sample r (pairs as generated)."""
     positives = scored.filter(pl.col("role") == POSITIVE)
     negatives = scored.filter(pl.col("role") == NEGATIVE)
     if rule.verification == "clip":
-        best = positives.sort("score", "sample", descending=[True, False]).group_by("image_id", maintain_order=True)
-        worst = negatives.sort("score", "sample").group_by("image_id", maintain_order=True)
-        positives, negatives = best.first(), worst.first()
+        positives = positives.sort("image_id", "score", "sample", descending=[False, True, False])
+        negatives = negatives.sort("image_id", "score", "sample")
     else:
-        positives, negatives = positives.filter(pl.col("sample") == 0), negatives.filter(pl.col("sample") == 0)
-    keep = ["image_id", "prompt", "response", "score", "h", "sample", "seed"]
-    pos = positives.select(keep).rename({c: f"{c}_positive" for c in keep[2:]})
-    neg = negatives.select(keep[0], *keep[2:]).rename({c: f"{c}_negative" for c in keep[2:]})
-    return pos.join(neg, on="image_id", how="inner").sort("image_id")
+        positives, negatives = positives.sort("image_id", "sample"), negatives.sort("image_id", "sample")
+    rank = pl.int_range(pl.len()).over("image_id").alias("rank")
+    positives = positives.with_columns(rank).filter(pl.col("rank") < rule.pairs_per_image)
+    negatives = negatives.with_columns(rank).filter(pl.col("rank") < rule.pairs_per_image)
+    keep = ["image_id", "rank", "prompt", "response", "score", "h", "sample", "seed"]
+    pos = positives.select(keep).rename({c: f"{c}_positive" for c in keep[3:]})
+    neg = negatives.select(*keep[:2], *keep[3:]).rename({c: f"{c}_negative" for c in keep[3:]})
+    return pos.join(neg, on=["image_id", "rank"], how="inner").sort("image_id", "rank")
 
 
 def random_negatives(
@@ -93,8 +100,10 @@ def random_negatives(
 def organize_pairs(
     scored: pl.DataFrame, rule: PairRule, score: Callable[[Sequence[str], Sequence[str]], np.ndarray]
 ) -> pl.DataFrame:
-    """The verified pairs: chosen/rejected after the reverse/discard rule, with every score kept."""
+    """The verified pairs: chosen/rejected after the reverse/discard rule, with every score kept.
+    `pair_id` is `<image_id>/<rank>`."""
     candidates = select_candidates(scored, rule)
+    candidates = candidates.with_columns(pair_id=pl.format("{}/{}", "image_id", "rank"))
     if rule.negatives == "random":
         candidates = random_negatives(candidates, score, rule.seed)
     if rule.verification == "clip":

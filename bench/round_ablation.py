@@ -56,7 +56,7 @@ METRICS = ["precision", "recall", "f1", "chair_s", "mentions_per_caption", "pope
 class Variant:
     name: str
     n_samples: int = 8
-    n_negatives: int = 2
+    n_negatives: int = 4
     ratios: HallucinationRatios = HallucinationRatios()
     rule: PairRule = PairRule()
     training: DPOSettings = DPOSettings()

@@ -35,10 +35,10 @@ class SamplingConfig(dg.Config):
     h_neg ~ N(mu_neg, sd_neg) for negatives; negative k shares positive k's sampler seed."""
 
     n_samples: int = Field(8, ge=1, description="positives per image; CLIP picks the chosen one (1 = literal recipe)")
-    n_negatives: int = Field(2, ge=1, description="negatives per image; CLIP picks the rejected one")
+    n_negatives: int = Field(4, ge=1, description="negatives per image; CLIP picks the rejected one")
     mu_pos: float = 0.0
     sd_pos: float = 0.05
-    mu_neg: float = 0.7
+    mu_neg: float = 0.35
     sd_neg: float = 0.1
     temperature: float = 0.7
     top_p: float = 1.0

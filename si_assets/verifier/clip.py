@@ -77,11 +77,12 @@ class ClipTrainConfig(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     seed: int = 0
-    steps: int = 600
+    steps: int = 1800
     batch_size: int = 64
     lr: float = 2e-3
     hard_negatives: bool = True
-    negatives_per_image: int = 4  # a fresh one of these is drawn at every step
+    negatives_per_image: int = 4  # candidates generated per caption
+    negatives_per_step: int = 1  # how many of them each image meets in one batch
 
 
 def build_tiny_clip(spec: TinyClipSpec) -> CLIP:
@@ -128,8 +129,10 @@ def train_clip(
             if neg_tokens is None:
                 text = tokens[idx]
             else:
-                pick = torch.from_numpy(rng.integers(neg_tokens.shape[1], size=len(idx)))
-                text = torch.cat([tokens[idx], neg_tokens[idx, pick]])
+                per_step = min(config.negatives_per_step, neg_tokens.shape[1])
+                picks = torch.from_numpy(np.argsort(rng.random((len(idx), neg_tokens.shape[1])), axis=1)[:, :per_step])
+                hard = neg_tokens[idx[:, None], picks].reshape(len(idx) * per_step, -1)
+                text = torch.cat([tokens[idx], hard])
             img_emb = F.normalize(model.encode_image(images[idx]), dim=-1)
             txt_emb = F.normalize(model.encode_text(text), dim=-1)
             logits = model.logit_scale.exp() * img_emb @ txt_emb.T  # (B, B) or (B, 2B)

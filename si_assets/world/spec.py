@@ -30,11 +30,11 @@ class WorldSpec(BaseModel):
     cooccurrence_strength: float = Field(0.8, ge=0.0, le=1.0, description="P(partner present | anchor present)")
     min_objects: int = Field(1, ge=1)
     max_objects: int = Field(4, ge=1)
-    min_object_size: int = Field(8, ge=3, description="object bounding box side in pixels")
-    max_object_size: int = Field(15, ge=3)
-    min_contrast: float = Field(0.5, ge=0.0, le=1.0, description="object colour blend over the background")
-    clutter: int = Field(2, ge=0, description="max distractor strokes per image (not objects)")
-    pixel_noise: float = Field(8.0, ge=0.0, description="std of per-pixel gaussian noise, 0-255 scale")
+    min_object_size: int = Field(10, ge=3, description="object bounding box side in pixels")
+    max_object_size: int = Field(16, ge=3)
+    min_contrast: float = Field(0.8, ge=0.0, le=1.0, description="object colour blend over the background")
+    clutter: int = Field(1, ge=0, description="max distractor strokes per image (not objects)")
+    pixel_noise: float = Field(4.0, ge=0.0, description="std of per-pixel gaussian noise, 0-255 scale")
     caption_noise: float = Field(
         0.5,
         ge=0.0,

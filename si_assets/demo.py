@@ -35,10 +35,13 @@ def main() -> int:
         print("demo run failed; see the run log above", file=sys.stderr)
         return 1
     from si_assets.assets.evaluation import HEADLINE
+    from si_assets.organization.verification import decision_counts
 
+    counts = decision_counts(result.output_for_node("verified_pairs"))
+    print("\nverified pairs: " + ", ".join(f"{n} {d}" for d, n in counts.items()))
     table: pl.DataFrame = result.output_for_node("eval_scores")
     with pl.Config(tbl_rows=-1, float_precision=3, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
-        print("\nEvaluation on held-out images (object precision = 1 - CHAIR_i; POPE averaged over strategies):")
+        print("Held-out evaluation, seed vs trained (precision = 1 - CHAIR_i; POPE averaged over strategies):")
         print(table.filter(pl.col("metric").is_in(HEADLINE)))
         print("every metric, POPE per strategy included: the eval_scores asset in the UI")
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; Dagster instance: {home}")

@@ -129,10 +129,7 @@ def train_clip(
             if neg_tokens is None:
                 text = tokens[idx]
             else:
-                per_step = min(config.negatives_per_step, neg_tokens.shape[1])
-                picks = torch.from_numpy(np.argsort(rng.random((len(idx), neg_tokens.shape[1])), axis=1)[:, :per_step])
-                hard = neg_tokens[idx[:, None], picks].reshape(len(idx) * per_step, -1)
-                text = torch.cat([tokens[idx], hard])
+                text = torch.cat([tokens[idx], _pick_negatives(neg_tokens, idx, config.negatives_per_step, rng)])
             img_emb = F.normalize(model.encode_image(images[idx]), dim=-1)
             txt_emb = F.normalize(model.encode_text(text), dim=-1)
             logits = model.logit_scale.exp() * img_emb @ txt_emb.T  # (B, B) or (B, 2B)
@@ -147,6 +144,18 @@ def train_clip(
             bar.update(1)
     model.eval()
     return {"final_loss": float(loss.detach()), "seconds": time.perf_counter() - started}
+
+
+def _pick_negatives(
+    neg_tokens: torch.Tensor, idx: torch.Tensor, per_step: int, rng: np.random.Generator
+) -> torch.Tensor:
+    """`per_step` distinct hard negatives of each image in the batch, stacked image-major."""
+    candidates = neg_tokens.shape[1]
+    if per_step <= 1:
+        pick = torch.from_numpy(rng.integers(candidates, size=len(idx)))
+        return neg_tokens[idx, pick]
+    picks = torch.from_numpy(np.argsort(rng.random((len(idx), candidates)), axis=1)[:, : min(per_step, candidates)])
+    return neg_tokens[idx[:, None], picks].reshape(-1, neg_tokens.shape[-1])
 
 
 def load_clip(source: str, pretrained: str | None = None, device: str = "cpu"):

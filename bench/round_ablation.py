@@ -26,6 +26,7 @@ os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 import dagster as dg  # noqa: E402
 import polars as pl  # noqa: E402
 import torch  # noqa: E402
+from pydantic import BaseModel  # noqa: E402
 from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
 
 from si_assets.assets.bootstrap import bootstrap_clip, bootstrap_seed_model  # noqa: E402
@@ -65,27 +66,33 @@ class Variant:
 
 
 DEFAULT = DPOSettings()
+SFT_ONLY = DPOSettings(objective="sft")
 VARIANTS = {
     v.name: v
     for v in [
         Variant("loop", note="CLIP best-of-N chosen, CLIP-worst negative, DPO + SFT term (the defaults)"),
-        Variant("literal", n_samples=1, n_negatives=1, training=replace(DEFAULT, rpo_alpha=0.0),
+        Variant("literal", n_samples=1, n_negatives=1, training=DEFAULT.model_copy(update={"rpo_alpha": 0.0}),
                 note="1 sample, CLIP swap/discard, plain DPO (the paper's recipe)"),
         Variant("literal_sft", n_samples=1, n_negatives=1, note="1 sample, CLIP swap/discard, DPO + SFT term"),
         Variant("no_verification", rule=PairRule(verification="none"), note="pairs as generated"),
         Variant("random_negatives", rule=PairRule(negatives="random"), note="negative = another image's response"),
-        Variant("self_sft", data="self_sft", training=replace(DEFAULT, objective="sft"),
+        Variant("self_sft", data="self_sft", training=SFT_ONLY,
                 note="label-free self-training on the seed's greedy captions, same trainer and steps"),
-        Variant("supervised", data="supervised", training=replace(DEFAULT, objective="sft"),
+        Variant("supervised", data="supervised", training=SFT_ONLY,
                 note="REFERENCE ONLY (reads labels): SFT on seed_train captions, same steps"),
     ]
 }  # fmt: skip
 
 
+def updated(settings, **changes):
+    """A copy with some fields changed, for the dataclass and the pydantic settings alike."""
+    return settings.model_copy(update=changes) if isinstance(settings, BaseModel) else replace(settings, **changes)
+
+
 def derive(base: Variant, name: str, overrides: dict) -> Variant:
     """A variant of `base` from JSON overrides; nested keys for ratios, rule and training."""
     nested = {"ratios": base.ratios, "rule": base.rule, "training": base.training}
-    fields = {k: replace(nested[k], **v) if k in nested else v for k, v in overrides.items()}
+    fields = {k: updated(nested[k], **v) if k in nested else v for k, v in overrides.items()}
     return replace(base, name=name, note=json.dumps(overrides), **fields)
 
 
@@ -200,7 +207,7 @@ def run(
     print("seed:", {m: round(rows[0][m], 3) for m in METRICS}, flush=True)
     for variant in variants:
         name = variant.name
-        variant = replace(variant, training=replace(variant.training, **overrides))
+        variant = replace(variant, training=updated(variant.training, **overrides))
         pairs, diagnostics = pairs_for(bench, variant, scorer, truth)
         if diagnostics:
             print(f"{name}: pairs {diagnostics}", flush=True)
@@ -215,7 +222,7 @@ def run(
                     model, processor = bench.load_seed(checkpoint)
                     started = time.perf_counter()
                     with tempfile.TemporaryDirectory() as work:
-                        settings = replace(variant.training, seed=seed)
+                        settings = updated(variant.training, seed=seed)
                         trained, _, result = train_dpo(
                             model, processor, round_pairs, bench.improve_images, settings, Path(work)
                         )

@@ -12,7 +12,6 @@ from si_assets.assets.collection import decode_images
 from si_assets.assets.common import OPTIMIZATION, markdown_table, versioned
 from si_assets.modeling.generation import generate_greedy
 from si_assets.optimization.dpo import (
-    LANGUAGE_MODEL_PROJECTIONS,
     DPOSettings,
     compute_reference,
     save_trained,
@@ -25,22 +24,12 @@ from si_assets.storage.memo import config_key, memoised_table
 REFERENCE_CODE_VERSION = "reference-logps-1"
 
 
-class TrainingConfig(dg.Config):
+class TrainingConfig(dg.Config, DPOSettings):
+    """DPO (TRL + LoRA) settings, plus which optimization runs."""
+
     optimization: Literal["dpo", "self_sft"] = Field(
         "dpo", description="'self_sft': SFT on the seed's own greedy captions, same trainer and epochs (baseline)"
     )
-    beta: float = 0.1
-    rpo_alpha: float = Field(1.0, ge=0, description="weight of the SFT term on the chosen response; 0 = plain DPO")
-    ld_alpha: float | None = Field(None, description="LD-DPO weight of tokens past the shorter response")
-    learning_rate: float = 1e-3
-    epochs: float = 2.0
-    batch_size: int = 16
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_targets: str = LANGUAGE_MODEL_PROJECTIONS
-    max_length: int | None = None
-    seed: int = 0
 
 
 def self_sft_pairs(model, processor, images: pl.DataFrame, log) -> pl.DataFrame:
@@ -67,10 +56,9 @@ def trained_model(
     """The seed plus a DPO-trained LoRA adapter, merged (loads with plain `from_pretrained`); the adapter
     alone sits in `adapter/`. Reference log-probs are computed once per (seed, pairs, length settings)."""
     artifact_store = store.get()
-    settings = DPOSettings(
-        objective="sft" if config.optimization == "self_sft" else "dpo",
-        **config.model_dump(exclude={"optimization"}),
-    )
+    settings = DPOSettings(**config.model_dump(exclude={"optimization"}))
+    if config.optimization == "self_sft":
+        settings = settings.model_copy(update={"objective": "sft"})
     model, processor = models.load(seed_checkpoint.path)
     if config.optimization == "self_sft":
         pairs = self_sft_pairs(model, processor, unlabeled_images, context.log.info)

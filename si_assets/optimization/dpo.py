@@ -20,6 +20,7 @@ import polars as pl
 import torch
 from peft import LoraConfig
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import DataLoader
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
@@ -35,29 +36,26 @@ LANGUAGE_MODEL_PROJECTIONS = (
 Objective = Literal["dpo", "sft"]
 
 
-@dataclass(frozen=True)
-class DPOSettings:
-    objective: Objective = "dpo"  # "sft": the SFT term alone on the chosen responses (self-training baseline)
-    beta: float = 0.1
-    rpo_alpha: float = 1.0  # weight of the SFT term on the chosen response inside the DPO loss; 0 = plain DPO
-    ld_alpha: float | None = None  # LD-DPO: weight of tokens beyond the shorter response (None = plain sums)
-    learning_rate: float = 1e-3
-    epochs: float = 2.0
-    batch_size: int = 16
-    warmup_ratio: float = 0.1
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_targets: str = LANGUAGE_MODEL_PROJECTIONS  # regex over module names, or "all-linear"
-    max_length: int | None = None  # prompt (image tokens included) + response; None = no truncation
-    seed: int = 0
-    logging_steps: int = 10
+class DPOSettings(BaseModel):
+    """The optimization step's knobs; the `trained_model` asset exposes the same fields as Dagster config."""
 
-    def __post_init__(self) -> None:
-        if self.objective not in ("dpo", "sft"):
-            raise ValueError(f"objective must be 'dpo' or 'sft', got {self.objective!r}")
-        if self.ld_alpha is not None and not 0 <= self.ld_alpha <= 1:
-            raise ValueError(f"ld_alpha must be in [0, 1], got {self.ld_alpha}")
+    model_config = ConfigDict(frozen=True)
+
+    objective: Objective = Field("dpo", description="'sft': the SFT term alone on the chosen responses")
+    beta: float = Field(0.1, gt=0)
+    rpo_alpha: float = Field(1.0, ge=0, description="weight of the SFT term on the chosen response; 0 = plain DPO")
+    ld_alpha: float | None = Field(None, ge=0, le=1, description="LD-DPO weight of tokens past the shorter response")
+    learning_rate: float = Field(1e-3, gt=0)
+    epochs: float = Field(2.0, gt=0)
+    batch_size: int = Field(16, ge=1)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_targets: str = Field(LANGUAGE_MODEL_PROJECTIONS, description="regex over module names, or 'all-linear'")
+    max_length: int | None = Field(None, description="prompt (image tokens included) + response; None: no cut")
+    seed: int = 0
+    logging_steps: int = Field(10, ge=1)
 
     def losses(self) -> tuple[list[str], list[float]]:
         if self.objective == "sft":

@@ -134,3 +134,10 @@ def test_several_pairs_per_image_pair_ranks_in_order() -> None:
     assert pairs["decision"].to_list() == [KEPT, KEPT, REVERSED, REVERSED]
     with pytest.raises(ValueError, match="pairs_per_image"):
         PairRule(pairs_per_image=0)
+
+
+def test_own_samples_as_negatives_pair_best_and_worst_positive() -> None:
+    pairs = organize_pairs(_scored(), PairRule(negatives="own_samples"), _score_by_lookup)
+    assert pairs["chosen"].to_list() == ["a-positive-1", "b-positive-1"]
+    assert pairs["rejected"].to_list() == ["a-positive-0", "b-positive-0"]
+    assert pairs["decision"].to_list() == [KEPT, KEPT]

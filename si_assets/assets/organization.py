@@ -26,8 +26,9 @@ class VerificationConfig(dg.Config):
     margin: float = Field(0.0, ge=0, description="pairs whose CLIP scores differ by less are discarded")
     score_mode: Literal["sentence_mean", "truncate"] = "sentence_mean"
     verification: Literal["clip", "none"] = Field("clip", description="'none': pairs as generated (baseline)")
-    negatives: Literal["hallucinated", "random"] = Field(
-        "hallucinated", description="'random': another image's response as the negative (baseline)"
+    negatives: Literal["hallucinated", "random", "own_samples"] = Field(
+        "hallucinated",
+        description="'random': another image's response (baseline); 'own_samples': the CLIP-worst low-h sample",
     )
     pairs_per_image: int = Field(1, ge=1, description="k best positives meet the k worst negatives, by rank")
     seed: int = 0

@@ -19,14 +19,15 @@ from si_assets.collection.sampling import NEGATIVE, POSITIVE, stable_seed
 
 KEPT, REVERSED, DISCARDED = "kept", "reversed", "discarded"
 Verification = Literal["clip", "none"]
-NegativeSource = Literal["hallucinated", "random"]
+NegativeSource = Literal["hallucinated", "random", "own_samples"]
 
 
 @dataclass(frozen=True)
 class PairRule:
     margin: float = 0.0
     verification: Verification = "clip"  # "none": pairs as generated (positive 0 vs negative 0), a baseline
-    negatives: NegativeSource = "hallucinated"  # "random": another image's response, a baseline
+    # "random": another image's response (a baseline); "own_samples": the CLIP-worst low-h positive (on-policy)
+    negatives: NegativeSource = "hallucinated"
     seed: int = 0  # for random negatives
     pairs_per_image: int = 1  # k: the k CLIP-best positives meet the k CLIP-worst negatives, in rank order
 
@@ -37,8 +38,8 @@ class PairRule:
             raise ValueError(f"margin must be >= 0, got {self.margin}")
         if self.verification not in ("clip", "none"):
             raise ValueError(f"verification must be 'clip' or 'none', got {self.verification!r}")
-        if self.negatives not in ("hallucinated", "random"):
-            raise ValueError(f"negatives must be 'hallucinated' or 'random', got {self.negatives!r}")
+        if self.negatives not in ("hallucinated", "random", "own_samples"):
+            raise ValueError(f"negatives must be 'hallucinated', 'random' or 'own_samples', got {self.negatives!r}")
 
 
 def decide(score_positive: np.ndarray, score_negative: np.ndarray, margin: float) -> np.ndarray:
@@ -62,7 +63,7 @@ def select_candidates(scored: pl.DataFrame, rule: PairRule) -> pl.DataFrame:
     With CLIP, rank r pairs the r-th best positive with the r-th worst negative; without, sample r with
     sample r (pairs as generated)."""
     positives = scored.filter(pl.col("role") == POSITIVE)
-    negatives = scored.filter(pl.col("role") == NEGATIVE)
+    negatives = positives if rule.negatives == "own_samples" else scored.filter(pl.col("role") == NEGATIVE)
     if rule.verification == "clip":
         positives = positives.sort("image_id", "score", "sample", descending=[False, True, False])
         negatives = negatives.sort("image_id", "score", "sample")

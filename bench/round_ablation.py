@@ -35,9 +35,9 @@ from si_assets.collection.sampling import HallucinationRatios, decode_plan, plan
 from si_assets.definitions import build_resources  # noqa: E402
 from si_assets.evaluation.evaluate import evaluate_model  # noqa: E402
 from si_assets.evaluation.metrics import ObjectVocabulary, caption_scores  # noqa: E402
-from si_assets.modeling.generation import generate_greedy  # noqa: E402
 from si_assets.modeling.mixed_decoding import SamplerSettings  # noqa: E402
 from si_assets.optimization.dpo import DPOSettings, train_dpo  # noqa: E402
+from si_assets.optimization.self_training import self_sft_pairs, sft_pairs  # noqa: E402
 from si_assets.organization.verification import (  # noqa: E402
     PairRule,
     clip_score_fn,
@@ -158,15 +158,11 @@ def pairs_for(
 ) -> tuple[pl.DataFrame, dict]:
     improve = bench.world["improve"]
     if variant.data == "self_sft":
-        model, processor = bench.load_seed()
-        captions = generate_greedy(model, processor, list(bench.improve_images.values()), improve["prompt"].to_list())
-        pairs = pl.DataFrame({"image_id": improve["id"], "prompt": improve["prompt"], "chosen": captions})
-        return pairs.with_columns(pair_id=pl.col("image_id"), rejected=pl.col("chosen")), {}
+        return self_sft_pairs(*bench.load_seed(), improve, bench.improve_images), {}
     if variant.data == "supervised":
         train = bench.world["seed_train"].sample(improve.height, seed=0)
         bench.improve_images.update({i: decode_png(b) for i, b in zip(train["id"], train["image_png"])})
-        pairs = pl.DataFrame({"image_id": train["id"], "prompt": "Describe the image.", "chosen": train["caption"]})
-        return pairs.with_columns(pair_id=pl.col("image_id"), rejected=pl.col("chosen")), {}
+        return sft_pairs(train["id"], ["Describe the image."] * train.height, train["caption"]), {}
     responses = responses_for(bench, variant, checkpoint)
     score = clip_score_fn(scorer, bench.improve_images, improve["id"].to_list(), "sentence_mean")
     pairs = organize_pairs(score_responses(responses, score), variant.rule, score)

@@ -10,6 +10,7 @@ from transformers import AutoModelForImageTextToText
 from si_assets.modeling.bootstrap import tokenizer_corpus
 from si_assets.modeling.tiny_vlm import TinyVLMSpec, build_model, build_processor, build_tokenizer
 from si_assets.optimization.dpo import DPOSettings, compute_reference, save_trained, train_dpo
+from si_assets.optimization.self_training import sft_pairs
 from si_assets.world import WorldSpec, decode_png, generate_split
 
 SETTINGS = DPOSettings(epochs=2, batch_size=4, learning_rate=5e-3, logging_steps=1)
@@ -104,3 +105,15 @@ def test_no_pairs_and_missing_reference_rows_are_clear_errors(world, tmp_path: P
     )
     with pytest.raises(ValueError, match="lacks 5 of 8 pairs"):
         train_dpo(model, processor, pairs, images, SETTINGS, tmp_path, reference=partial)
+
+
+def test_sft_objective_trains_on_chosen_only(world, tmp_path: Path) -> None:
+    """The self-training baselines use the same trainer with the SFT term alone: its loss must fall."""
+    tok, pairs, images = world
+    model, processor = _fresh_model(tok)
+    data = sft_pairs(pairs["image_id"], pairs["prompt"], pairs["chosen"])
+    assert (data["chosen"] == data["rejected"]).all()
+    settings = SETTINGS.model_copy(update={"objective": "sft", "epochs": 4, "learning_rate": 2e-2})
+    _, _, result = train_dpo(model, processor, data, images, settings, tmp_path)
+    losses = [e["loss"] for e in result.curve]
+    assert len(losses) == 8 and losses[-1] < losses[0]

@@ -108,6 +108,15 @@ def test_graph_materializes_and_second_run_reuses_bootstrap(tmp_path: Path) -> N
     trained = instance.get_latest_materialization_event(dg.AssetKey("trained_model")).asset_materialization
     assert trained.metadata["reference_logps_reused"].value is True
 
+    # A baseline is configuration: only the trained model is redone, from the stored upstream versions.
+    baseline_config = {"ops": {"trained_model": {"config": {"epochs": 1, "batch_size": 8, "optimization": "self_sft"}}}}
+    baseline = dg.materialize(
+        all_assets, selection=["trained_model"], instance=instance, resources=resources, run_config=baseline_config
+    )
+    assert baseline.success
+    meta = instance.get_latest_materialization_event(dg.AssetKey("trained_model")).asset_materialization.metadata
+    assert meta["optimization"].value == "self_sft" and meta["training_pairs"].value == n_images
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize(

@@ -10,13 +10,13 @@ from pydantic import Field
 from resources import ArtifactStoreResource, VisionLanguageModels
 from si_assets.assets.collection import decode_images
 from si_assets.assets.common import OPTIMIZATION, markdown_table, versioned
-from si_assets.modeling.generation import generate_greedy
 from si_assets.optimization.dpo import (
     DPOSettings,
     compute_reference,
     save_trained,
     train_dpo,
 )
+from si_assets.optimization.self_training import self_sft_pairs
 from si_assets.organization.verification import training_pairs
 from si_assets.storage import Checkpoint, content_hash
 from si_assets.storage.memo import config_key, memoised_table
@@ -30,17 +30,6 @@ class TrainingConfig(dg.Config, DPOSettings):
     optimization: Literal["dpo", "self_sft"] = Field(
         "dpo", description="'self_sft': SFT on the seed's own greedy captions, same trainer and epochs (baseline)"
     )
-
-
-def self_sft_pairs(model, processor, images: pl.DataFrame, log) -> pl.DataFrame:
-    """The label-free self-training baseline's data: the seed's own greedy captions as 'chosen'."""
-    image_by_id = decode_images(images)
-    captions = generate_greedy(
-        model, processor, list(image_by_id.values()), images["prompt"].to_list(), log=log, desc="self-SFT captions"
-    )
-    return pl.DataFrame(
-        {"pair_id": images["id"], "image_id": images["id"], "prompt": images["prompt"], "chosen": captions}
-    ).with_columns(rejected=pl.col("chosen"))
 
 
 @dg.asset(group_name=OPTIMIZATION, code_version="train-1")
@@ -60,11 +49,11 @@ def trained_model(
     if config.optimization == "self_sft":
         settings = settings.model_copy(update={"objective": "sft"})
     model, processor = models.load(seed_checkpoint.path)
+    image_by_id = decode_images(unlabeled_images)
     if config.optimization == "self_sft":
-        pairs = self_sft_pairs(model, processor, unlabeled_images, context.log.info)
+        pairs = self_sft_pairs(model, processor, unlabeled_images, image_by_id, context.log.info)
     else:
         pairs = training_pairs(verified_pairs)
-    image_by_id = decode_images(unlabeled_images)
     work = artifact_store.staging_dir()
 
     def reference() -> pl.DataFrame:

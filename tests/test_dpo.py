@@ -68,6 +68,13 @@ def test_cached_reference_gives_the_same_training_with_half_the_forwards(world, 
     cached_loss = [e["loss"] for e in cached.curve]
     assert cached_loss == pytest.approx(live_loss, rel=1e-4)
 
+    # TRL's own way for vision data: a reference forward at every step, twice the forwards, the same losses.
+    model, processor = _fresh_model(tok)
+    counter = ForwardCounter(model)
+    _, none, per_step = train_dpo(model, processor, pairs, images, SETTINGS, tmp_path / "c", cache_reference=False)
+    assert none is None and counter.calls == 2 * steps
+    assert [e["loss"] for e in per_step.curve] == pytest.approx(live_loss, rel=1e-4)
+
 
 def test_reference_matches_trl_live_reference(world, tmp_path: Path) -> None:
     """The cached log-probs are what TRL computes with the adapter disabled (first step: policy == reference)."""

@@ -54,7 +54,8 @@ class SamplingConfig(dg.Config):
             group_name=COLLECTION, description="Positive (low-h) responses: image id, prompt, response, h, seed."
         ),
         "hallucinated_negatives": dg.AssetOut(
-            group_name=COLLECTION, description="Controlled-hallucination negatives (high h), seed-matched."
+            group_name=COLLECTION,
+            description="Controlled-hallucination negatives (h above their positive's), seed-matched.",
         ),
     },
     code_version="collect-1",

@@ -141,3 +141,8 @@ def test_own_samples_as_negatives_pair_best_and_worst_positive() -> None:
     assert pairs["chosen"].to_list() == ["a-positive-1", "b-positive-1"]
     assert pairs["rejected"].to_list() == ["a-positive-0", "b-positive-0"]
     assert pairs["decision"].to_list() == [KEPT, KEPT]
+    with pytest.raises(ValueError, match="needs verification='clip'"):
+        PairRule(negatives="own_samples", verification="none")
+    single = _scored().filter((pl.col("role") == "negative") | (pl.col("sample") == 0))
+    with pytest.raises(ValueError, match="n_samples >= 2"):
+        organize_pairs(single, PairRule(negatives="own_samples"), _score_by_lookup)

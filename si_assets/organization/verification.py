@@ -40,6 +40,8 @@ class PairRule:
             raise ValueError(f"verification must be 'clip' or 'none', got {self.verification!r}")
         if self.negatives not in ("hallucinated", "random", "own_samples"):
             raise ValueError(f"negatives must be 'hallucinated', 'random' or 'own_samples', got {self.negatives!r}")
+        if self.negatives == "own_samples" and self.verification != "clip":
+            raise ValueError("negatives='own_samples' needs verification='clip' (CLIP picks the worst sample)")
 
 
 def decide(score_positive: np.ndarray, score_negative: np.ndarray, margin: float) -> np.ndarray:
@@ -64,6 +66,8 @@ def select_candidates(scored: pl.DataFrame, rule: PairRule) -> pl.DataFrame:
     sample r (pairs as generated)."""
     positives = scored.filter(pl.col("role") == POSITIVE)
     negatives = positives if rule.negatives == "own_samples" else scored.filter(pl.col("role") == NEGATIVE)
+    if rule.negatives == "own_samples" and positives.group_by("image_id").len()["len"].min() < 2:
+        raise ValueError("negatives='own_samples' needs n_samples >= 2: the rejected response is another sample")
     if rule.verification == "clip":
         positives = positives.sort("image_id", "score", "sample", descending=[False, True, False])
         negatives = negatives.sort("image_id", "score", "sample")

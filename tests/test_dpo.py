@@ -53,12 +53,12 @@ def test_cached_reference_gives_the_same_training_with_half_the_forwards(world, 
     counter = ForwardCounter(model)
     _, reference, live = train_dpo(model, processor, pairs, images, SETTINGS, tmp_path / "a")
     forwards_live = counter.calls
-    assert reference.height == pairs.height and live.reference_seconds > 0
+    assert reference.height == pairs.height and live.reference_computed
 
     model, processor = _fresh_model(tok)
     counter = ForwardCounter(model)
     _, reused, cached = train_dpo(model, processor, pairs, images, SETTINGS, tmp_path / "b", reference=reference)
-    assert reused is reference and cached.reference_seconds == 0
+    assert reused is reference and not cached.reference_computed
     steps = cached.steps
     assert steps == live.steps == 4  # 8 pairs / batch 4 × 2 epochs
     # live: one pass to fill the cache, then one policy forward per step; cached: policy forwards only

@@ -70,7 +70,7 @@ class DPOResult:
     seconds: float
     steps: int
     curve: list[dict[str, float]] = field(default_factory=list)
-    reference_seconds: float = 0.0  # time spent computing reference log-probs in this run (0 when cached)
+    reference_computed: bool = False  # whether this run filled the reference cache (False: it was given)
 
     def curve_table(self) -> pl.DataFrame:
         """Loss, reward margin and preference accuracy per logged step."""
@@ -237,13 +237,11 @@ def train_dpo(
     torch.manual_seed(settings.seed)
     np.random.seed(settings.seed)
     trainer = build_trainer(model, processor, preference_dataset(pairs, image_by_id, reference), settings, work_dir)
-    reference_seconds = 0.0
-    if reference is None and cache_reference:
-        started = time.perf_counter()
+    reference_computed = reference is None and cache_reference
+    if reference_computed:
         reference = trainer.reference_log_probs(log)
         trainer.train_dataset = preference_dataset(pairs, image_by_id, reference)
         trainer.precompute_ref_logps = True
-        reference_seconds = time.perf_counter() - started
     trainer.remove_callback(PrinterCallback)  # log lines go to the run log instead of stdout
     trainer.add_callback(_CurveLogger(log))
     started = time.perf_counter()
@@ -253,7 +251,7 @@ def train_dpo(
         for entry in trainer.state.log_history
         if "loss" in entry
     ]
-    result = DPOResult(time.perf_counter() - started, trainer.state.global_step, curve, reference_seconds)
+    result = DPOResult(time.perf_counter() - started, trainer.state.global_step, curve, reference_computed)
     return trainer.model, reference, result
 
 

@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export DAGSTER_DISABLE_TELEMETRY := 1
 
-.PHONY: venv demo test ui bench clean-demo
+.PHONY: venv demo demo-rounds test ui bench clean-demo
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,7 +22,10 @@ $(BIN)/.installed: pyproject.toml
 venv: $(BIN)/.installed
 
 demo: venv
-	$(BIN)/python -m si_assets.demo
+	$(BIN)/python -m si_assets.demo --rounds 1
+
+demo-rounds: venv
+	$(BIN)/python -m si_assets.demo --rounds 3
 
 test: venv
 	$(BIN)/python -m pytest

@@ -1,6 +1,7 @@
 """Dagster resources: the compute device, model loading, the CLIP verifier, the artifact store."""
 
 from resources.device import ComputeDevice
+from resources.inbox import ImageInbox
 from resources.models import ClipVerifier, VisionLanguageModels
 from resources.store import ArtifactStoreResource, ContentAddressedIOManager, default_store_root
 
@@ -9,6 +10,7 @@ __all__ = [
     "ClipVerifier",
     "ComputeDevice",
     "ContentAddressedIOManager",
+    "ImageInbox",
     "VisionLanguageModels",
     "default_store_root",
 ]

@@ -1,4 +1,4 @@
-"""The Dagster code location: assets by survey stage, resources, the demo job."""
+"""The Dagster code location: assets by survey stage, resources, jobs, schedule and sensors."""
 
 from __future__ import annotations
 
@@ -9,29 +9,45 @@ from resources import (
     ClipVerifier,
     ComputeDevice,
     ContentAddressedIOManager,
+    ImageInbox,
     VisionLanguageModels,
 )
 from si_assets.assets import bootstrap, collection, evaluation, optimization, organization, world
+from si_assets.automation import (
+    automation_sensor,
+    bootstrap_job,
+    improvement_round_job,
+    improvement_round_schedule,
+    new_images_sensor,
+)
 
 all_assets = dg.load_assets_from_modules([world, bootstrap, collection, organization, optimization, evaluation])
 
-demo_job = dg.define_asset_job(
-    "demo",
-    selection=dg.AssetSelection.all(),
-    description="The embedded default end to end: world, bootstrap models, one improvement round, evaluation.",
-    executor_def=dg.in_process_executor,  # a handful of heavy steps: a process per step costs more than it buys
-)
 
-
-def build_resources() -> dict:
-    compute = ComputeDevice()
+def build_resources(store_root: str | None = None, device: str = "auto") -> dict:
+    """The resources of the code location; tests and benchmarks pass their own store folder and device."""
+    compute = ComputeDevice(device=device)
+    store_kwargs = {"root": store_root} if store_root else {}
     return {
-        "io_manager": ContentAddressedIOManager(),
-        "store": ArtifactStoreResource(),
+        "io_manager": ContentAddressedIOManager(**store_kwargs),
+        "store": ArtifactStoreResource(**store_kwargs),
         "compute": compute,
         "models": VisionLanguageModels(compute=compute),
         "clip": ClipVerifier(compute=compute),
+        "inbox": ImageInbox(),
     }
 
 
-defs = dg.Definitions(assets=all_assets, jobs=[demo_job], resources=build_resources())
+def build_definitions(resources: dict | None = None) -> dg.Definitions:
+    return dg.Definitions(
+        assets=all_assets,
+        jobs=[bootstrap_job, improvement_round_job],
+        schedules=[improvement_round_schedule],
+        sensors=[new_images_sensor, automation_sensor],
+        resources=resources or build_resources(),
+        # A handful of heavy steps: a process per step costs more than it buys (also for automation's runs).
+        executor=dg.in_process_executor,
+    )
+
+
+defs = build_definitions()

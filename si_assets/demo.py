@@ -1,8 +1,13 @@
-"""`make demo`: materialize the embedded default end to end on a persistent instance and print the
-evaluation table. Run twice, it reuses the bootstrap models instead of training them again."""
+"""`make demo` / `make demo-rounds`: the embedded default end to end on a persistent instance.
+
+Bootstraps the world and models (reused when unchanged), runs rounds `round-0001` ... `round-000N` (each
+starts from the champion the rounds before it promoted), refreshes the rounds summary and prints the tables.
+Re-running repeats the same rounds with the same results: rounds are partitions, not "one more round".
+"""
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -22,28 +27,43 @@ def _prepare_environment() -> Path:
     return home
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=1, help="rounds to run (default 1)")
+    args = parser.parse_args(argv)
     home = _prepare_environment()
     import dagster as dg
 
+    from si_assets.assets.evaluation import HEADLINE
+    from si_assets.automation.runner import RoundFailed, refresh_summary, run_bootstrap, run_round
     from si_assets.definitions import defs
+    from si_assets.organization.verification import decision_counts
+    from si_assets.rounds import round_key
 
     started = time.perf_counter()
-    with dg.DagsterInstance.get() as instance:
-        result = defs.resolve_job_def("demo").execute_in_process(instance=instance)
-    if not result.success:
-        print("demo run failed; see the run log above", file=sys.stderr)
-        return 1
-    from si_assets.assets.evaluation import HEADLINE
-    from si_assets.organization.verification import decision_counts
-
-    counts = decision_counts(result.output_for_node("verified_pairs"))
-    print("\nverified pairs: " + ", ".join(f"{n} {d}" for d, n in counts.items()))
-    table: pl.DataFrame = result.output_for_node("eval_scores")
-    with pl.Config(tbl_rows=-1, float_precision=3, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
-        print("Held-out evaluation, seed vs trained (precision = 1 - CHAIR_i; POPE averaged over strategies):")
-        print(table.filter(pl.col("metric").is_in(HEADLINE)))
-        print("every metric, POPE per strategy included: the eval_scores asset in the UI")
+    table_style = pl.Config(
+        tbl_rows=-1, tbl_cols=-1, float_precision=3, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True
+    )
+    with dg.DagsterInstance.get() as instance, table_style:
+        try:
+            run_bootstrap(defs, instance)
+            for number in range(1, args.rounds + 1):
+                run = run_round(defs, instance, round_key(number))
+                counts = decision_counts(run.result.output_for_node("verified_pairs"))
+                scores: pl.DataFrame = run.result.output_for_node("eval_scores")
+                print(f"\n{run.key}: verified pairs " + ", ".join(f"{n} {d}" for d, n in counts.items()))
+                print("held-out evaluation (precision = 1 - CHAIR_i; POPE averaged over strategies):")
+                print(scores.filter(pl.col("metric").is_in(HEADLINE)))
+                print(f"{run.key}: promotion gate " + ("REFUSED: the seed stays champion" if run.refused else "passed"))
+        except RoundFailed as failure:
+            print(failure, file=sys.stderr)
+            return 1
+        summary: pl.DataFrame = refresh_summary(defs, instance).output_for_node("rounds_summary")
+        shown = ["round", "kept", "reversed", "discarded", "seed_precision", "trained_precision"]
+        shown += ["seed_recall", "trained_recall", "gate_passed", "promoted"]
+        print("\nrounds so far:")
+        print(summary.select([c for c in shown if c in summary.columns]))
+    print("every metric, POPE per strategy, the lineage and plots: the assets in the UI")
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; Dagster instance: {home}")
     print("browse it with: make ui   (http://127.0.0.1:3000)")
     return 0

@@ -1,47 +1,74 @@
-"""Materialize the whole asset graph on a small world, twice, through Dagster."""
+"""The asset graph on a small world through Dagster: bootstrap, rounds as partitions, the promotion gate,
+the champion pointer, automation after a margin change, the rounds summary."""
 
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 import pytest
 
-from resources import (
-    ArtifactStoreResource,
-    ClipVerifier,
-    ComputeDevice,
-    ContentAddressedIOManager,
-    VisionLanguageModels,
-)
-from si_assets.definitions import all_assets, defs
+from si_assets.automation.runner import refresh_summary, run_bootstrap, run_round
+from si_assets.definitions import build_definitions, build_resources, defs
+from si_assets.rounds import ChampionRegistry, round_seed
+from si_assets.storage import ArtifactStore
 from tests.conftest import SMALL_SPLITS
 
-RUN_CONFIG = {
+BOOTSTRAP_CONFIG = {
     "ops": {
         "world_splits": {"config": {"seed": 7, "splits": SMALL_SPLITS}},
         "bootstrap_seed_model": {
             "config": {"vision_pretrain_steps": 10, "max_steps": 20, "eval_every": 10, "batch_size": 8, "val_size": 16}
         },
         "bootstrap_clip": {"config": {"steps": 10, "batch_size": 16, "retrieval_candidates": 10}},
-        "collected_responses": {"config": {"n_samples": 3, "n_negatives": 1, "max_new_tokens": 12}},
-        "trained_model": {"config": {"epochs": 1, "batch_size": 8}},
-        "eval_scores": {"config": {"pope_per_image": 1, "max_new_tokens": 12}},
     }
 }
+TRAINING = {"epochs": 1, "batch_size": 8}
+PASS_GATE = {"min_precision_gain": -1.0, "recall_tolerance": 1.0}  # the tiny models: force each outcome
+REFUSE_GATE = {"min_precision_gain": 1.0}
 
 
-def _resources(root: Path) -> dict:
-    compute = ComputeDevice(device="cpu")
+def round_config(gate: dict, **trained: object) -> dict:
     return {
-        "io_manager": ContentAddressedIOManager(root=str(root)),
-        "store": ArtifactStoreResource(root=str(root)),
-        "compute": compute,
-        "models": VisionLanguageModels(compute=compute),
-        "clip": ClipVerifier(compute=compute),
+        "ops": {
+            "collected_responses": {"config": {"n_samples": 3, "n_negatives": 1, "max_new_tokens": 12}},
+            "trained_model": {"config": {**TRAINING, **trained}},
+            "eval_scores": {"config": {"pope_per_image": 1, "max_new_tokens": 12, **gate}},
+        }
     }
+
+
+def latest(instance: dg.DagsterInstance, asset: str, partition: str | None = None) -> dict:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None),
+        limit=1,
+    ).records
+    return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
+
+
+def count(instance: dg.DagsterInstance, asset: str, partition: str) -> int:
+    filt = dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition])
+    return len(instance.fetch_materializations(filt, limit=100).records)
+
+
+@dataclass
+class World:
+    instance: dg.DagsterInstance
+    defs: dg.Definitions
+    store: ArtifactStore
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    """Bootstrapped once, shared by the tests below, which run in file order and build on each other."""
+    root = tmp_path_factory.mktemp("store")
+    instance = dg.DagsterInstance.ephemeral()
+    local_defs = build_definitions(build_resources(str(root), device="cpu"))
+    run_bootstrap(local_defs, instance, BOOTSTRAP_CONFIG)
+    return World(instance, local_defs, ArtifactStore(root))
 
 
 def test_definitions_load_with_stage_groups() -> None:
@@ -52,70 +79,149 @@ def test_definitions_load_with_stage_groups() -> None:
     assert groups["sampled_responses"] == groups["hallucinated_negatives"] == "collection"
     assert groups["verified_pairs"] == "organization"
     assert groups["trained_model"] == "optimization"
-    assert groups["eval_scores"] == "evaluation"
+    assert groups["eval_scores"] == groups["champion"] == groups["rounds_summary"] == "evaluation"
+    partitioned = {s.key.to_user_string() for s in defs.resolve_all_asset_specs() if s.partitions_def}
+    assert partitioned == {
+        "unlabeled_images",
+        "seed_checkpoint",
+        "sampled_responses",
+        "hallucinated_negatives",
+        "verified_pairs",
+        "trained_model",
+        "eval_scores",
+        "champion",
+    }
 
 
 @pytest.mark.slow
-def test_graph_materializes_and_second_run_reuses_bootstrap(tmp_path: Path) -> None:
-    instance = dg.DagsterInstance.ephemeral()
-    resources = _resources(tmp_path / "store")
-    first = dg.materialize(all_assets, instance=instance, resources=resources, run_config=RUN_CONFIG)
-    assert first.success
+def test_round_promotes_and_repeats_exactly(world: World) -> None:
+    instance, store = world.instance, world.store
+    first = run_round(world.defs, instance, "round-0001", round_config(PASS_GATE))
+    assert first.result.success and first.gate_passed is True
 
-    table: pl.DataFrame = first.output_for_node("eval_scores")
-    assert {"metric", "seed", "trained", "delta"} <= set(table.columns)
-    event = instance.get_latest_materialization_event(dg.AssetKey("eval_scores")).asset_materialization
+    table: pl.DataFrame = first.result.output_for_node("eval_scores")
+    assert {"metric", "base", "seed", "trained", "delta"} <= set(table.columns)
+    assert table["base"].to_list() == table["seed"].to_list()  # round 1 starts from the base model
+    scores = latest(instance, "eval_scores", "round-0001")
     for metric in ("precision", "recall", "f1", "chair_s", "pope_f1"):
-        seed, trained = event.metadata[f"seed/{metric}"].value, event.metadata[f"trained/{metric}"].value
-        assert 0.0 <= seed <= 1.0 and 0.0 <= trained <= 1.0
-        assert event.metadata[f"delta/{metric}"].value == pytest.approx(trained - seed)
-    assert "| metric | seed | trained | delta |" in event.metadata["eval_table"].value
+        assert 0.0 <= scores[f"seed/{metric}"] <= 1.0 and 0.0 <= scores[f"trained/{metric}"] <= 1.0
+        assert scores[f"delta/{metric}"] == pytest.approx(scores[f"trained/{metric}"] - scores[f"seed/{metric}"])
+    assert "| metric | base | seed | trained | delta |" in scores["eval_table"]
 
-    positives = first.asset_value("sampled_responses")
-    negatives = first.asset_value("hallucinated_negatives")
     n_images = SMALL_SPLITS["improve"]
+    positives = first.result.output_for_node("collected_responses", "sampled_responses")
+    negatives = first.result.output_for_node("collected_responses", "hallucinated_negatives")
     assert positives.height == 3 * n_images and negatives.height == n_images
-    assert (positives["role"] == "positive").all() and (negatives["role"] == "negative").all()
-    seed_version = first.asset_value("seed_checkpoint").version
-    assert set(positives["model_version"]) == {seed_version}
-    pairs = first.asset_value("verified_pairs")
-    assert pairs.height == n_images
-    pairs_meta = instance.get_latest_materialization_event(dg.AssetKey("verified_pairs")).asset_materialization
-    assert sum(pairs_meta.metadata[d].value for d in ("kept", "reversed", "discarded")) == n_images
-    trained = instance.get_latest_materialization_event(dg.AssetKey("trained_model")).asset_materialization
-    assert trained.metadata["reference_logps_reused"].value is False
-    assert trained.metadata["training_pairs"].value == n_images - pairs_meta.metadata["discarded"].value
+    seed = latest(instance, "seed_checkpoint", "round-0001")
+    assert seed["source"] == "base: bootstrap_seed_model"
+    assert seed["input/seed"] == latest(instance, "bootstrap_seed_model")["path"].rsplit("/", 1)[-1]
+    assert set(positives["model_version"]) == {seed["input/seed"]}
+    assert latest(instance, "sampled_responses", "round-0001")["sampling_seed"] == round_seed(0, "round-0001")
 
-    clip = instance.get_latest_materialization_event(dg.AssetKey("bootstrap_clip")).asset_materialization
-    assert 0.0 <= clip.metadata["eval_recall_at_1"].value <= 1.0
+    # Lineage: each asset names the versions it consumed; the eval links seed -> pairs -> trained model.
+    pairs_meta = latest(instance, "verified_pairs", "round-0001")
+    trained_meta = latest(instance, "trained_model", "round-0001")
+    pairs_version = latest(instance, "verified_pairs", "round-0001")["path"].rsplit("/", 1)[-1]
+    assert trained_meta["input/verified_pairs"] == pairs_version
+    assert trained_meta["input/seed_checkpoint"] == seed["input/seed"]
+    assert pairs_version in scores["lineage"] and trained_meta["path"].rsplit("/", 1)[-1] in scores["lineage"]
+    assert sum(pairs_meta[d] for d in ("kept", "reversed", "discarded")) == n_images
+    assert trained_meta["training_pairs"] == n_images - pairs_meta["discarded"]
+    assert trained_meta["reference_logps_reused"] is False
 
-    unlabeled = first.output_for_node("unlabeled_images")
-    assert set(unlabeled.columns) == {"id", "image_sha256", "prompt", "image_png"}
+    # The gate passed, so `champion` wrote the pointer: the trained model, as stored.
+    champion = ChampionRegistry(store).current()
+    assert champion is not None and champion.round == "round-0001"
+    assert champion.version == trained_meta["path"].rsplit("/", 1)[-1]
+    assert champion.base_metrics["precision"] == pytest.approx(scores["seed/precision"])
+    assert latest(instance, "champion", "round-0001")["promoted"] is True
 
-    second = dg.materialize(all_assets, instance=instance, resources=resources, run_config=RUN_CONFIG)
-    assert second.success
-    for key in ("bootstrap_seed_model", "bootstrap_clip"):
-        records = instance.fetch_materializations(dg.AssetKey(key), limit=2).records
-        assert records[0].asset_materialization.metadata["reused"].value is True
-        assert records[1].asset_materialization.metadata["reused"].value is False
-        # Same content, same data version: nothing downstream turns stale.
-        versions = {r.asset_materialization.tags["dagster/data_version"] for r in records}
-        assert len(versions) == 1
-    # Same config and seed: bit-identical responses and pairs; the reference log-probs come from the cache.
-    for key in ("sampled_responses", "hallucinated_negatives", "verified_pairs"):
-        records = instance.fetch_materializations(dg.AssetKey(key), limit=2).records
+    # Re-running a round repeats it: same seed (not the champion it produced), bit-identical data.
+    again = run_round(world.defs, instance, "round-0001", round_config(PASS_GATE))
+    assert again.result.success
+    for key in ("seed_checkpoint", "sampled_responses", "hallucinated_negatives", "verified_pairs", "eval_scores"):
+        filt = dg.AssetRecordsFilter(asset_key=dg.AssetKey(key), asset_partitions=["round-0001"])
+        records = instance.fetch_materializations(filt, limit=2).records
         assert len({r.asset_materialization.tags["dagster/data_version"] for r in records}) == 1, key
-    trained = instance.get_latest_materialization_event(dg.AssetKey("trained_model")).asset_materialization
-    assert trained.metadata["reference_logps_reused"].value is True
+    assert latest(instance, "trained_model", "round-0001")["reference_logps_reused"] is True
+    assert latest(instance, "eval_scores", "round-0001")["seed_scores_reused"] is True
+    assert latest(instance, "champion", "round-0001")["reason"] == "already the champion"
 
-    # A baseline is configuration: only the trained model is redone, from the stored upstream versions.
-    baseline_config = {"ops": {"trained_model": {"config": {"epochs": 1, "batch_size": 8, "optimization": "self_sft"}}}}
-    baseline = dg.materialize(
-        all_assets, selection=["trained_model"], instance=instance, resources=resources, run_config=baseline_config
-    )
-    assert baseline.success
-    meta = instance.get_latest_materialization_event(dg.AssetKey("trained_model")).asset_materialization.metadata
-    assert meta["optimization"].value == "self_sft" and meta["training_pairs"].value == n_images
+
+@pytest.mark.slow
+def test_refused_gate_leaves_the_champion_and_seeds_the_next_round_from_it(world: World) -> None:
+    before = ChampionRegistry(world.store).current()
+    assert before is not None and before.round == "round-0001"
+    second = run_round(world.defs, world.instance, "round-0002", round_config(REFUSE_GATE))
+    assert second.refused and not second.result.success
+    assert ChampionRegistry(world.store).current() == before  # nothing promoted, pointer untouched
+    assert count(world.instance, "champion", "round-0002") == 0  # the blocking check stopped it
+    assert count(world.instance, "eval_scores", "round-0002") == 1  # the scores are still there to read
+    seed = latest(world.instance, "seed_checkpoint", "round-0002")
+    assert seed["source"] == "champion of round-0001" and seed["input/seed"] == before.version
+    # The base model's recall stays the reference every later gate is held to.
+    scores = latest(world.instance, "eval_scores", "round-0002")
+    assert scores["base/recall"] == pytest.approx(before.base_metrics["recall"])
+    assert scores["gate_passed"] is False and "refused" in scores["gate"]
+
+    summary: pl.DataFrame = refresh_summary(world.defs, world.instance).output_for_node("rounds_summary")
+    assert summary["round"].to_list() == ["round-0001", "round-0002"]
+    assert summary["promoted"].to_list() == [True, False]
+    assert summary["gate_passed"].to_list() == [True, False]
+    meta = latest(world.instance, "rounds_summary")
+    assert meta["plot"].startswith("![metrics across rounds](data:image/png;base64,")
+    assert meta["champion"].endswith("(round-0001)")
+
+
+@pytest.mark.slow
+def test_margin_change_retrains_and_reevaluates_by_automation_without_resampling(world: World) -> None:
+    instance, key = world.instance, "round-0001"
+    sampled_before = count(instance, "sampled_responses", key)
+    baseline = dg.evaluate_automation_conditions(defs=world.defs, instance=instance)
+
+    margin = {"ops": {"verified_pairs": {"config": {"margin": 0.02}}}}
+    job = world.defs.resolve_implicit_job_def_def_for_assets([dg.AssetKey("verified_pairs")])
+    assert job.execute_in_process(
+        instance=instance, partition_key=key, run_config=margin, asset_selection=[dg.AssetKey("verified_pairs")]
+    ).success
+
+    tick = dg.evaluate_automation_conditions(defs=world.defs, instance=instance, cursor=baseline.cursor)
+    requested = {k.to_user_string(): tick.get_requested_partitions(k) for k in world.defs.resolve_all_asset_keys()}
+    requested = {k: v for k, v in requested.items() if v}
+    assert requested == {
+        "trained_model": {key},
+        "eval_scores": {key},
+        "champion": {key},
+        "rounds_summary": {None},
+    }
+
+    # Run what automation asked for, the way its sensor would: the round's part in one run, then the summary.
+    round_keys = [dg.AssetKey(k) for k in ("trained_model", "eval_scores", "champion")]
+    job = world.defs.resolve_implicit_job_def_def_for_assets(round_keys)
+    config = {"ops": {"trained_model": {"config": TRAINING}, "eval_scores": {"config": round_config(PASS_GATE)["ops"]["eval_scores"]["config"]}}}
+    job.execute_in_process(instance=instance, partition_key=key, asset_selection=round_keys, run_config=config, raise_on_error=False)
+    pairs_version = latest(instance, "verified_pairs", key)["path"].rsplit("/", 1)[-1]
+    assert latest(instance, "verified_pairs", key)["margin"] == 0.02
+    assert latest(instance, "trained_model", key)["input/verified_pairs"] == pairs_version
+    assert latest(instance, "eval_scores", key)["input/trained_model"] == latest(instance, "trained_model", key)[
+        "path"
+    ].rsplit("/", 1)[-1]
+    assert count(instance, "sampled_responses", key) == sampled_before  # nothing upstream ran again
+
+    after = dg.evaluate_automation_conditions(defs=world.defs, instance=instance, cursor=tick.cursor)
+    assert after.get_requested_partitions(dg.AssetKey("trained_model")) == set()  # settled
+
+
+@pytest.mark.slow
+def test_self_sft_baseline_is_configuration(world: World) -> None:
+    key, trained = "round-0001", dg.AssetKey("trained_model")
+    job = world.defs.resolve_implicit_job_def_def_for_assets([trained])
+    config = {"ops": {"trained_model": {"config": {**TRAINING, "optimization": "self_sft"}}}}
+    assert job.execute_in_process(
+        instance=world.instance, partition_key=key, asset_selection=[trained], run_config=config
+    ).success
+    meta = latest(world.instance, "trained_model", key)
+    assert meta["optimization"] == "self_sft" and meta["training_pairs"] == SMALL_SPLITS["improve"]
 
 
 @pytest.mark.slow

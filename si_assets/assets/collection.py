@@ -1,33 +1,82 @@
 """Collection stage: the images of the round and the model that captions them."""
 
 import time
+from typing import Literal
 
 import dagster as dg
 import polars as pl
 from PIL import Image
 from pydantic import Field
 
-from resources import VisionLanguageModels
-from si_assets.assets.common import COLLECTION, preview, versioned
+from resources import ArtifactStoreResource, VisionLanguageModels
+from si_assets.assets.common import COLLECTION, ROUNDS, consumed, preview, round_seed_of, versioned
+from si_assets.collection.images import REJECTS_SCHEMA, ImagePool, load_image_folder
 from si_assets.collection.sampling import NEGATIVE, POSITIVE, HallucinationRatios, decode_plan, plan_requests
 from si_assets.modeling.mixed_decoding import MixSpace, SamplerSettings
+from si_assets.rounds import ChampionRegistry
 from si_assets.storage import Checkpoint
-from si_assets.world import decode_png
+from si_assets.world import CAPTION_PROMPTS, decode_png
 
 
-@dg.asset(group_name=COLLECTION, code_version="unlabeled-1")
-def unlabeled_images(world_improve: pl.DataFrame) -> dg.Output[pl.DataFrame]:
-    """The round's image pool and prompts: id, content hash, prompt, image bytes. No labels."""
-    table = world_improve.select("id", "image_sha256", "prompt", "image_png")
-    return versioned(table, preview=preview(table), distinct_prompts=table["prompt"].n_unique())
+class ImagePoolConfig(dg.Config):
+    """Where the round's images come from: the embedded world's `improve` split, or a folder of the user's."""
+
+    source: Literal["world", "folder"] = "world"
+    folder: str | None = Field(None, description="with source 'folder': images under it, recursively")
+    prompts: list[str] = Field(default_factory=lambda: list(CAPTION_PROMPTS), description="drawn per image")
+    max_reject_rate: float = Field(0.1, ge=0, le=1, description="the blocking check fails above this share")
 
 
-@dg.asset(group_name=COLLECTION, code_version="seed-checkpoint-1")
-def seed_checkpoint(bootstrap_seed_model: Checkpoint) -> dg.Output[Checkpoint]:
-    """The model to improve. On the embedded default it is the bootstrap seed; the champion of an
-    earlier round replaces it once rounds exist. Stored as its own version so every downstream artifact
-    names the exact weights it came from."""
-    return versioned(bootstrap_seed_model, source="bootstrap_seed_model")
+@dg.asset(
+    group_name=COLLECTION,
+    code_version="unlabeled-2",
+    partitions_def=ROUNDS,
+    check_specs=[dg.AssetCheckSpec("reject_rate", asset="unlabeled_images", blocking=True, partitions_def=ROUNDS)],
+)
+def unlabeled_images(context: dg.AssetExecutionContext, config: ImagePoolConfig, world_improve: pl.DataFrame):
+    """The round's image pool and prompts: id, content hash, prompt, image bytes, source. No labels.
+    A folder is snapshotted into the artifact, so the round can be re-run after the folder changes."""
+    if config.source == "folder":
+        if not config.folder:
+            raise dg.Failure("unlabeled_images: source 'folder' needs `folder`, the directory of images")
+        pool = load_image_folder(config.folder, config.prompts, seed=0)
+    else:
+        table = world_improve.select("id", "image_sha256", "prompt", "image_png")
+        pool = ImagePool(table.with_columns(source=pl.lit("world:improve")), pl.DataFrame(schema=REJECTS_SCHEMA))
+    table = pool.images
+    if table.height == 0:
+        raise dg.Failure(f"unlabeled_images: no usable image in {config.folder} ({pool.rejects.height} rejected)")
+    yield versioned(
+        table,
+        preview=preview(table),
+        distinct_prompts=table["prompt"].n_unique(),
+        rejected=pool.rejects.height,
+        rejects=preview(pool.rejects, rows=20),
+        source=config.folder or "world:improve",
+    )
+    yield dg.AssetCheckResult(
+        check_name="reject_rate",
+        passed=pool.reject_rate <= config.max_reject_rate,
+        metadata={"reject_rate": pool.reject_rate, "limit": config.max_reject_rate, "rejected": pool.rejects.height},
+        description="share of input files that could not be used",
+    )
+
+
+@dg.asset(group_name=COLLECTION, code_version="seed-checkpoint-2", partitions_def=ROUNDS)
+def seed_checkpoint(
+    context: dg.AssetExecutionContext, store: ArtifactStoreResource, bootstrap_seed_model: Checkpoint
+) -> dg.Output[Checkpoint]:
+    """The model this round improves: the champion promoted by the latest earlier round, or the base model
+    (the bootstrap seed) when no round has promoted one. Records which version it took and from where."""
+    registry = ChampionRegistry(store.get())
+    champion = registry.champion_before(context.partition_key)
+    if champion is None:
+        checkpoint, origin = bootstrap_seed_model, {"source": "base: bootstrap_seed_model"}
+    else:
+        checkpoint = registry.checkpoint(champion)
+        origin = {"source": f"champion of {champion.round}", "champion_round": champion.round}
+    context.log.info(f"{context.partition_key} starts from {checkpoint.version} ({origin['source']})")
+    return versioned(checkpoint, **origin, **consumed(seed=checkpoint))
 
 
 class SamplingConfig(dg.Config):
@@ -58,7 +107,8 @@ class SamplingConfig(dg.Config):
             description="Controlled-hallucination negatives (h above their positive's), seed-matched.",
         ),
     },
-    code_version="collect-1",
+    code_version="collect-2",
+    partitions_def=ROUNDS,
 )
 def collected_responses(
     context: dg.AssetExecutionContext,
@@ -71,7 +121,8 @@ def collected_responses(
     a seed and the sampler settings, and differ only in h."""
     ratios = HallucinationRatios(config.mu_pos, config.sd_pos, config.mu_neg, config.sd_neg)
     settings = SamplerSettings(config.temperature, config.top_p, config.max_new_tokens, config.mix_space)
-    plan = plan_requests(unlabeled_images, config.n_samples, config.n_negatives, ratios, config.seed)
+    seed = round_seed_of(context, config.seed)
+    plan = plan_requests(unlabeled_images, config.n_samples, config.n_negatives, ratios, seed)
     image_by_id = decode_images(unlabeled_images)
     model, processor = models.load(seed_checkpoint.path)
     started = time.perf_counter()
@@ -88,10 +139,11 @@ def collected_responses(
             mean_h=float(table["h"].mean()),
             mean_words=float(table["response"].str.split(" ").list.len().mean()),
             empty_responses=table.filter(pl.col("response").str.strip_chars() == "").height,
-            seed_checkpoint_version=seed_checkpoint.version,
+            sampling_seed=seed,
             decode_seconds=seconds,
             responses_per_second=responses.height / seconds,
             preview=preview(table.select("image_id", "prompt", "sample", "h", "response")),
+            **consumed(seed_checkpoint=seed_checkpoint, unlabeled_images=unlabeled_images),
         )
 
 

@@ -3,6 +3,7 @@
 import dagster as dg
 import polars as pl
 
+from si_assets.rounds import round_seed
 from si_assets.storage import Checkpoint, content_hash
 
 # Group names follow the survey's stages (DESIGN.md §3), plus the embedded world's own.
@@ -14,6 +15,43 @@ WORLD, BOOTSTRAP, COLLECTION, ORGANIZATION, OPTIMIZATION, EVALUATION = (
     "optimization",
     "evaluation",
 )
+
+PROMOTION_GATE = "promotion_gate"
+
+# Rounds are dynamic partitions (`round-0001`, ...): a schedule or a sensor adds the next one.
+ROUNDS = dg.DynamicPartitionsDefinition(name="rounds")
+
+# Downstream of sampling, an update re-materializes what depends on it, in the same round only. Updates of
+# the world and the bootstrap models are ignored: a round is a snapshot, and re-running the world must not
+# re-train every past round. Sampling itself is never automatic (it is the expensive step) and neither is
+# `seed_checkpoint` (it would re-resolve the champion).
+ROUND_AUTOMATION = dg.AutomationCondition.eager().ignore(dg.AssetSelection.groups(WORLD, BOOTSTRAP))
+
+
+def round_seed_of(context: dg.AssetExecutionContext, base_seed: int) -> int:
+    """The seed a step uses in this round (see `si_assets.rounds.round_seed`)."""
+    return round_seed(base_seed, context.partition_key)
+
+
+def data_version(value: pl.DataFrame | Checkpoint) -> str:
+    """The version of an input as loaded from the store (a stored checkpoint's folder is named by its hash)."""
+    return value.version if isinstance(value, Checkpoint) else content_hash(value)[:16]
+
+
+def consumed(**inputs: pl.DataFrame | Checkpoint) -> dict[str, dg.MetadataValue]:
+    """`input/<name>` metadata: the data version of every input, so lineage is readable on the asset page."""
+    return {f"input/{name}": dg.MetadataValue.text(data_version(v)) for name, v in inputs.items()}
+
+
+def latest_metadata(context: dg.AssetExecutionContext, asset: str, partition: str | None = None) -> dict:
+    """Plain values of the latest materialization's metadata of `asset` (in `partition`); {} if none."""
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None),
+        limit=1,
+    ).records
+    if not records or records[0].asset_materialization is None:
+        return {}
+    return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
 
 
 def versioned(value: pl.DataFrame | Checkpoint, output_name: str = "result", **metadata) -> dg.Output:

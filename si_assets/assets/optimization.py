@@ -9,7 +9,15 @@ from pydantic import Field
 
 from resources import ArtifactStoreResource, VisionLanguageModels
 from si_assets.assets.collection import decode_images
-from si_assets.assets.common import OPTIMIZATION, markdown_table, versioned
+from si_assets.assets.common import (
+    OPTIMIZATION,
+    ROUND_AUTOMATION,
+    ROUNDS,
+    consumed,
+    markdown_table,
+    round_seed_of,
+    versioned,
+)
 from si_assets.optimization.dpo import (
     DPOSettings,
     compute_reference,
@@ -32,7 +40,9 @@ class TrainingConfig(dg.Config, DPOSettings):
     )
 
 
-@dg.asset(group_name=OPTIMIZATION, code_version="train-1")
+@dg.asset(
+    group_name=OPTIMIZATION, code_version="train-2", partitions_def=ROUNDS, automation_condition=ROUND_AUTOMATION
+)
 def trained_model(
     context: dg.AssetExecutionContext,
     config: TrainingConfig,
@@ -46,6 +56,7 @@ def trained_model(
     alone sits in `adapter/`. Reference log-probs are computed once per (seed, pairs, length settings)."""
     artifact_store = store.get()
     settings = DPOSettings(**config.model_dump(exclude={"optimization"}))
+    settings = settings.model_copy(update={"seed": round_seed_of(context, config.seed)})
     if config.optimization == "self_sft":
         settings = settings.model_copy(update={"objective": "sft"})
     model, processor = models.load(seed_checkpoint.path)
@@ -84,6 +95,7 @@ def trained_model(
         reference_logps=dg.MetadataValue.path(ref_artifact.uri),
         reference_logps_version=ref_artifact.version,
         reference_logps_reused=ref_reused,
-        seed_checkpoint_version=seed_checkpoint.version,
+        training_seed=settings.seed,
         training_curve=dg.MetadataValue.md(markdown_table(curve) if curve.height else "(no log entries)"),
+        **consumed(seed_checkpoint=seed_checkpoint, verified_pairs=verified_pairs, unlabeled_images=unlabeled_images),
     )

@@ -1,6 +1,7 @@
 """Organization stage: CLIP verifies the sampled responses and turns them into preference pairs."""
 
 import time
+from collections.abc import Iterator
 from typing import Literal
 
 import dagster as dg
@@ -9,7 +10,7 @@ from pydantic import Field
 
 from resources import ClipVerifier
 from si_assets.assets.collection import decode_images
-from si_assets.assets.common import ORGANIZATION, preview, versioned
+from si_assets.assets.common import ORGANIZATION, ROUND_AUTOMATION, ROUNDS, consumed, preview, round_seed_of, versioned
 from si_assets.organization.verification import (
     DISCARDED,
     REVERSED,
@@ -32,9 +33,24 @@ class VerificationConfig(dg.Config):
     )
     pairs_per_image: int = Field(1, ge=1, description="k best positives meet the k worst negatives, by rank")
     seed: int = 0
+    max_reverse_rate: float = Field(0.5, ge=0, le=1, description="the reverse_rate check warns above this")
+    max_discard_rate: float = Field(0.5, ge=0, le=1, description="the discard_rate check warns above this")
 
 
-@dg.asset(group_name=ORGANIZATION, code_version="verify-1")
+@dg.asset(
+    group_name=ORGANIZATION,
+    code_version="verify-1",
+    partitions_def=ROUNDS,
+    automation_condition=ROUND_AUTOMATION,
+    check_specs=[
+        dg.AssetCheckSpec(
+            "reverse_rate", asset="verified_pairs", partitions_def=ROUNDS, description="CLIP reversed too many pairs"
+        ),
+        dg.AssetCheckSpec(
+            "discard_rate", asset="verified_pairs", partitions_def=ROUNDS, description="the margin discarded too many"
+        ),
+    ],
+)
 def verified_pairs(
     context: dg.AssetExecutionContext,
     config: VerificationConfig,
@@ -43,10 +59,11 @@ def verified_pairs(
     sampled_responses: pl.DataFrame,
     hallucinated_negatives: pl.DataFrame,
     unlabeled_images: pl.DataFrame,
-) -> dg.Output[pl.DataFrame]:
+) -> Iterator[dg.Output | dg.AssetCheckResult]:
     """Chosen = CLIP-best positive, rejected = CLIP-worst negative; reversed when the negative scores higher,
     discarded when the two are closer than `margin`. Every score and decision stays on the row."""
-    rule = PairRule(config.margin, config.verification, config.negatives, config.seed, config.pairs_per_image)
+    seed = round_seed_of(context, config.seed)
+    rule = PairRule(config.margin, config.verification, config.negatives, seed, config.pairs_per_image)
     started = time.perf_counter()
     scorer = clip.scorer(f"local-dir:{bootstrap_clip.path}")
     image_by_id = decode_images(unlabeled_images)
@@ -56,11 +73,12 @@ def verified_pairs(
     seconds = time.perf_counter() - started
     counts = decision_counts(pairs)
     context.log.info(f"pairs: {counts} in {seconds:.1f}s")
-    return versioned(
+    rates = {"reverse_rate": counts[REVERSED] / max(1, pairs.height), "discard_rate": counts[DISCARDED] / max(1, pairs.height)}
+    yield versioned(
         pairs,
         **counts,
-        reverse_rate=counts[REVERSED] / max(1, pairs.height),
-        discard_rate=counts[DISCARDED] / max(1, pairs.height),
+        **rates,
+        margin=config.margin,
         mean_score_chosen=float(pairs["score_chosen"].mean()),
         mean_score_rejected=float(pairs["score_rejected"].mean()),
         scored_responses=scored.height,
@@ -70,4 +88,19 @@ def verified_pairs(
             str(sampled_responses["model_version"][0]) if sampled_responses.height else ""
         ),
         preview=preview(pairs.select("image_id", "decision", "score_chosen", "score_rejected", "chosen", "rejected")),
+        **consumed(
+            bootstrap_clip=bootstrap_clip,
+            sampled_responses=sampled_responses,
+            hallucinated_negatives=hallucinated_negatives,
+            unlabeled_images=unlabeled_images,
+        ),
     )
+    # Many reversals: the mixture does not hallucinate enough, or CLIP cannot see the difference. Many
+    # discards: the margin is too wide for this CLIP's score spread. Either way few pairs reach DPO.
+    for name, limit in (("reverse_rate", config.max_reverse_rate), ("discard_rate", config.max_discard_rate)):
+        yield dg.AssetCheckResult(
+            check_name=name,
+            passed=rates[name] <= limit,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={name: rates[name], "limit": limit},
+        )

@@ -1,0 +1,57 @@
+"""Running the bootstrap and rounds in-process on an instance: what `make demo`, `make demo-rounds`, the
+benchmarks and the tests share. The daemon-driven path (schedule, sensor) launches the same jobs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dagster as dg
+
+from si_assets.assets.common import PROMOTION_GATE, ROUNDS
+from si_assets.automation.jobs import bootstrap_job, improvement_round_job
+
+
+@dataclass(frozen=True)
+class RoundRun:
+    key: str
+    gate_passed: bool | None  # None: the round failed before evaluation
+    result: dg.ExecuteInProcessResult
+
+    @property
+    def refused(self) -> bool:
+        return self.gate_passed is False
+
+
+class RoundFailed(RuntimeError):
+    pass
+
+
+def run_bootstrap(defs: dg.Definitions, instance: dg.DagsterInstance, run_config: dict | None = None) -> None:
+    result = defs.resolve_job_def(bootstrap_job.name).execute_in_process(
+        instance=instance, run_config=run_config or {}, raise_on_error=False
+    )
+    if not result.success:
+        raise RoundFailed(f"the bootstrap run {result.run_id} failed; see its log in the Dagster UI")
+
+
+def run_round(
+    defs: dg.Definitions, instance: dg.DagsterInstance, key: str, run_config: dict | None = None
+) -> RoundRun:
+    """Adds the partition if needed and runs the round. A refused promotion gate fails the run in Dagster
+    (the blocking check stops `champion`), but it is an outcome here, not an error; anything else raises."""
+    if not instance.has_dynamic_partition(ROUNDS.name, key):
+        instance.add_dynamic_partitions(ROUNDS.name, [key])
+    result = defs.resolve_job_def(improvement_round_job.name).execute_in_process(
+        instance=instance, partition_key=key, run_config=run_config or {}, raise_on_error=False
+    )
+    gate = [e.passed for e in result.get_asset_check_evaluations() if e.check_name == PROMOTION_GATE]
+    run = RoundRun(key, gate[0] if gate else None, result)
+    if not result.success and not run.refused:
+        raise RoundFailed(f"{key}: run {result.run_id} failed; see its log in the Dagster UI")
+    return run
+
+
+def refresh_summary(defs: dg.Definitions, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    """Materializes `rounds_summary` now (the automation sensor does it when the daemon runs)."""
+    job = defs.resolve_implicit_job_def_def_for_assets([dg.AssetKey("rounds_summary")])
+    return job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("rounds_summary")])

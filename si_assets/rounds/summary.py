@@ -1,0 +1,71 @@
+"""The per-round summary: one row per round (pairs, rates, seed vs trained metrics, gate, promotion) and a
+plot of the metrics across rounds, as PNG bytes for markdown metadata."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+
+import polars as pl
+
+from si_assets.rounds.naming import round_number
+
+PLOTTED = ("precision", "recall", "chair_s", "pope_f1")
+LOWER_IS_BETTER = {"chair_s", "chair_i"}
+
+
+def rounds_table(rows: Sequence[dict]) -> pl.DataFrame:
+    """Rows are dicts with at least `round`; missing values stay null (a round still running, a refused gate)."""
+    if not rows:
+        return pl.DataFrame({"round": [], "number": []}, schema={"round": pl.String, "number": pl.Int64})
+    table = pl.DataFrame(list(rows), infer_schema_length=None)
+    return table.with_columns(number=pl.col("round").map_elements(round_number, return_dtype=pl.Int64)).sort("number")
+
+
+def plot_rounds(table: pl.DataFrame, metrics: Sequence[str] = PLOTTED) -> bytes:
+    """Seed (the model each round started from) vs trained per round; filled markers = promoted. The dashed
+    line is the base model every chain of rounds is held against."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers; must precede pyplot
+    import matplotlib.pyplot as plt
+
+    if "trained_precision" in table.columns:
+        table = table.filter(pl.col("trained_precision").is_not_null())  # rounds not yet evaluated
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.0), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        seed_col, trained_col = f"seed_{metric}", f"trained_{metric}"
+        if seed_col not in table.columns or trained_col not in table.columns or table.height == 0:
+            ax.set_axis_off()
+            continue
+        x = table["number"].to_list()
+        seed, trained = table[seed_col].to_list(), table[trained_col].to_list()
+        promoted = table["promoted"].fill_null(False).to_list() if "promoted" in table.columns else [False] * len(x)
+        ax.plot(x, seed, "s--", color="0.55", label="seed", markersize=4)
+        ax.plot(x, trained, "-", color="tab:blue", label="trained")
+        ax.scatter(
+            x,
+            trained,
+            c=["tab:blue" if p else "white" for p in promoted],
+            edgecolors="tab:blue",
+            zorder=3,
+            label="trained (filled: promoted)",
+        )
+        if seed[0] is not None:
+            ax.axhline(seed[0], color="0.3", linestyle=":", linewidth=1)
+        arrow = "↓" if metric in LOWER_IS_BETTER else "↑"
+        ax.set_title(f"{metric} {arrow}")
+        ax.set_xlabel("round")
+        ax.set_xticks(x)
+    axes[0][0].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def png_markdown(png: bytes, alt: str) -> str:
+    """Dagster renders markdown metadata; an inline data URI keeps the plot with the materialization."""
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"

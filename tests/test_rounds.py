@@ -1,0 +1,139 @@
+"""Round keys, the promotion gate, the champion registry and the rounds summary (Dagster-free)."""
+
+from pathlib import Path
+
+import pytest
+
+from si_assets.rounds import (
+    ChampionRegistry,
+    GatePolicy,
+    Promotion,
+    gate_decision,
+    latest_round,
+    next_round_key,
+    round_key,
+    round_number,
+    round_seed,
+)
+from si_assets.rounds.summary import plot_rounds, png_markdown, rounds_table
+from si_assets.storage import ArtifactStore, Checkpoint
+
+
+def test_round_keys_order_by_number_and_reject_foreign_keys() -> None:
+    assert round_key(1) == "round-0001" and round_key(12345) == "round-12345"
+    assert round_number("round-0042") == 42
+    for bad in ("round-1", "round-0000", "Round-0001", "round-00a1", "0001"):
+        with pytest.raises(ValueError, match="not a round key"):
+            round_number(bad)
+    with pytest.raises(ValueError):
+        round_key(0)
+    keys = ["round-0009", "round-0010", "adhoc-test", "round-0002"]
+    assert latest_round(keys) == "round-0010"  # by number, not by string order of mixed widths
+    assert next_round_key(keys) == "round-0011"
+    assert next_round_key([]) == "round-0001" and next_round_key(["adhoc"]) == "round-0001"
+
+
+def test_round_seed_is_stable_and_differs_between_rounds() -> None:
+    assert round_seed(0, "round-0001") == round_seed(0, "round-0001")
+    seeds = {round_seed(0, round_key(n)) for n in range(1, 50)}
+    assert len(seeds) == 49 and all(0 <= s < 2**31 for s in seeds)
+    assert round_seed(1, "round-0001") != round_seed(0, "round-0001")
+
+
+SEED = {"precision": 0.75, "recall": 0.86}
+
+
+@pytest.mark.parametrize(
+    ("trained", "base", "passed", "reason"),
+    [
+        ({"precision": 0.78, "recall": 0.84}, SEED, True, None),
+        ({"precision": 0.755, "recall": 0.86}, SEED, False, "precision gain +0.005 < +0.010"),
+        ({"precision": 0.76, "recall": 0.86}, SEED, True, None),  # exactly the minimum gain passes
+        ({"precision": 0.80, "recall": 0.82}, SEED, False, "recall fell 0.040 below the seed"),
+        # Within tolerance of this round's seed, but the chain has drifted too far from the base model.
+        ({"precision": 0.80, "recall": 0.84}, {"precision": 0.7, "recall": 0.88}, False, "below the base model"),
+        ({"precision": 0.70, "recall": 0.80}, SEED, False, "precision gain -0.050"),
+    ],
+)
+def test_gate_decision(trained: dict, base: dict, passed: bool, reason: str | None) -> None:
+    decision = gate_decision(SEED, trained, base, GatePolicy(min_precision_gain=0.01, recall_tolerance=0.03))
+    assert decision.passed is passed
+    assert decision.precision_gain == pytest.approx(trained["precision"] - SEED["precision"])
+    assert decision.recall_change_vs_base == pytest.approx(trained["recall"] - base["recall"])
+    if reason:
+        assert any(reason in r for r in decision.reasons), decision.reasons
+        assert decision.summary().endswith("refused: " + "; ".join(decision.reasons))
+    else:
+        assert decision.reasons == () and decision.summary().endswith("passed")
+
+
+def test_gate_rejects_bad_policy_and_missing_metrics() -> None:
+    with pytest.raises(ValueError, match="recall_tolerance"):
+        GatePolicy(recall_tolerance=-0.1)
+    with pytest.raises(KeyError, match="trained metrics lack"):
+        gate_decision(SEED, {"precision": 0.9}, SEED, GatePolicy())
+
+
+def _stored_checkpoint(store: ArtifactStore, tmp_path: Path, name: str) -> tuple[str, str, str]:
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "model.safetensors").write_text(name)
+    artifact = store.put(Checkpoint(folder), "trained_model", name)
+    return artifact.version, artifact.uri, artifact.content_hash
+
+
+def _promotion(store: ArtifactStore, tmp_path: Path, round_: str, seed: str, precision: float) -> Promotion:
+    version, uri, digest = _stored_checkpoint(store, tmp_path, f"{round_}-{seed}-{precision}")
+    return Promotion(round_, version, uri, digest, seed, {"precision": precision, "recall": 0.8}, SEED)
+
+
+def test_registry_chains_rounds_and_refuses_to_break_the_chain(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "store")
+    registry = ChampionRegistry(store)
+    assert registry.current() is None and registry.champion_before("round-0001") is None
+
+    first = _promotion(store, tmp_path, "round-0001", "base", 0.78)
+    assert registry.promote(first).promoted
+    assert registry.champion_before("round-0001") is None  # re-running round 1 starts from the base again
+    assert registry.champion_before("round-0002") == first
+    assert registry.checkpoint(first).path.joinpath("model.safetensors").read_text() == "round-0001-base-0.78"
+
+    # A round seeded from something other than the champion before it is stale.
+    stale = _promotion(store, tmp_path, "round-0002", "not-the-champion", 0.80)
+    outcome = registry.promote(stale)
+    assert not outcome.promoted and "run the round again" in outcome.reason and outcome.champion == first
+
+    second = _promotion(store, tmp_path, "round-0002", first.version, 0.80)
+    assert registry.promote(second).promoted
+    assert registry.promote(second).reason == "already the champion"
+    # Round 1 re-organized later cannot replace what round 2 already built on.
+    late = _promotion(store, tmp_path, "round-0001", "base", 0.90)
+    outcome = registry.promote(late)
+    assert not outcome.promoted and "round-0002 already promoted" in outcome.reason
+    # The same round may replace its own champion, only with a more precise model.
+    worse = _promotion(store, tmp_path, "round-0002", first.version, 0.79)
+    assert not registry.promote(worse).promoted
+    better = _promotion(store, tmp_path, "round-0002", first.version, 0.82)
+    assert registry.promote(better).reason == "replaced this round's earlier champion"
+    assert [p.version for p in ChampionRegistry(store).history()] == [first.version, better.version]
+    assert ChampionRegistry(store).current() == better  # read back from the store, not from memory
+
+
+def test_promotion_needs_a_round_key() -> None:
+    with pytest.raises(ValueError, match="not a round key"):
+        Promotion("latest", "v", "uri", "h", "s", {}, {})
+
+
+def test_rounds_table_and_plot() -> None:
+    rows = [
+        {"round": "round-0010", "seed_precision": 0.78, "trained_precision": 0.79, "promoted": False},
+        {"round": "round-0002", "seed_precision": 0.75, "trained_precision": 0.78, "promoted": True},
+        {"round": "round-0011", "seed_precision": None, "trained_precision": None, "promoted": False},  # running
+    ]
+    table = rounds_table(rows)
+    assert table["round"].to_list() == ["round-0002", "round-0010", "round-0011"]
+    assert table["number"].to_list() == [2, 10, 11]
+    png = plot_rounds(table, metrics=("precision", "recall"))  # recall absent: that panel stays empty
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 2000
+    assert png_markdown(b"\x89PNG", "m") == "![m](data:image/png;base64,iVBORw==)"
+    assert rounds_table([]).height == 0 and set(rounds_table([]).columns) == {"round", "number"}

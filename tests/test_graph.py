@@ -198,14 +198,18 @@ def test_margin_change_retrains_and_reevaluates_by_automation_without_resampling
     # Run what automation asked for, the way its sensor would: the round's part in one run, then the summary.
     round_keys = [dg.AssetKey(k) for k in ("trained_model", "eval_scores", "champion")]
     job = world.defs.resolve_implicit_job_def_def_for_assets(round_keys)
-    config = {"ops": {"trained_model": {"config": TRAINING}, "eval_scores": {"config": round_config(PASS_GATE)["ops"]["eval_scores"]["config"]}}}
-    job.execute_in_process(instance=instance, partition_key=key, asset_selection=round_keys, run_config=config, raise_on_error=False)
+    ops = round_config(PASS_GATE)["ops"]
+    config = {"ops": {name: ops[name] for name in ("trained_model", "eval_scores")}}
+    assert job.execute_in_process(
+        instance=instance, partition_key=key, asset_selection=round_keys, run_config=config
+    ).success
     pairs_version = latest(instance, "verified_pairs", key)["path"].rsplit("/", 1)[-1]
     assert latest(instance, "verified_pairs", key)["margin"] == 0.02
     assert latest(instance, "trained_model", key)["input/verified_pairs"] == pairs_version
-    assert latest(instance, "eval_scores", key)["input/trained_model"] == latest(instance, "trained_model", key)[
-        "path"
-    ].rsplit("/", 1)[-1]
+    assert (
+        latest(instance, "eval_scores", key)["input/trained_model"]
+        == latest(instance, "trained_model", key)["path"].rsplit("/", 1)[-1]
+    )
     assert count(instance, "sampled_responses", key) == sampled_before  # nothing upstream ran again
 
     after = dg.evaluate_automation_conditions(defs=world.defs, instance=instance, cursor=tick.cursor)

@@ -150,7 +150,7 @@ def eval_scores(
         gate=gate.summary(),
         lineage=dg.MetadataValue.md(lineage_markdown(seed_checkpoint, trained_model, trained_meta)),
         **consumed(seed_checkpoint=seed_checkpoint, trained_model=trained_model, world_eval=world_eval),
-        **{f"{name}/{m}": float(values[m]) for name, values in (("seed", seed_m), ("trained", trained_m)) for m in HEADLINE},
+        **{f"{name}/{m}": float(v[m]) for name, v in (("seed", seed_m), ("trained", trained_m)) for m in HEADLINE},
         **{f"base/{m}": float(base_m[m]) for m in HEADLINE if m in base_m},
         **{f"delta/{m}": float(trained_m[m] - seed_m[m]) for m in HEADLINE},
     )

@@ -40,9 +40,7 @@ class TrainingConfig(dg.Config, DPOSettings):
     )
 
 
-@dg.asset(
-    group_name=OPTIMIZATION, code_version="train-2", partitions_def=ROUNDS, automation_condition=ROUND_AUTOMATION
-)
+@dg.asset(group_name=OPTIMIZATION, code_version="train-2", partitions_def=ROUNDS, automation_condition=ROUND_AUTOMATION)
 def trained_model(
     context: dg.AssetExecutionContext,
     config: TrainingConfig,

@@ -73,7 +73,8 @@ def verified_pairs(
     seconds = time.perf_counter() - started
     counts = decision_counts(pairs)
     context.log.info(f"pairs: {counts} in {seconds:.1f}s")
-    rates = {"reverse_rate": counts[REVERSED] / max(1, pairs.height), "discard_rate": counts[DISCARDED] / max(1, pairs.height)}
+    total = max(1, pairs.height)
+    rates = {"reverse_rate": counts[REVERSED] / total, "discard_rate": counts[DISCARDED] / total}
     yield versioned(
         pairs,
         **counts,

@@ -34,9 +34,7 @@ def run_bootstrap(defs: dg.Definitions, instance: dg.DagsterInstance, run_config
         raise RoundFailed(f"the bootstrap run {result.run_id} failed; see its log in the Dagster UI")
 
 
-def run_round(
-    defs: dg.Definitions, instance: dg.DagsterInstance, key: str, run_config: dict | None = None
-) -> RoundRun:
+def run_round(defs: dg.Definitions, instance: dg.DagsterInstance, key: str, run_config: dict | None = None) -> RoundRun:
     """Adds the partition if needed and runs the round. A refused promotion gate fails the run in Dagster
     (the blocking check stops `champion`), but it is an outcome here, not an error; anything else raises."""
     if not instance.has_dynamic_partition(ROUNDS.name, key):

@@ -100,4 +100,3 @@ class ChampionRegistry:
     @staticmethod
     def _refused(history: list[Promotion], reason: str) -> PromotionOutcome:
         return PromotionOutcome(False, reason, history[-1] if history else None, history)
-

@@ -35,22 +35,27 @@ def main(argv: list[str] | None = None) -> int:
     import dagster as dg
 
     from si_assets.assets.evaluation import HEADLINE
-    from si_assets.automation.runner import RoundFailed, refresh_summary, run_bootstrap, run_round
+    from si_assets.automation.runner import RoundFailed, refresh_summary, run_bootstrap, run_round, stored_table
     from si_assets.definitions import defs
     from si_assets.organization.verification import decision_counts
     from si_assets.rounds import round_key
 
     started = time.perf_counter()
     table_style = pl.Config(
-        tbl_rows=-1, tbl_cols=-1, float_precision=3, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True
+        tbl_rows=-1,
+        tbl_cols=-1,
+        tbl_width_chars=200,
+        float_precision=3,
+        tbl_hide_dataframe_shape=True,
+        tbl_hide_column_data_types=True,
     )
     with dg.DagsterInstance.get() as instance, table_style:
         try:
             run_bootstrap(defs, instance)
             for number in range(1, args.rounds + 1):
                 run = run_round(defs, instance, round_key(number))
-                counts = decision_counts(run.result.output_for_node("verified_pairs"))
-                scores: pl.DataFrame = run.result.output_for_node("eval_scores")
+                counts = decision_counts(stored_table(defs, instance, "verified_pairs", run.key))
+                scores = stored_table(defs, instance, "eval_scores", run.key)
                 print(f"\n{run.key}: verified pairs " + ", ".join(f"{n} {d}" for d, n in counts.items()))
                 print("held-out evaluation (precision = 1 - CHAIR_i; POPE averaged over strategies):")
                 print(scores.filter(pl.col("metric").is_in(HEADLINE)))

@@ -9,6 +9,7 @@ import dagster as dg
 
 from si_assets.assets.common import PROMOTION_GATE, ROUNDS
 from si_assets.automation.jobs import bootstrap_job, improvement_round_job
+from si_assets.storage import StoredArtifact
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,20 @@ def run_round(defs: dg.Definitions, instance: dg.DagsterInstance, key: str, run_
     if not result.success and not run.refused:
         raise RoundFailed(f"{key}: run {result.run_id} failed; see its log in the Dagster UI")
     return run
+
+
+def stored_table(defs: dg.Definitions, instance: dg.DagsterInstance, asset: str, partition: str | None = None):
+    """The table the latest materialization of `asset` stored, read back from the artifact store; also
+    for steps whose run failed after storing (a refused gate fails `eval_scores` after its scores are out)."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None),
+        limit=1,
+    ).records
+    if not records:
+        raise LookupError(f"{asset} has no materialization" + (f" for {partition}" if partition else ""))
+    meta = records[0].asset_materialization.metadata
+    store = defs.resources["store"].get()
+    return store.read_table(StoredArtifact("table", meta["path"].value, meta["content_hash"].value))
 
 
 def refresh_summary(defs: dg.Definitions, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:

@@ -17,11 +17,20 @@ ROUND_CRON_ENV = "SI_ROUND_CRON"
 DEFAULT_ROUND_CRON = "0 3 * * 1"  # Mondays 03:00
 
 
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+
+
 def round_in_flight(instance: dg.DagsterInstance) -> str | None:
     """The partition of a round run that is queued or running, if any: rounds build on each other's
     champion, so two never run at once."""
     runs = instance.get_runs(
-        filters=dg.RunsFilter(job_name=improvement_round_job.name, statuses=list(dg.IN_PROGRESS_RUN_STATUSES)),
+        filters=dg.RunsFilter(job_name=improvement_round_job.name, statuses=IN_FLIGHT),
         limit=1,
     )
     return runs[0].tags.get("dagster/partition", "?") if runs else None
@@ -80,11 +89,13 @@ def new_images_sensor(context: dg.SensorEvaluationContext, inbox: ImageInbox):
     )
 
 
+AUTOMATION_INTERVAL_ENV = "SI_AUTOMATION_INTERVAL_S"
+
 automation_sensor = dg.AutomationConditionSensorDefinition(
     "round_automation",
     target=dg.AssetSelection.all(),
     default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=int(os.environ.get(AUTOMATION_INTERVAL_ENV, "30")),
     description="Re-materializes a round's pairs, model, scores and champion when something upstream in the "
     "same round changes (e.g. verified_pairs with a new margin); never re-samples.",
 )

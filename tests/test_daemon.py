@@ -92,7 +92,8 @@ def test_daemon_rematerializes_downstream_of_a_margin_change(tmp_path: Path) -> 
 
         new_model = materializations(instance, "trained_model", key)[0]
         run = instance.get_run_by_id(new_model.run_id)
-        assert run.tags.get("dagster/from_automation_condition") == "true" or "automation" in str(run.tags), run.tags
+        assert run.tags.get("dagster/from_automation_condition") == "true", run.tags
+        assert run.tags.get("dagster/sensor_name") == "round_automation", run.tags
         pairs_version = materializations(instance, "verified_pairs", key)[0].asset_materialization.metadata["path"]
         consumed = new_model.asset_materialization.metadata["input/verified_pairs"].value
         assert pairs_version.value.endswith(consumed)

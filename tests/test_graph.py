@@ -127,7 +127,8 @@ def test_round_promotes_and_repeats_exactly(world: World) -> None:
     assert pairs_version in scores["lineage"] and trained_meta["path"].rsplit("/", 1)[-1] in scores["lineage"]
     assert sum(pairs_meta[d] for d in ("kept", "reversed", "discarded")) == n_images
     assert trained_meta["training_pairs"] == n_images - pairs_meta["discarded"]
-    assert trained_meta["reference_logps_reused"] is False
+    assert trained_meta["reference_pairs_computed"] == trained_meta["training_pairs"]
+    assert trained_meta["reference_pairs_reused"] == 0
 
     # The gate passed, so `champion` wrote the pointer: the trained model, as stored.
     champion = ChampionRegistry(store).current()
@@ -143,7 +144,7 @@ def test_round_promotes_and_repeats_exactly(world: World) -> None:
         filt = dg.AssetRecordsFilter(asset_key=dg.AssetKey(key), asset_partitions=["round-0001"])
         records = instance.fetch_materializations(filt, limit=2).records
         assert len({r.asset_materialization.tags["dagster/data_version"] for r in records}) == 1, key
-    assert latest(instance, "trained_model", "round-0001")["reference_logps_reused"] is True
+    assert latest(instance, "trained_model", "round-0001")["reference_pairs_computed"] == 0
     assert latest(instance, "eval_scores", "round-0001")["seed_scores_reused"] is True
     assert latest(instance, "champion", "round-0001")["reason"] == "already the champion"
 
@@ -211,6 +212,9 @@ def test_margin_change_retrains_and_reevaluates_by_automation_without_resampling
         == latest(instance, "trained_model", key)["path"].rsplit("/", 1)[-1]
     )
     assert count(instance, "sampled_responses", key) == sampled_before  # nothing upstream ran again
+    retrained = latest(instance, "trained_model", key)  # pairs the new margin kept were computed before
+    assert retrained["reference_pairs_computed"] == 0
+    assert retrained["reference_pairs_reused"] == retrained["training_pairs"]
 
     after = dg.evaluate_automation_conditions(defs=world.defs, instance=instance, cursor=tick.cursor)
     assert after.get_requested_partitions(dg.AssetKey("trained_model")) == set()  # settled

@@ -24,12 +24,13 @@ from si_assets.optimization.dpo import (
     save_trained,
     train_dpo,
 )
+from si_assets.optimization.reference_cache import cached_reference
 from si_assets.optimization.self_training import self_sft_pairs
 from si_assets.organization.verification import training_pairs
-from si_assets.storage import Checkpoint, content_hash
-from si_assets.storage.memo import config_key, memoised_table
+from si_assets.storage import Checkpoint
+from si_assets.storage.memo import config_key
 
-REFERENCE_CODE_VERSION = "reference-logps-1"
+REFERENCE_CODE_VERSION = "reference-logps-2"
 
 
 class TrainingConfig(dg.Config, DPOSettings):
@@ -65,20 +66,17 @@ def trained_model(
         pairs = training_pairs(verified_pairs)
     work = artifact_store.staging_dir()
 
-    def reference() -> pl.DataFrame:
-        return compute_reference(model, processor, pairs, image_by_id, settings, work / "ref", context.log.info)
+    def reference(missing: pl.DataFrame) -> pl.DataFrame:
+        return compute_reference(model, processor, missing, image_by_id, settings, work / "ref", context.log.info)
 
-    key = config_key(
-        seed_checkpoint.version,
-        content_hash(pairs),
-        str(settings.max_length),
-        str(settings.ld_alpha),
-        REFERENCE_CODE_VERSION,
+    # Per seed and length settings; pairs are looked up by content, so re-organized pairs reuse what they share.
+    cache_key = config_key(
+        seed_checkpoint.version, str(settings.max_length), str(settings.ld_alpha), REFERENCE_CODE_VERSION
     )
-    ref_table, ref_artifact, ref_reused = memoised_table(artifact_store, "reference_logps", key, reference)
-    context.log.info(("reused" if ref_reused else "computed") + f" reference log-probs ({ref_artifact.uri})")
+    ref = cached_reference(artifact_store, cache_key, pairs, reference)
+    context.log.info(f"reference log-probs: {ref.computed} pairs computed, {ref.reused} from the cache")
     peft_model, _, result = train_dpo(
-        model, processor, pairs, image_by_id, settings, work / "trainer", reference=ref_table, log=context.log.info
+        model, processor, pairs, image_by_id, settings, work / "trainer", reference=ref.table, log=context.log.info
     )
     shutil.rmtree(work, ignore_errors=True)
     merged = artifact_store.staging_dir()
@@ -90,9 +88,9 @@ def trained_model(
         training_pairs=pairs.height,
         steps=result.steps,
         train_seconds=result.seconds,
-        reference_logps=dg.MetadataValue.path(ref_artifact.uri),
-        reference_logps_version=ref_artifact.version,
-        reference_logps_reused=ref_reused,
+        reference_logps=dg.MetadataValue.path(ref.artifact.uri),
+        reference_pairs_computed=ref.computed,
+        reference_pairs_reused=ref.reused,
         training_seed=settings.seed,
         training_curve=dg.MetadataValue.md(markdown_table(curve) if curve.height else "(no log entries)"),
         **consumed(seed_checkpoint=seed_checkpoint, verified_pairs=verified_pairs, unlabeled_images=unlabeled_images),

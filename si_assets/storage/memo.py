@@ -39,20 +39,11 @@ def memoised_checkpoint(
     return checkpoint, metadata, False
 
 
-def memoised_table(
-    store: ArtifactStore, name: str, key: str, build: Callable[[], pl.DataFrame]
-) -> tuple[pl.DataFrame, StoredArtifact, bool]:
-    """A table computed once per key and kept as its own artifact (e.g. reference log-probs per
-    (model version, pairs version)). Returns (table, where it is stored, whether it was reused)."""
-    table, _, artifact, reused = memoised_result(store, name, key, lambda: (build(), {}))
-    return table, artifact, reused
-
-
 def memoised_result(
     store: ArtifactStore, name: str, key: str, build: Callable[[], tuple[pl.DataFrame, dict]]
 ) -> tuple[pl.DataFrame, dict, StoredArtifact, bool]:
-    """Like `memoised_table`, for results that are a table plus a small JSON-able dict (e.g. an evaluation's
-    captions and its metrics). Returns (table, metadata, where it is stored, whether it was reused)."""
+    """A table plus a small JSON-able dict (e.g. an evaluation's captions and metrics), computed once per key and
+    kept as its own artifact. Returns (table, metadata, where it is stored, whether it was reused)."""
     pointer_name = f"memo/{name}-{key}"
     pointer = store.read_pointer(pointer_name)
     if pointer is not None:

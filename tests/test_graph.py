@@ -11,10 +11,12 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from resources import ArtifactStoreResource
+from si_assets.assets.collection import SeedConfig, seed_checkpoint
 from si_assets.automation.runner import refresh_summary, run_bootstrap, run_round
 from si_assets.definitions import build_definitions, build_resources, defs
 from si_assets.rounds import ChampionRegistry, round_seed
-from si_assets.storage import ArtifactStore
+from si_assets.storage import ArtifactStore, Checkpoint
 from tests.conftest import SMALL_SPLITS
 
 BOOTSTRAP_CONFIG = {
@@ -244,3 +246,18 @@ def test_code_location_validates(command: list[str], tmp_path: Path) -> None:
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "SI_STORE": str(tmp_path / "store")}
     done = subprocess.run([str(exe), *command[1:]], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def test_seed_checkpoint_takes_a_configured_base_until_a_round_promotes(tmp_path: Path) -> None:
+    base, bootstrap = tmp_path / "base", tmp_path / "bootstrap"
+    for folder in (base, bootstrap):
+        folder.mkdir()
+        (folder / "config.json").write_text(folder.name)
+    store = ArtifactStoreResource(root=str(tmp_path / "store"))
+    context = dg.build_asset_context(partition_key="round-0001")
+    out = seed_checkpoint(context, SeedConfig(base=str(base)), store, Checkpoint(bootstrap))
+    assert out.value.path == base and out.metadata["source"].value == f"base: {base}"
+    out = seed_checkpoint(context, SeedConfig(), store, Checkpoint(bootstrap))
+    assert out.value.path == bootstrap and out.metadata["source"].value == "base: bootstrap_seed_model"
+    with pytest.raises(dg.Failure, match="is not a folder"):
+        seed_checkpoint(context, SeedConfig(base="org/some-hub-model"), store, Checkpoint(bootstrap))

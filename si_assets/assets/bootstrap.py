@@ -4,7 +4,7 @@ import dagster as dg
 import polars as pl
 
 from resources import ArtifactStoreResource
-from si_assets.assets.common import BOOTSTRAP, markdown_table, versioned
+from si_assets.assets.common import BOOTSTRAP, consumed, markdown_table, versioned
 from si_assets.modeling.bootstrap import train_seed_model
 from si_assets.modeling.sft import SFTConfig
 from si_assets.modeling.tiny_vlm import TinyVLMSpec
@@ -80,6 +80,7 @@ def bootstrap_seed_model(
         best_val_loss=float(meta["best_val_loss"]),
         train_seconds=float(meta["train_seconds"]),
         training_curve=dg.MetadataValue.md(markdown_table(curve) if curve.height else "(no evaluations)"),
+        **consumed(world_seed_train=world_seed_train),
     )
 
 
@@ -115,4 +116,5 @@ def bootstrap_clip(
         chance_recall_at_1=chance,
         train_seconds=float(meta["seconds"]),
         final_loss=float(meta["final_loss"]),
+        **consumed(world_clip_train=world_clip_train, world_eval=world_eval),
     )

@@ -1,6 +1,7 @@
 """Collection stage: the images of the round and the model that captions them."""
 
 import time
+from pathlib import Path
 from typing import Literal
 
 import dagster as dg
@@ -49,6 +50,7 @@ def unlabeled_images(context: dg.AssetExecutionContext, config: ImagePoolConfig,
     yield versioned(
         table,
         preview=preview(table),
+        **(consumed(world_improve=world_improve) if config.source == "world" else {}),
         distinct_prompts=table["prompt"].n_unique(),
         rejected=pool.rejects.height,
         rejects=preview(pool.rejects, rows=20),
@@ -62,15 +64,31 @@ def unlabeled_images(context: dg.AssetExecutionContext, config: ImagePoolConfig,
     )
 
 
+class SeedConfig(dg.Config):
+    base: str | None = Field(
+        None, description="the model round 1 starts from: a save_pretrained folder; unset: the bootstrap seed"
+    )
+
+
 @dg.asset(group_name=COLLECTION, code_version="seed-checkpoint-2", partitions_def=ROUNDS)
 def seed_checkpoint(
-    context: dg.AssetExecutionContext, store: ArtifactStoreResource, bootstrap_seed_model: Checkpoint
+    context: dg.AssetExecutionContext,
+    config: SeedConfig,
+    store: ArtifactStoreResource,
+    bootstrap_seed_model: Checkpoint,
 ) -> dg.Output[Checkpoint]:
     """The model this round improves: the champion promoted by the latest earlier round, or the base model
-    (the bootstrap seed) when no round has promoted one. Records which version it took and from where."""
+    (`base`, or the bootstrap seed) when no round has promoted one. Records which version it took and from where."""
     registry = ChampionRegistry(store.get())
     champion = registry.champion_before(context.partition_key)
-    if champion is None:
+    if champion is None and config.base:
+        if not Path(config.base).is_dir():
+            raise dg.Failure(
+                f"seed_checkpoint: base {config.base!r} is not a folder; give a save_pretrained checkpoint "
+                "folder (download hub models first: no hub is reachable from the pipeline)"
+            )
+        checkpoint, origin = Checkpoint(Path(config.base)), {"source": f"base: {config.base}"}
+    elif champion is None:
         checkpoint, origin = bootstrap_seed_model, {"source": "base: bootstrap_seed_model"}
     else:
         checkpoint = registry.checkpoint(champion)

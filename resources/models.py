@@ -18,11 +18,14 @@ class VisionLanguageModels(dg.ConfigurableResource):
     trust_remote_code: bool = False
     revision: str | None = Field(None, description="hub revision (commit, tag, branch) for hub ids")
 
-    def load(self, source: str | Path):
-        device = self.compute.torch_device()
-        processor = AutoProcessor.from_pretrained(
+    def load_processor(self, source: str | Path):
+        return AutoProcessor.from_pretrained(
             str(source), revision=self.revision, trust_remote_code=self.trust_remote_code
         )
+
+    def load(self, source: str | Path):
+        device = self.compute.torch_device()
+        processor = self.load_processor(source)
         model = AutoModelForImageTextToText.from_pretrained(
             str(source),
             revision=self.revision,

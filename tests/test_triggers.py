@@ -1,20 +1,15 @@
-"""What starts rounds: the schedule and the new-images sensor; and the folder a round can take images from."""
+"""What starts rounds: the schedule and the new-images sensor."""
 
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
-import polars as pl
 import pytest
 from PIL import Image
 
 from resources import ImageInbox
-from si_assets.assets.collection import ImagePoolConfig, unlabeled_images
 from si_assets.automation.triggers import improvement_round_schedule, new_images_sensor
-from si_assets.collection.images import DUPLICATE, UNREADABLE, image_files, load_image_folder
 from si_assets.definitions import defs
-
-PROMPTS = ["Describe the image.", "List the objects you see."]
 
 
 def write_image(path: Path, seed: int, fmt: str = "PNG", mode: str = "RGB") -> None:
@@ -33,45 +28,6 @@ def inbox(tmp_path: Path) -> Path:
     write_image(folder / "a.png", 1)
     write_image(folder / "nested" / "b.jpg", 2, fmt="JPEG")
     return folder
-
-
-def test_image_folder_snapshot_dedupes_and_rejects_with_reasons(inbox: Path) -> None:
-    (inbox / "copy-of-a.png").write_bytes((inbox / "a.png").read_bytes())
-    (inbox / "notes.png").write_text("not an image")
-    write_image(inbox / "grey.png", 3, mode="L")  # converted to RGB, not rejected
-    (inbox / "readme.txt").write_text("ignored: not an image suffix")
-    pool = load_image_folder(inbox, PROMPTS)
-    assert pool.images["id"].to_list() == ["a.png", "grey.png", "nested/b.jpg"]
-    assert pool.rejects.rows() == [
-        ("copy-of-a.png", DUPLICATE, "same bytes as a.png"),
-        ("notes.png", UNREADABLE, pool.rejects["detail"][1]),
-    ]
-    assert "UnidentifiedImageError" in pool.rejects["detail"][1]
-    assert pool.reject_rate == pytest.approx(2 / 5)
-    assert set(pool.images["prompt"]) <= set(PROMPTS)
-    again = load_image_folder(inbox, PROMPTS)
-    assert again.images.equals(pool.images)  # same files, same table: the round is reproducible
-    decoded = Image.open(__import__("io").BytesIO(pool.images["image_png"][1]))
-    assert decoded.mode == "RGB" and decoded.size == (24, 24)
-
-
-def test_image_folder_bad_input(tmp_path: Path) -> None:
-    with pytest.raises(NotADirectoryError, match="does not exist"):
-        image_files(tmp_path / "missing")
-    with pytest.raises(ValueError, match="prompts"):
-        load_image_folder(tmp_path, [" "])
-
-
-def test_unlabeled_images_from_a_folder_blocks_on_the_reject_rate(inbox: Path) -> None:
-    (inbox / "broken.jpg").write_bytes(b"\xff\xd8\xff truncated")
-    context = dg.build_asset_context(partition_key="round-0001")
-    config = ImagePoolConfig(source="folder", folder=str(inbox), max_reject_rate=0.2)
-    output, check = list(unlabeled_images(context, config, pl.DataFrame()))
-    assert output.value["id"].to_list() == ["a.png", "nested/b.jpg"]
-    assert output.metadata["rejected"].value == 1
-    assert check.check_name == "reject_rate" and not check.passed  # 1 of 3 > 20%
-    with pytest.raises(dg.Failure, match="needs `folder`"):
-        list(unlabeled_images(context, ImagePoolConfig(source="folder"), pl.DataFrame()))
 
 
 def test_schedule_adds_the_next_round_and_waits_for_the_running_one(inbox: Path) -> None:

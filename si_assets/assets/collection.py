@@ -11,8 +11,10 @@ from pydantic import Field
 
 from resources import ArtifactStoreResource, VisionLanguageModels
 from si_assets.assets.common import COLLECTION, ROUNDS, consumed, preview, round_seed_of, versioned
-from si_assets.collection.images import REJECTS_SCHEMA, ImagePool, load_image_folder
+from si_assets.collection.images import build_pool, folder_entries, manifest_entries, world_pool
 from si_assets.collection.sampling import NEGATIVE, POSITIVE, HallucinationRatios, decode_plan, plan_requests
+from si_assets.collection.validation import InputLimits
+from si_assets.modeling.chat import patch_size, prompt_token_counter
 from si_assets.modeling.mixed_decoding import MixSpace, SamplerSettings
 from si_assets.rounds import ChampionRegistry
 from si_assets.storage import Checkpoint
@@ -20,33 +22,52 @@ from si_assets.world import CAPTION_PROMPTS, decode_png
 
 
 class ImagePoolConfig(dg.Config):
-    """Where the round's images come from: the embedded world's `improve` split, or a folder of the user's."""
+    """Where the round's images come from, and the limits every image and prompt is checked against."""
 
-    source: Literal["world", "folder"] = "world"
-    folder: str | None = Field(None, description="with source 'folder': images under it, recursively")
-    prompts: list[str] = Field(default_factory=lambda: list(CAPTION_PROMPTS), description="drawn per image")
+    source: Literal["world", "folder", "manifest"] = "world"
+    folder: str | None = Field(None, description="the image root: all images under it, or the manifest's paths")
+    manifest: str | None = Field(None, description="Parquet / CSV / JSONL with `path` (under `folder`), `prompt`")
+    prompts: list[str] = Field(default_factory=lambda: list(CAPTION_PROMPTS), description="for images without one")
     max_reject_rate: float = Field(0.1, ge=0, le=1, description="the blocking check fails above this share")
+    max_pixels: int = Field(InputLimits.max_pixels, ge=1, description="larger images are rejected unread")
+    min_side: int = Field(InputLimits.min_side, ge=1, description="raised to the processor's patch size")
+    max_prompt_tokens: int = Field(InputLimits.max_prompt_tokens, ge=1)
 
 
 @dg.asset(
     group_name=COLLECTION,
-    code_version="unlabeled-2",
+    code_version="unlabeled-3",
     partitions_def=ROUNDS,
     check_specs=[dg.AssetCheckSpec("reject_rate", asset="unlabeled_images", blocking=True, partitions_def=ROUNDS)],
 )
-def unlabeled_images(context: dg.AssetExecutionContext, config: ImagePoolConfig, world_improve: pl.DataFrame):
-    """The round's image pool and prompts: id, content hash, prompt, image bytes, source. No labels.
-    A folder is snapshotted into the artifact, so the round can be re-run after the folder changes."""
-    if config.source == "folder":
-        if not config.folder:
-            raise dg.Failure("unlabeled_images: source 'folder' needs `folder`, the directory of images")
-        pool = load_image_folder(config.folder, config.prompts, seed=0)
+def unlabeled_images(
+    context: dg.AssetExecutionContext,
+    config: ImagePoolConfig,
+    models: VisionLanguageModels,
+    store: ArtifactStoreResource,
+    seed_checkpoint: Checkpoint,
+    world_improve: pl.DataFrame,
+):
+    """The round's image pool and prompts: id, content hash, prompt, image bytes, source. No labels. Every
+    image and prompt is checked first (prompt tokens with the seed's own tokenizer); rejects are stored with a
+    reason code. A folder is snapshotted into the artifact, so the round can be re-run after it changes."""
+    processor = models.load_processor(seed_checkpoint.path)
+    limits = InputLimits(config.max_pixels, max(config.min_side, patch_size(processor)), config.max_prompt_tokens)
+    count_tokens = prompt_token_counter(processor)
+    if config.source == "world":
+        pool = world_pool(world_improve, limits, count_tokens)
     else:
-        table = world_improve.select("id", "image_sha256", "prompt", "image_png")
-        pool = ImagePool(table.with_columns(source=pl.lit("world:improve")), pl.DataFrame(schema=REJECTS_SCHEMA))
+        if not config.folder:
+            raise dg.Failure(f"unlabeled_images: source {config.source!r} needs `folder`, the image root")
+        if config.source == "manifest" and not config.manifest:
+            raise dg.Failure("unlabeled_images: source 'manifest' needs `manifest`, the table of image paths")
+        entries = manifest_entries(config.manifest) if config.source == "manifest" else folder_entries(config.folder)
+        pool = build_pool(entries, config.folder, config.prompts, limits, count_tokens)
     table = pool.images
+    rejects = store.get().put(pool.rejects, "unlabeled_images_rejects", context.partition_key)
+    context.log.info(f"{table.height} images admitted, {pool.rejects.height} rejected: {pool.reject_counts()}")
     if table.height == 0:
-        raise dg.Failure(f"unlabeled_images: no usable image in {config.folder} ({pool.rejects.height} rejected)")
+        raise dg.Failure(f"unlabeled_images: no usable image ({pool.rejects.height} rejected: {pool.reject_counts()})")
     yield versioned(
         table,
         preview=preview(table),
@@ -54,13 +75,15 @@ def unlabeled_images(context: dg.AssetExecutionContext, config: ImagePoolConfig,
         distinct_prompts=table["prompt"].n_unique(),
         rejected=pool.rejects.height,
         rejects=preview(pool.rejects, rows=20),
-        source=config.folder or "world:improve",
+        rejects_table=dg.MetadataValue.path(rejects.uri),
+        **{f"rejects/{reason}": n for reason, n in pool.reject_counts().items()},
+        source=config.manifest or config.folder or "world:improve",
     )
     yield dg.AssetCheckResult(
         check_name="reject_rate",
         passed=pool.reject_rate <= config.max_reject_rate,
         metadata={"reject_rate": pool.reject_rate, "limit": config.max_reject_rate, "rejected": pool.rejects.height},
-        description="share of input files that could not be used",
+        description="share of inputs that could not be used",
     )
 
 

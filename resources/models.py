@@ -43,6 +43,9 @@ class ClipVerifier(dg.ConfigurableResource):
     compute: ComputeDevice
     batch_size: int = 256
 
+    def device_name(self) -> str:
+        return str(self.compute.torch_device())
+
     def scorer(self, source: str | Path, pretrained: str | None = None) -> ClipScorer:
         device = str(self.compute.torch_device())
         model, preprocess, tokenizer = load_clip(str(source), pretrained=pretrained, device=device)

@@ -147,6 +147,8 @@ def test_round_promotes_and_repeats_exactly(world: World) -> None:
         records = instance.fetch_materializations(filt, limit=2).records
         assert len({r.asset_materialization.tags["dagster/data_version"] for r in records}) == 1, key
     assert latest(instance, "trained_model", "round-0001")["reference_pairs_computed"] == 0
+    sampled = latest(instance, "sampled_responses", "round-0001")  # finished chunks are found, not decoded again
+    assert sampled["chunks"] >= 1 and sampled["chunks_reused"] == sampled["chunks"]
     assert latest(instance, "eval_scores", "round-0001")["seed_scores_reused"] is True
     assert latest(instance, "champion", "round-0001")["reason"] == "already the champion"
 
@@ -174,6 +176,25 @@ def test_refused_gate_leaves_the_champion_and_seeds_the_next_round_from_it(world
     meta = latest(world.instance, "rounds_summary")
     assert meta["plot"].startswith("![metrics across rounds](data:image/png;base64,")
     assert meta["champion"].endswith("(round-0001)")
+
+
+@pytest.mark.slow
+def test_a_failed_materialization_keeps_earlier_versions_and_the_champion(world: World) -> None:
+    instance, key = world.instance, "round-0001"
+    champion = ChampionRegistry(world.store).current()
+    before = latest(instance, "trained_model", key)
+    trained = dg.AssetKey("trained_model")
+    job = world.defs.resolve_implicit_job_def_def_for_assets([trained])
+    broken = {"ops": {"trained_model": {"config": {**TRAINING, "lora_targets": "no_such_module"}}}}
+    failed = job.execute_in_process(
+        instance=instance, partition_key=key, asset_selection=[trained], run_config=broken, raise_on_error=False
+    )
+    assert not failed.success
+    assert latest(instance, "trained_model", key) == before  # no new materialization recorded
+    assert ChampionRegistry(world.store).current() == champion
+    stored = world.store.head("trained_model", key)
+    assert stored.uri == before["path"] and world.store.local_checkpoint(stored).path.joinpath("config.json").is_file()
+    assert not list(Path(world.store.root, "trained_model", key).glob(".tmp-*"))  # nothing half-published
 
 
 @pytest.mark.slow

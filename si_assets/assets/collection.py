@@ -1,6 +1,8 @@
 """Collection stage: the images of the round and the model that captions them."""
 
+import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
@@ -10,7 +12,7 @@ from PIL import Image
 from pydantic import Field
 
 from resources import ArtifactStoreResource, VisionLanguageModels
-from si_assets.assets.common import COLLECTION, ROUNDS, consumed, preview, round_seed_of, versioned
+from si_assets.assets.common import COLLECTION, ROUNDS, consumed, data_version, preview, round_seed_of, versioned
 from si_assets.collection.images import build_pool, folder_entries, manifest_entries, world_pool
 from si_assets.collection.sampling import NEGATIVE, POSITIVE, HallucinationRatios, decode_plan, plan_requests
 from si_assets.collection.validation import InputLimits
@@ -18,6 +20,8 @@ from si_assets.modeling.chat import patch_size, prompt_token_counter
 from si_assets.modeling.mixed_decoding import MixSpace, SamplerSettings
 from si_assets.rounds import ChampionRegistry
 from si_assets.storage import Checkpoint
+from si_assets.storage.chunks import run_in_chunks
+from si_assets.storage.memo import config_key
 from si_assets.world import CAPTION_PROMPTS, decode_png
 
 
@@ -120,6 +124,9 @@ def seed_checkpoint(
     return versioned(checkpoint, **origin, **consumed(seed=checkpoint))
 
 
+DECODER_CODE_VERSION = "collect-3"
+
+
 class SamplingConfig(dg.Config):
     """How responses are decoded: p_mix = (1-h)·p_img + h·p_txt, h_pos ~ N(mu_pos, sd_pos) for positives,
     h_neg ~ N(mu_neg, sd_neg) for negatives; negative k shares positive k's sampler seed."""
@@ -136,6 +143,7 @@ class SamplingConfig(dg.Config):
     mix_space: MixSpace = "probs"
     seed: int = 0
     batch_size: int = Field(64, ge=1, description="requests per generate call (each is two rows)")
+    chunk_size: int = Field(1024, ge=1, description="requests per stored chunk: a killed run resumes after the last")
 
 
 @dg.multi_asset(
@@ -148,13 +156,14 @@ class SamplingConfig(dg.Config):
             description="Controlled-hallucination negatives (h above their positive's), seed-matched.",
         ),
     },
-    code_version="collect-2",
+    code_version=DECODER_CODE_VERSION,
     partitions_def=ROUNDS,
 )
 def collected_responses(
     context: dg.AssetExecutionContext,
     config: SamplingConfig,
     models: VisionLanguageModels,
+    store: ArtifactStoreResource,
     seed_checkpoint: Checkpoint,
     unlabeled_images: pl.DataFrame,
 ):
@@ -167,8 +176,21 @@ def collected_responses(
     image_by_id = decode_images(unlabeled_images)
     model, processor = models.load(seed_checkpoint.path)
     started = time.perf_counter()
-    responses = decode_plan(
-        model, processor, plan, image_by_id, settings, seed_checkpoint.version, config.batch_size, context.log.info
+
+    def decode(chunk: pl.DataFrame) -> pl.DataFrame:
+        version, batch = seed_checkpoint.version, config.batch_size
+        return decode_plan(model, processor, chunk, image_by_id, settings, version, batch, context.log.info)
+
+    # Everything a chunk's responses depend on besides its own rows (which name the chunk).
+    key = config_key(
+        seed_checkpoint.version,
+        data_version(unlabeled_images),
+        json.dumps(asdict(settings)),
+        f"{model.device.type}/{model.dtype}/batch{config.batch_size}",
+        DECODER_CODE_VERSION,
+    )
+    responses, chunks = run_in_chunks(
+        store.get(), "collected_responses", key, plan, config.chunk_size, decode, context.log.info
     )
     seconds = time.perf_counter() - started
     for name, role in (("sampled_responses", POSITIVE), ("hallucinated_negatives", NEGATIVE)):
@@ -182,7 +204,9 @@ def collected_responses(
             empty_responses=table.filter(pl.col("response").str.strip_chars() == "").height,
             sampling_seed=seed,
             decode_seconds=seconds,
-            responses_per_second=responses.height / seconds,
+            chunks=chunks.chunks,
+            chunks_reused=chunks.reused,
+            **({"responses_per_second": responses.height / seconds} if not chunks.reused else {}),
             preview=preview(table.select("image_id", "prompt", "sample", "h", "response")),
             **consumed(seed_checkpoint=seed_checkpoint, unlabeled_images=unlabeled_images),
         )

@@ -73,12 +73,14 @@ def trained_model(
     cache_key = config_key(
         seed_checkpoint.version, str(settings.max_length), str(settings.ld_alpha), REFERENCE_CODE_VERSION
     )
-    ref = cached_reference(artifact_store, cache_key, pairs, reference)
-    context.log.info(f"reference log-probs: {ref.computed} pairs computed, {ref.reused} from the cache")
-    peft_model, _, result = train_dpo(
-        model, processor, pairs, image_by_id, settings, work / "trainer", reference=ref.table, log=context.log.info
-    )
-    shutil.rmtree(work, ignore_errors=True)
+    try:  # the trainer's scratch folder goes, whether training succeeds or not
+        ref = cached_reference(artifact_store, cache_key, pairs, reference)
+        context.log.info(f"reference log-probs: {ref.computed} pairs computed, {ref.reused} from the cache")
+        peft_model, _, result = train_dpo(
+            model, processor, pairs, image_by_id, settings, work / "trainer", reference=ref.table, log=context.log.info
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     merged = artifact_store.staging_dir()
     save_trained(peft_model, processor, merged, merged / "adapter")
     curve = result.curve_table()

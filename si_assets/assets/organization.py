@@ -8,9 +8,18 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from resources import ClipVerifier
+from resources import ArtifactStoreResource, ClipVerifier
 from si_assets.assets.collection import decode_images
-from si_assets.assets.common import ORGANIZATION, ROUND_AUTOMATION, ROUNDS, consumed, preview, round_seed_of, versioned
+from si_assets.assets.common import (
+    ORGANIZATION,
+    ROUND_AUTOMATION,
+    ROUNDS,
+    consumed,
+    data_version,
+    preview,
+    round_seed_of,
+    versioned,
+)
 from si_assets.organization.verification import (
     DISCARDED,
     REVERSED,
@@ -21,6 +30,8 @@ from si_assets.organization.verification import (
     score_responses,
 )
 from si_assets.storage import Checkpoint
+from si_assets.storage.chunks import run_in_chunks
+from si_assets.storage.memo import config_key
 
 
 class VerificationConfig(dg.Config):
@@ -35,6 +46,7 @@ class VerificationConfig(dg.Config):
     seed: int = 0
     max_reverse_rate: float = Field(0.5, ge=0, le=1, description="the reverse_rate check warns above this")
     max_discard_rate: float = Field(0.5, ge=0, le=1, description="the discard_rate check warns above this")
+    chunk_size: int = Field(4096, ge=1, description="responses per stored chunk of scores (resume after a crash)")
 
 
 @dg.asset(
@@ -55,6 +67,7 @@ def verified_pairs(
     context: dg.AssetExecutionContext,
     config: VerificationConfig,
     clip: ClipVerifier,
+    store: ArtifactStoreResource,
     bootstrap_clip: Checkpoint,
     sampled_responses: pl.DataFrame,
     hallucinated_negatives: pl.DataFrame,
@@ -68,7 +81,16 @@ def verified_pairs(
     scorer = clip.scorer(f"local-dir:{bootstrap_clip.path}")
     image_by_id = decode_images(unlabeled_images)
     score = clip_score_fn(scorer, image_by_id, unlabeled_images["id"].to_list(), config.score_mode)
-    scored = score_responses(pl.concat([sampled_responses, hallucinated_negatives]), score)
+    key = config_key(bootstrap_clip.version, data_version(unlabeled_images), config.score_mode, clip.device_name())
+    scored, chunks = run_in_chunks(
+        store.get(),
+        "verified_pairs_scores",
+        key,
+        pl.concat([sampled_responses, hallucinated_negatives]),
+        config.chunk_size,
+        lambda chunk: score_responses(chunk, score),
+        context.log.info,
+    )
     pairs = organize_pairs(scored, rule, score)
     seconds = time.perf_counter() - started
     counts = decision_counts(pairs)
@@ -83,6 +105,7 @@ def verified_pairs(
         mean_score_chosen=float(pairs["score_chosen"].mean()),
         mean_score_rejected=float(pairs["score_rejected"].mean()),
         scored_responses=scored.height,
+        score_chunks_reused=chunks.reused,
         verify_seconds=seconds,
         pairs_per_second=pairs.height / seconds,
         seed_checkpoint_version=dg.MetadataValue.text(

@@ -5,6 +5,7 @@ earlier one, identical content is stored once, and the hash doubles as the Dagst
 Layout:  <root>/<asset>/<partition or _>/<hash16>/{data.parquet | checkpoint files}
          <root>/<asset>/<partition or _>/HEAD     the last version written (a convenience, not lineage)
          <root>/_pointers/<name>.json              named pointers, e.g. the promoted champion
+         <root>/_chunks/<step>/<key>/<n>.parquet    finished chunks of long steps (resume after a crash)
 """
 
 from __future__ import annotations
@@ -200,21 +201,42 @@ class ArtifactStore:
     def load(self, artifact: StoredArtifact) -> pl.DataFrame | Checkpoint:
         return self.read_table(artifact) if artifact.kind == "table" else self.local_checkpoint(artifact)
 
-    # --- named pointers (champion, memoised bootstrap results) --------------------------------------
-    def write_pointer(self, name: str, value: dict) -> None:
-        path = f"{self.root}/_pointers/{name}.json"
+    # --- small files written atomically (named pointers, finished chunks of long steps) ---------------
+    def write_bytes(self, relative: str, data: bytes) -> None:
+        """Write `<root>/<relative>` so that readers see the old file or the whole new one, never a part."""
+        path = self._confined(relative)
         self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        with self.fs.open(tmp, "w") as fh:
-            json.dump(value, fh, sort_keys=True)
+        with self.fs.open(tmp, "wb") as fh:
+            fh.write(data)
         if self.is_local:
             os.replace(tmp, path)
         else:
             self.fs.mv(tmp, path)
 
-    def read_pointer(self, name: str) -> dict | None:
-        path = f"{self.root}/_pointers/{name}.json"
+    def read_bytes(self, relative: str) -> bytes | None:
+        path = self._confined(relative)
         if not self.fs.exists(path):
             return None
-        with self.fs.open(path, "r") as fh:
-            return json.load(fh)
+        with self.fs.open(path, "rb") as fh:
+            return fh.read()
+
+    def _confined(self, relative: str) -> str:
+        parts = relative.split("/")
+        if relative.startswith("/") or ".." in parts or not all(parts):
+            raise ValueError(f"refusing a store path that escapes the root: {relative!r}")
+        return f"{self.root}/{relative}"
+
+    def write_pointer(self, name: str, value: dict) -> None:
+        self.write_bytes(f"_pointers/{name}.json", json.dumps(value, sort_keys=True).encode())
+
+    def read_pointer(self, name: str) -> dict | None:
+        data = self.read_bytes(f"_pointers/{name}.json")
+        return None if data is None else json.loads(data)
+
+    def write_part(self, folder: str, name: str, df: pl.DataFrame) -> None:
+        self.write_bytes(f"{folder}/{name}.parquet", table_bytes(df))
+
+    def read_part(self, folder: str, name: str) -> pl.DataFrame | None:
+        data = self.read_bytes(f"{folder}/{name}.parquet")
+        return None if data is None else pl.read_parquet(io.BytesIO(data))

@@ -1,0 +1,56 @@
+"""Long steps in chunks (Dagster-free): each finished chunk is stored atomically as soon as it is done, so a
+killed run started again computes only the chunks it had not finished, and the result has every row once.
+
+A chunk is named by its position and the hash of its input rows, under a key of everything else its output
+depends on (model version, settings, device): a chunk found under that name is the same work, done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import polars as pl
+
+from si_assets.storage.store import ArtifactStore, content_hash
+
+
+@dataclass(frozen=True)
+class ChunkStats:
+    chunks: int
+    computed: int
+    reused: int
+
+
+def run_in_chunks(
+    store: ArtifactStore,
+    step: str,
+    key: str,
+    work: pl.DataFrame,
+    rows_per_chunk: int,
+    compute: Callable[[pl.DataFrame], pl.DataFrame],
+    log: Callable[[str], None] | None = None,
+) -> tuple[pl.DataFrame, ChunkStats]:
+    """`compute` over `work` in slices of `rows_per_chunk` rows, in order; outputs concatenated in that order."""
+    if rows_per_chunk < 1:
+        raise ValueError(f"rows_per_chunk must be >= 1, got {rows_per_chunk}")
+    if work.height == 0:
+        return compute(work), ChunkStats(0, 0, 0)
+    folder = f"_chunks/{step}/{key}"
+    slices = list(work.iter_slices(rows_per_chunk))
+    parts, computed = [], 0
+    for index, chunk in enumerate(slices):
+        name = f"{index:06d}-{content_hash(chunk)[:16]}"
+        done = store.read_part(folder, name)
+        fresh = done is None
+        if fresh:
+            done = compute(chunk)
+            store.write_part(folder, name, done)
+            computed += 1
+        parts.append(done)
+        if log:
+            log(f"{step}: chunk {index + 1}/{len(slices)} " + ("done" if fresh else "found (finished earlier)"))
+    stats = ChunkStats(len(slices), computed, len(slices) - computed)
+    if log and stats.reused:
+        log(f"{step}: {stats.reused} of {stats.chunks} chunks were already done (resumed)")
+    return pl.concat(parts), stats

@@ -3,7 +3,12 @@
 from resources.device import ComputeDevice
 from resources.inbox import ImageInbox
 from resources.models import ClipVerifier, VisionLanguageModels
-from resources.store import ArtifactStoreResource, ContentAddressedIOManager, default_store_root
+from resources.store import (
+    ArtifactStoreResource,
+    ContentAddressedIOManager,
+    default_store_root,
+    lakefs_store_from_env,
+)
 
 __all__ = [
     "ArtifactStoreResource",
@@ -13,4 +18,5 @@ __all__ = [
     "ImageInbox",
     "VisionLanguageModels",
     "default_store_root",
+    "lakefs_store_from_env",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 
 from resources import (
@@ -11,6 +13,7 @@ from resources import (
     ContentAddressedIOManager,
     ImageInbox,
     VisionLanguageModels,
+    lakefs_store_from_env,
 )
 from si_assets.assets import bootstrap, collection, evaluation, optimization, organization, world
 from si_assets.automation import (
@@ -25,12 +28,18 @@ all_assets = dg.load_assets_from_modules([world, bootstrap, collection, organiza
 
 
 def build_resources(store_root: str | None = None, device: str = "auto") -> dict:
-    """The resources of the code location; tests and benchmarks pass their own store folder and device."""
+    """The resources of the code location; tests and benchmarks pass their own store folder and device.
+    `SI_STORE_BACKEND=lakefs` puts the artifacts in lakeFS (README: "lakeFS")."""
     compute = ComputeDevice(device=device)
-    store_kwargs = {"root": store_root} if store_root else {}
+    if store_root:
+        store = ArtifactStoreResource(root=store_root)
+    elif os.environ.get("SI_STORE_BACKEND") == "lakefs":
+        store = lakefs_store_from_env()
+    else:
+        store = ArtifactStoreResource()
     return {
-        "io_manager": ContentAddressedIOManager(**store_kwargs),
-        "store": ArtifactStoreResource(**store_kwargs),
+        "io_manager": ContentAddressedIOManager(store=store),
+        "store": store,
         "compute": compute,
         "models": VisionLanguageModels(compute=compute),
         "clip": ClipVerifier(compute=compute),

@@ -1,12 +1,27 @@
+"""The store contract: every test taking `store` runs on the folder store and on the lakeFS store (over the
+in-memory lakeFS of `tests/fake_lakefs.py`), so both backends keep the same promises."""
+
 from pathlib import Path
 
 import dagster as dg
+import lakefs
 import polars as pl
 import pytest
 
-from resources import ContentAddressedIOManager
+from resources import ArtifactStoreResource, ContentAddressedIOManager
 from si_assets.assets.common import versioned
 from si_assets.storage import ArtifactStore, Checkpoint, content_hash
+from si_assets.storage.lakefs_store import LakeFSArtifactStore
+from tests.fake_lakefs import FakeLakeFS
+
+
+@pytest.fixture(params=["local", "lakefs"])
+def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    if request.param == "local":
+        return ArtifactStore(tmp_path / "store")
+    FakeLakeFS().install(monkeypatch)
+    client = lakefs.Client(host="http://lakefs.test", username="AKIAEXAMPLE", password="secret")
+    return LakeFSArtifactStore(client, "repo", "main")
 
 
 def _checkpoint(store: ArtifactStore, payload: bytes) -> Checkpoint:
@@ -16,8 +31,7 @@ def _checkpoint(store: ArtifactStore, payload: bytes) -> Checkpoint:
     return Checkpoint(path)
 
 
-def test_two_versions_both_readable_never_overwritten(tmp_path: Path) -> None:
-    store = ArtifactStore(tmp_path)
+def test_two_versions_both_readable_never_overwritten(store) -> None:
     v1 = store.put(pl.DataFrame({"a": [1, 2]}), "pairs")
     v2 = store.put(pl.DataFrame({"a": [3]}), "pairs")
     assert v1.uri != v2.uri
@@ -27,8 +41,7 @@ def test_two_versions_both_readable_never_overwritten(tmp_path: Path) -> None:
     assert store.head("pairs") == v2
 
 
-def test_same_content_same_path_and_hash_is_the_data_version(tmp_path: Path) -> None:
-    store = ArtifactStore(tmp_path)
+def test_same_content_same_path_and_hash_is_the_data_version(store) -> None:
     df = pl.DataFrame({"x": ["a", "b"], "y": [1.0, 2.0]})
     a = store.put(df, "t", "round-0001")
     b = store.put(df.clone(), "t", "round-0001")
@@ -37,8 +50,7 @@ def test_same_content_same_path_and_hash_is_the_data_version(tmp_path: Path) -> 
     assert store.versions("t", "round-0001") == [a.version]
 
 
-def test_checkpoint_from_staging_is_moved_a_foreign_folder_is_copied(tmp_path: Path) -> None:
-    store = ArtifactStore(tmp_path / "store")
+def test_checkpoint_from_staging_is_moved_a_foreign_folder_is_copied(store) -> None:
     staged = _checkpoint(store, b"weights-1")
     art = store.put(staged, "model")
     assert not staged.path.exists()
@@ -58,19 +70,33 @@ def test_checkpoint_hash_depends_on_names_and_bytes(tmp_path: Path) -> None:
     assert one == two != three
 
 
-def test_paths_escaping_the_root_are_refused(tmp_path: Path) -> None:
-    store = ArtifactStore(tmp_path)
+def test_paths_escaping_the_root_are_refused(store) -> None:
     with pytest.raises(ValueError, match="escapes"):
         store.put(pl.DataFrame({"a": [1]}), "../outside")
     with pytest.raises(TypeError):
         store.put({"not": "a table"}, "x")  # type: ignore[arg-type]
 
 
-def test_pointers_round_trip(tmp_path: Path) -> None:
-    store = ArtifactStore(tmp_path)
+def test_pointers_and_parts_round_trip(store) -> None:
     assert store.read_pointer("champion") is None
     store.write_pointer("champion", {"version": "abc"})
-    assert store.read_pointer("champion") == {"version": "abc"}
+    store.write_pointer("champion", {"version": "def"})
+    assert store.read_pointer("champion") == {"version": "def"}
+    assert store.read_part("_chunks/step/key", "000000-x") is None
+    store.write_part("_chunks/step/key", "000000-x", pl.DataFrame({"a": [1]}))
+    assert store.read_part("_chunks/step/key", "000000-x")["a"].to_list() == [1]
+
+
+def test_partitions_are_kept_apart_and_champions_pinned(store) -> None:
+    one = store.put(pl.DataFrame({"r": [1]}), "pairs", "round-0001")
+    two = store.put(pl.DataFrame({"r": [2]}), "pairs", "round-0002")
+    assert store.head("pairs", "round-0001") == one and store.head("pairs", "round-0002") == two
+    assert store.versions("pairs", "round-0001") == [one.version] and store.head("pairs") is None
+    staged = _checkpoint(store, b"champion weights")
+    model = store.put(staged, "trained_model", "round-0001")
+    ref = store.mark_champion("round-0001")
+    pinned = store.artifact_at(model, ref)
+    assert (store.local_checkpoint(pinned).path / "model.safetensors").read_bytes() == b"champion weights"
 
 
 def test_io_manager_versions_each_materialization_and_reads_what_dagster_recorded(tmp_path: Path) -> None:
@@ -86,7 +112,7 @@ def test_io_manager_versions_each_materialization_and_reads_what_dagster_recorde
         return table.with_columns(pl.col("n") * 2)
 
     instance = dg.DagsterInstance.ephemeral()
-    resources = {"io_manager": ContentAddressedIOManager(root=str(tmp_path))}
+    resources = {"io_manager": ContentAddressedIOManager(store=ArtifactStoreResource(root=str(tmp_path)))}
     for _ in range(2):
         assert dg.materialize([table, doubled], instance=instance, resources=resources).success
 

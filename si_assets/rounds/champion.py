@@ -7,10 +7,14 @@ after later rounds have promoted. The whole history is one JSON document, replac
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from si_assets.rounds.naming import round_number
 from si_assets.storage.store import ArtifactStore, Checkpoint, StoredArtifact
+
+if TYPE_CHECKING:
+    from si_assets.storage.lakefs_store import LakeFSArtifactStore
 
 POINTER = "champion"
 
@@ -26,6 +30,7 @@ class Promotion:
     base_metrics: dict[str, float]  # eval of the model round 1 started from, carried along for the gate
     run_id: str = ""
     promoted_at: str = ""
+    ref: str = ""  # where the store pins it (lakeFS: the champion tag); "" in a plain folder
 
     def __post_init__(self) -> None:
         round_number(self.round)  # validates the key
@@ -44,7 +49,7 @@ class PromotionOutcome:
 
 
 class ChampionRegistry:
-    def __init__(self, store: ArtifactStore) -> None:
+    def __init__(self, store: ArtifactStore | LakeFSArtifactStore) -> None:
         self.store = store
 
     def history(self) -> list[Promotion]:
@@ -63,7 +68,8 @@ class ChampionRegistry:
         return earlier[-1] if earlier else None
 
     def checkpoint(self, promotion: Promotion) -> Checkpoint:
-        return self.store.local_checkpoint(promotion.artifact)
+        """The promoted checkpoint, read through the ref that pins it (lakeFS: the champion tag)."""
+        return self.store.local_checkpoint(self.store.artifact_at(promotion.artifact, promotion.ref))
 
     def promote(self, candidate: Promotion) -> PromotionOutcome:
         """Record `candidate` (which already passed its gate) as champion unless that would break the chain:
@@ -91,6 +97,8 @@ class ChampionRegistry:
                     f"{candidate.round} already promoted {same_round.version} with precision "
                     f"{same_round.metrics['precision']:.3f} >= {candidate.metrics['precision']:.3f}",
                 )
+        # Publish first (lakeFS: merge the round's branch and tag it); a failure here leaves the pointer as it was.
+        candidate = replace(candidate, ref=self.store.mark_champion(candidate.round))
         history = [p for p in history if p.round != candidate.round] + [candidate]
         history.sort(key=lambda p: round_number(p.round))
         self.store.write_pointer(POINTER, {"history": [asdict(p) for p in history]})

@@ -24,6 +24,11 @@ def round_number(key: str) -> int:
     return int(match.group(1))
 
 
+def is_round_key(key: str) -> bool:
+    match = _ROUND_KEY.match(key)
+    return match is not None and int(match.group(1)) >= 1
+
+
 def latest_round(existing: Iterable[str]) -> str | None:
     """The highest-numbered round key; keys that are not rounds (someone's ad-hoc partition) are ignored."""
     numbers = [int(m.group(1)) for m in map(_ROUND_KEY.match, existing) if m and int(m.group(1)) >= 1]

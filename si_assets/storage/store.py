@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import fsspec
@@ -49,6 +49,8 @@ class StoredArtifact:
     kind: str  # "table" | "checkpoint"
     uri: str  # where the version lives (a folder)
     content_hash: str
+    # The commit that wrote it, in a versioned backend (lakeFS); not part of its identity, which is its content.
+    commit: str | None = field(default=None, compare=False)
 
     @property
     def version(self) -> str:
@@ -110,7 +112,11 @@ class ArtifactStore:
         return Path(self.root) / ".staging" if self.is_local else Path(tempfile.gettempdir()) / "si_store_staging"
 
     # --- writing ------------------------------------------------------------------------------------
-    def put(self, value: pl.DataFrame | Checkpoint, asset: str, partition: str | None = None) -> StoredArtifact:
+    def put(
+        self, value: pl.DataFrame | Checkpoint, asset: str, partition: str | None = None, metadata: dict | None = None
+    ) -> StoredArtifact:
+        """Store a version; `metadata` (who wrote it: run, asset, partition, code version) goes into the commit
+        of a versioned backend; a plain folder has no commits to put it in."""
         if isinstance(value, pl.DataFrame):
             return self.put_table(value, asset, partition)
         if isinstance(value, Checkpoint):
@@ -200,6 +206,15 @@ class ArtifactStore:
 
     def load(self, artifact: StoredArtifact) -> pl.DataFrame | Checkpoint:
         return self.read_table(artifact) if artifact.kind == "table" else self.local_checkpoint(artifact)
+
+    # --- champions (a versioned backend merges and tags; a folder has nothing to do) -----------------
+    def mark_champion(self, round_key: str) -> str:
+        """Publish round `round_key`'s work as the champion's; returns the ref that pins it ("" here)."""
+        return ""
+
+    def artifact_at(self, artifact: StoredArtifact, ref: str) -> StoredArtifact:
+        """The same artifact read through `ref` (a tag), where the backend has refs."""
+        return artifact
 
     # --- small files written atomically (named pointers, finished chunks of long steps) ---------------
     def write_bytes(self, relative: str, data: bytes) -> None:

@@ -69,6 +69,7 @@ def lakefs_store_from_env() -> ArtifactStoreResource:
         lakefs_secret_access_key=dg.EnvVar("LAKECTL_CREDENTIALS_SECRET_ACCESS_KEY"),
         lakefs_repository=dg.EnvVar("SI_LAKEFS_REPOSITORY"),
         lakefs_base_branch=os.environ.get("SI_LAKEFS_BRANCH", "main"),
+        lakefs_prefix=os.environ.get("SI_LAKEFS_PREFIX", "si_store"),
     )
 
 

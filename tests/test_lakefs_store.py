@@ -23,9 +23,9 @@ def lake(monkeypatch: pytest.MonkeyPatch) -> FakeLakeFS:
 
 
 @pytest.fixture
-def store(lake: FakeLakeFS) -> LakeFSArtifactStore:
+def store(lake: FakeLakeFS, tmp_path: Path) -> LakeFSArtifactStore:
     client = lakefs.Client(host="http://lakefs.test", username="AKIAEXAMPLE", password="secret")
-    return LakeFSArtifactStore(client, "repo", "main")
+    return LakeFSArtifactStore(client, "repo", "main", cache_dir=tmp_path / "cache")
 
 
 def test_a_round_write_is_one_transaction_on_the_round_branch(lake: FakeLakeFS, store: LakeFSArtifactStore) -> None:

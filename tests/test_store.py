@@ -21,7 +21,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Mo
         return ArtifactStore(tmp_path / "store")
     FakeLakeFS().install(monkeypatch)
     client = lakefs.Client(host="http://lakefs.test", username="AKIAEXAMPLE", password="secret")
-    return LakeFSArtifactStore(client, "repo", "main")
+    return LakeFSArtifactStore(client, "repo", "main", cache_dir=tmp_path / "cache")
 
 
 def _checkpoint(store: ArtifactStore, payload: bytes) -> Checkpoint:

@@ -48,8 +48,16 @@ class LakeFSError(RuntimeError):
 
 
 class LakeFSArtifactStore:
-    def __init__(self, client: lakefs.Client, repository: str, base_branch: str = "main", prefix: str = "si_store"):
+    def __init__(
+        self,
+        client: lakefs.Client,
+        repository: str,
+        base_branch: str = "main",
+        prefix: str = "si_store",
+        cache_dir: Path | None = None,
+    ):
         self.client, self.repository, self.base_branch = client, repository, base_branch
+        self.cache_dir = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "si_store_cache"
         self.prefix = prefix.strip("/")
         self.api = client.sdk_client
         self.root_url = f"{SCHEME}{repository}/{base_branch}/{self.prefix}"
@@ -211,7 +219,7 @@ class LakeFSArtifactStore:
 
     def local_checkpoint(self, artifact: StoredArtifact) -> Checkpoint:
         """Downloaded once per content hash into a local cache (models load from local folders)."""
-        cache = Path(tempfile.gettempdir()) / "si_store_cache" / artifact.content_hash
+        cache = self.cache_dir / artifact.content_hash
         if not cache.is_dir():
             ref, path = self._parse(artifact.uri)
             objects = self._list(ref, f"{path}/")

@@ -1,0 +1,51 @@
+"""The whole demo round against a real lakeFS: runs only when a server is configured (no lakeFS can run on our
+machines). Start one with `docker run --pull always -p 8000:8000 treeverse/lakefs:latest run --quickstart`,
+then see the README ("lakeFS") for the variables."""
+
+import os
+import uuid
+
+import dagster as dg
+import lakefs
+import pytest
+
+from si_assets.automation.runner import run_bootstrap, run_round
+from si_assets.definitions import build_definitions, build_resources
+from si_assets.rounds import ChampionRegistry
+from tests.test_graph import BOOTSTRAP_CONFIG, PASS_GATE, round_config
+
+NEEDED = ("LAKECTL_SERVER_ENDPOINT_URL", "LAKECTL_CREDENTIALS_ACCESS_KEY_ID", "LAKECTL_CREDENTIALS_SECRET_ACCESS_KEY")
+
+pytestmark = pytest.mark.skipif(
+    not all(os.environ.get(v) for v in NEEDED),
+    reason="no lakeFS server: set LAKECTL_SERVER_ENDPOINT_URL, LAKECTL_CREDENTIALS_ACCESS_KEY_ID and "
+    "LAKECTL_CREDENTIALS_SECRET_ACCESS_KEY (and SI_LAKEFS_REPOSITORY, default 'quickstart') to run it",
+)
+
+
+@pytest.mark.slow
+def test_demo_round_on_lakefs(monkeypatch: pytest.MonkeyPatch) -> None:
+    repository = os.environ.get("SI_LAKEFS_REPOSITORY", "quickstart")
+    monkeypatch.setenv("SI_LAKEFS_REPOSITORY", repository)
+    monkeypatch.setenv("SI_STORE_BACKEND", "lakefs")
+    monkeypatch.setenv("SI_LAKEFS_PREFIX", f"si_store_test_{uuid.uuid4().hex[:8]}")  # a clean champion history
+    resources = build_resources(device="cpu")
+    defs = build_definitions(resources)
+    instance = dg.DagsterInstance.ephemeral()
+    run_bootstrap(defs, instance, BOOTSTRAP_CONFIG)
+    run = run_round(defs, instance, "round-0001", round_config(PASS_GATE))
+    assert run.result.success
+
+    record = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("trained_model"), asset_partitions=["round-0001"]), limit=1
+    ).records[0]
+    metadata = record.asset_materialization.metadata
+    commit = metadata["lakefs/commit"].value
+    assert metadata["path"].value.startswith(f"lakefs://{repository}/round-0001/")
+    client = lakefs.Client(host=os.environ[NEEDED[0]], username=os.environ[NEEDED[1]], password=os.environ[NEEDED[2]])
+    repo = lakefs.Repository(repository, client=client)
+    assert repo.commit(commit).get_commit().metadata["dagster/run_id"] == run.result.run_id
+    tag = repo.tag("champion-round-0001").get_commit()
+    assert tag.id == repo.branch("main").get_commit().id  # the champion's merge into main, tagged
+    champion = ChampionRegistry(resources["store"].get()).current()
+    assert champion is not None and champion.ref == "champion-round-0001"

@@ -165,3 +165,44 @@ def test_the_backend_is_chosen_by_configuration_alone(tmp_path: Path) -> None:
     assert lakefs_resource.commit_url("abc") == "http://lakefs.test/repositories/repo/commits/abc"
     with pytest.raises(ValueError, match="needs lakefs_endpoint"):
         ArtifactStoreResource(backend="lakefs", lakefs_repository="repo").get()
+
+
+@pytest.mark.slow
+def test_a_round_through_dagster_on_lakefs(lake: FakeLakeFS, tmp_path: Path) -> None:
+    """The demo graph (small world) with the lakeFS backend: each materialization one commit carrying its run,
+    asset and partition; the round on its branch; the champion merged into main and tagged."""
+    import dagster as dg
+
+    from resources import ContentAddressedIOManager
+    from si_assets.automation.runner import run_bootstrap, run_round
+    from si_assets.definitions import build_definitions, build_resources
+    from tests.test_graph import BOOTSTRAP_CONFIG, PASS_GATE, round_config
+
+    store = ArtifactStoreResource(
+        backend="lakefs",
+        lakefs_endpoint="http://lakefs.test",
+        lakefs_access_key_id="AKIAEXAMPLE",
+        lakefs_secret_access_key="secret",
+        lakefs_repository="repo",
+    )
+    resources = {**build_resources(str(tmp_path), device="cpu"), "store": store}
+    resources["io_manager"] = ContentAddressedIOManager(store=store)
+    defs = build_definitions(resources)
+    instance = dg.DagsterInstance.ephemeral()
+    run_bootstrap(defs, instance, BOOTSTRAP_CONFIG)
+    run = run_round(defs, instance, "round-0001", round_config(PASS_GATE))
+    assert run.result.success
+
+    record = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("trained_model"), asset_partitions=["round-0001"]), limit=1
+    ).records[0]
+    meta = record.asset_materialization.metadata
+    assert meta["path"].value.startswith("lakefs://repo/round-0001/si_store/trained_model/round-0001/")
+    assert meta["lakefs/url"].value == f"http://lakefs.test/repositories/repo/commits/{meta['lakefs/commit'].value}"
+    merged = lake.commits[meta["lakefs/commit"].value]["metadata"]
+    assert merged["dagster/run_id"] == run.result.run_id and merged["dagster/partition"] == "round-0001"
+    assert merged["dagster/asset_key"] == "trained_model" and merged["dagster/code_version"] == "train-2"
+    assert lake.tags["champion-round-0001"] in lake._ancestors(lake.branches["main"]["head"])
+    assert set(lake.branches) == {"main", "round-0001"}  # no ephemeral branch left behind
+    champion = ChampionRegistry(store.get()).current()
+    assert champion.ref == "champion-round-0001" and champion.version == meta["path"].value.rsplit("/", 1)[-1]

@@ -56,6 +56,7 @@ def test_checkpoint_from_staging_is_moved_a_foreign_folder_is_copied(store) -> N
     assert not staged.path.exists()
     loaded = store.load(art)
     assert (loaded.path / "model.safetensors").read_bytes() == b"weights-1"
+    assert loaded.version == art.version  # a loaded checkpoint names its version, whatever the backend
     # Storing an existing version under another asset copies it: the source stays intact.
     again = store.put(loaded, "seed_checkpoint")
     assert loaded.path.exists()

@@ -219,7 +219,7 @@ class LakeFSArtifactStore:
 
     def local_checkpoint(self, artifact: StoredArtifact) -> Checkpoint:
         """Downloaded once per content hash into a local cache (models load from local folders)."""
-        cache = self.cache_dir / artifact.content_hash
+        cache = self.cache_dir / artifact.version  # the folder name is the version, as in the store
         if not cache.is_dir():
             ref, path = self._parse(artifact.uri)
             objects = self._list(ref, f"{path}/")

@@ -197,7 +197,7 @@ class ArtifactStore:
         """A local folder with the checkpoint's files (the store folder itself when the store is local)."""
         if self.is_local:
             return Checkpoint(Path(artifact.uri))
-        cache = Path(tempfile.gettempdir()) / "si_store_cache" / artifact.content_hash
+        cache = Path(tempfile.gettempdir()) / "si_store_cache" / artifact.version  # the folder name is the version
         if not cache.is_dir():
             tmp = cache.with_name(cache.name + f".tmp-{uuid.uuid4().hex}")
             self.fs.get(artifact.uri.rstrip("/") + "/", str(tmp), recursive=True)

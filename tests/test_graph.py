@@ -109,6 +109,7 @@ def test_round_promotes_and_repeats_exactly(world: World) -> None:
         assert 0.0 <= scores[f"seed/{metric}"] <= 1.0 and 0.0 <= scores[f"trained/{metric}"] <= 1.0
         assert scores[f"delta/{metric}"] == pytest.approx(scores[f"trained/{metric}"] - scores[f"seed/{metric}"])
     assert "| metric | base | seed | trained | delta |" in scores["eval_table"]
+    assert scores["plot"].startswith("![seed vs trained](data:image/png;base64,")
 
     n_images = SMALL_SPLITS["improve"]
     positives = first.result.output_for_node("collected_responses", "sampled_responses")

@@ -2,8 +2,10 @@
 
 from pathlib import Path
 
+import polars as pl
 import pytest
 
+from si_assets.plots import metric_bars_png, png_markdown
 from si_assets.rounds import (
     ChampionRegistry,
     GatePolicy,
@@ -15,7 +17,7 @@ from si_assets.rounds import (
     round_number,
     round_seed,
 )
-from si_assets.rounds.summary import plot_rounds, png_markdown, rounds_table
+from si_assets.rounds.summary import plot_rounds, rounds_table
 from si_assets.storage import ArtifactStore, Checkpoint
 
 
@@ -136,4 +138,9 @@ def test_rounds_table_and_plot() -> None:
     png = plot_rounds(table, metrics=("precision", "recall"))  # recall absent: that panel stays empty
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 2000
     assert png_markdown(b"\x89PNG", "m") == "![m](data:image/png;base64,iVBORw==)"
+    bars = metric_bars_png(
+        pl.DataFrame({"metric": ["precision", "chair_s", "f1"], "seed": [0.7, 0.5, 0.8], "trained": [0.8, 0.4, 0.8]}),
+        ["precision", "chair_s"],
+    )
+    assert bars.startswith(b"\x89PNG") and len(bars) > 2000
     assert rounds_table([]).height == 0 and set(rounds_table([]).columns) == {"round", "number"}

@@ -21,8 +21,9 @@ from si_assets.assets.common import (
 )
 from si_assets.evaluation.evaluate import evaluate_model
 from si_assets.evaluation.metrics import ObjectVocabulary
+from si_assets.plots import metric_bars_png, png_markdown
 from si_assets.rounds import ChampionRegistry, GatePolicy, Promotion, gate_decision
-from si_assets.rounds.summary import PLOTTED, plot_rounds, png_markdown, rounds_table
+from si_assets.rounds.summary import PLOTTED, plot_rounds, rounds_table
 from si_assets.storage import Checkpoint, content_hash
 from si_assets.storage.memo import config_key, memoised_result
 from si_assets.world import EVAL_PROMPT, decode_png
@@ -143,6 +144,7 @@ def eval_scores(
     yield versioned(
         table,
         eval_table=dg.MetadataValue.md(markdown_table(headline)),
+        plot=dg.MetadataValue.md(png_markdown(metric_bars_png(table, PLOTTED), "seed vs trained")),
         captions=preview(side_by_side, rows=10),
         images=len(images),
         seed_scores_reused=seed_reused,

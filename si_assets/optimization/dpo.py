@@ -152,13 +152,21 @@ class CachedReferenceDPOTrainer(DPOTrainer):
 
 
 class _CurveLogger(TrainerCallback):
+    """Every `logging_steps`: the step, steps per second, time left, and the curve's values."""
+
     def __init__(self, log: Callable[[str], None] | None) -> None:
         self.log = log
+        self.started = time.perf_counter()
+
+    def on_train_begin(self, args, state, control, **kwargs) -> None:
+        self.started = time.perf_counter()
 
     def on_log(self, args, state, control, logs=None, **kwargs) -> None:
         if self.log and logs and "loss" in logs:
             shown = {k: round(v, 4) for k, v in logs.items() if isinstance(v, float)}
-            self.log(f"step {state.global_step}/{state.max_steps}: {shown}")
+            rate = state.global_step / max(time.perf_counter() - self.started, 1e-9)
+            eta = (state.max_steps - state.global_step) / max(rate, 1e-9)
+            self.log(f"DPO step {state.global_step}/{state.max_steps} ({rate:.2f} steps/s, {eta:.0f} s left): {shown}")
 
 
 def build_trainer(

@@ -3,16 +3,14 @@ plot of the metrics across rounds, as PNG bytes for markdown metadata."""
 
 from __future__ import annotations
 
-import base64
-import io
 from collections.abc import Sequence
 
 import polars as pl
 
+from si_assets.plots import arrow, figure_png, plt
 from si_assets.rounds.naming import round_number
 
 PLOTTED = ("precision", "recall", "chair_s", "pope_f1")
-LOWER_IS_BETTER = {"chair_s", "chair_i"}
 
 
 def rounds_table(rows: Sequence[dict]) -> pl.DataFrame:
@@ -26,11 +24,6 @@ def rounds_table(rows: Sequence[dict]) -> pl.DataFrame:
 def plot_rounds(table: pl.DataFrame, metrics: Sequence[str] = PLOTTED) -> bytes:
     """Seed (the model each round started from) vs trained per round; filled markers = promoted. The dashed
     line is the base model every chain of rounds is held against."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers; must precede pyplot
-    import matplotlib.pyplot as plt
-
     if "trained_precision" in table.columns:
         table = table.filter(pl.col("trained_precision").is_not_null())  # rounds not yet evaluated
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.0), squeeze=False)
@@ -54,18 +47,8 @@ def plot_rounds(table: pl.DataFrame, metrics: Sequence[str] = PLOTTED) -> bytes:
         )
         if seed[0] is not None:
             ax.axhline(seed[0], color="0.3", linestyle=":", linewidth=1)
-        arrow = "↓" if metric in LOWER_IS_BETTER else "↑"
-        ax.set_title(f"{metric} {arrow}")
+        ax.set_title(f"{metric} {arrow(metric)}")
         ax.set_xlabel("round")
         ax.set_xticks(x)
     axes[0][0].legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def png_markdown(png: bytes, alt: str) -> str:
-    """Dagster renders markdown metadata; an inline data URI keeps the plot with the materialization."""
-    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
+    return figure_png(fig)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from si_assets.progress import progress
 from si_assets.storage.store import ArtifactStore, content_hash
 
 
@@ -39,17 +40,16 @@ def run_in_chunks(
     folder = f"_chunks/{step}/{key}"
     slices = list(work.iter_slices(rows_per_chunk))
     parts, computed = [], 0
-    for index, chunk in enumerate(slices):
-        name = f"{index:06d}-{content_hash(chunk)[:16]}"
-        done = store.read_part(folder, name)
-        fresh = done is None
-        if fresh:
-            done = compute(chunk)
-            store.write_part(folder, name, done)
-            computed += 1
-        parts.append(done)
-        if log:
-            log(f"{step}: chunk {index + 1}/{len(slices)} " + ("done" if fresh else "found (finished earlier)"))
+    with progress(len(slices), f"{step} chunks", log) as bar:
+        for index, chunk in enumerate(slices):
+            name = f"{index:06d}-{content_hash(chunk)[:16]}"
+            done = store.read_part(folder, name)
+            if done is None:
+                done = compute(chunk)
+                store.write_part(folder, name, done)
+                computed += 1
+            parts.append(done)
+            bar.update(1)
     stats = ChunkStats(len(slices), computed, len(slices) - computed)
     if log and stats.reused:
         log(f"{step}: {stats.reused} of {stats.chunks} chunks were already done (resumed)")

@@ -1,0 +1,98 @@
+"""COCO-format evaluation data: CHAIR on a hand-checked fixture, synonyms, POPE's question files, bad files."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from si_assets.evaluation.coco import coco_vocabulary, load_coco_instances, load_pope_questions, load_synonyms
+from si_assets.evaluation.metrics import caption_scores, pope_scores
+
+INSTANCES = {
+    "images": [{"id": 10, "file_name": "a.jpg"}, {"id": 11, "file_name": "b.jpg"}, {"id": 12, "file_name": "c.jpg"}],
+    "annotations": [
+        {"id": 1, "image_id": 10, "category_id": 1},
+        {"id": 2, "image_id": 10, "category_id": 2},
+        {"id": 3, "image_id": 11, "category_id": 3},
+        {"id": 4, "image_id": 11, "category_id": 4},
+        {"id": 5, "image_id": 11, "category_id": 4},
+    ],
+    "categories": [
+        {"id": 2, "name": "dog"},
+        {"id": 1, "name": "person"},
+        {"id": 4, "name": "knife"},
+        {"id": 3, "name": "dining table"},
+    ],
+}
+SYNONYMS = "person, man, woman, people, person\ndog, puppy\n\ndining table, table\nknife, knives\n"
+
+
+@pytest.fixture
+def coco(tmp_path: Path) -> tuple[Path, Path]:
+    (tmp_path / "instances_val.json").write_text(json.dumps(INSTANCES))
+    (tmp_path / "synonyms.txt").write_text(SYNONYMS)
+    return tmp_path / "instances_val.json", tmp_path / "synonyms.txt"
+
+
+def test_chair_on_coco_annotations_matches_the_hand_count(coco: tuple[Path, Path]) -> None:
+    labeled = load_coco_instances(coco[0])
+    assert labeled.files == ["a.jpg", "b.jpg", "c.jpg"]
+    assert labeled.objects == [["dog", "person"], ["dining table", "knife"], []]
+    assert labeled.categories == ["person", "dog", "dining table", "knife"]
+    vocab = coco_vocabulary(labeled.categories, load_synonyms(coco[1]))
+    captions = [
+        "A man walks his puppy past a table.",  # person, dog, dining table (absent): 3 mentions, 1 hallucinated
+        "Knives on a dining table.",  # knife, dining table: 2 mentions, none hallucinated
+        "An empty room with a dog.",  # dog (absent): 1 mention, 1 hallucinated
+    ]
+    assert vocab.mentions(captions[0]) == ["person", "dog", "dining table"]
+    scores = caption_scores(captions, labeled.objects, vocab)
+    # By hand: 6 mentions, 2 hallucinated; 2 of 3 captions hallucinate; all 4 annotated objects are mentioned.
+    assert scores.chair_i == pytest.approx(2 / 6)
+    assert scores.chair_s == pytest.approx(2 / 3)
+    assert scores.precision == pytest.approx(4 / 6)
+    assert scores.recall == pytest.approx(1.0)
+    assert scores.f1 == pytest.approx(0.8)
+    assert scores.mentions_per_caption == pytest.approx(2.0)
+
+
+def test_pope_question_files_are_read_in_their_published_format(tmp_path: Path) -> None:
+    rows = [
+        {"question_id": 1, "image": "a.jpg", "text": "Is there a person in the image?", "label": "yes"},
+        {"question_id": 2, "image": "a.jpg", "text": "Is there a car in the image?", "label": "no"},
+        {"question_id": 3, "image": "b.jpg", "text": "Is there a dining table in the image?", "label": "yes"},
+        {"question_id": 4, "image": "b.jpg", "text": "Is there an umbrella in the image?", "label": "no"},
+    ]
+    path = tmp_path / "coco_pope_adversarial.json"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    questions = load_pope_questions(path)
+    assert [(q.image_id, q.object, q.label, q.strategy) for q in questions] == [
+        ("a.jpg", "person", True, "adversarial"),
+        ("a.jpg", "car", False, "adversarial"),
+        ("b.jpg", "dining table", True, "adversarial"),
+        ("b.jpg", "umbrella", False, "adversarial"),
+    ]
+    scores = pope_scores([q.label for q in questions], [True, False, False, True])  # 1 hit, 1 miss, 1 false yes
+    assert scores == {"accuracy": 0.5, "precision": 0.5, "recall": 0.5, "f1": 0.5, "yes_ratio": 0.5}
+
+
+def test_bad_evaluation_files_are_clear_errors(tmp_path: Path, coco: tuple[Path, Path]) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({"images": [], "annotations": []}))
+    with pytest.raises(ValueError, match="no \\['categories'\\]"):
+        load_coco_instances(broken)
+    stray = dict(INSTANCES, annotations=[{"id": 9, "image_id": 99, "category_id": 1}])
+    broken.write_text(json.dumps(stray))
+    with pytest.raises(ValueError, match="unknown image 99"):
+        load_coco_instances(broken)
+    with pytest.raises(ValueError, match="the annotations do not have"):
+        coco_vocabulary(["person"], {"giraffe": ["tall animal"]})
+    (tmp_path / "dup.txt").write_text("dog, puppy\ndog, hound\n")
+    with pytest.raises(ValueError, match="has a line already"):
+        load_synonyms(tmp_path / "dup.txt")
+    questions = tmp_path / "questions.json"
+    questions.write_text(json.dumps({"question_id": 1, "image": "a.jpg", "text": "Is it red?", "label": "yes"}))
+    with pytest.raises(ValueError, match="say which POPE strategy"):
+        load_pope_questions(questions)
+    with pytest.raises(ValueError, match="not a POPE question"):
+        load_pope_questions(questions, strategy="random")

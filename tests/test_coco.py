@@ -3,10 +3,17 @@
 import json
 from pathlib import Path
 
+import dagster as dg
+import numpy as np
+import polars as pl
 import pytest
+from PIL import Image
 
+from resources import ArtifactStoreResource, ComputeDevice, VisionLanguageModels
+from si_assets.assets.evaluation import EvalConfig, eval_scores
 from si_assets.evaluation.coco import coco_vocabulary, load_coco_instances, load_pope_questions, load_synonyms
 from si_assets.evaluation.metrics import caption_scores, pope_scores
+from si_assets.storage import Checkpoint
 
 INSTANCES = {
     "images": [{"id": 10, "file_name": "a.jpg"}, {"id": 11, "file_name": "b.jpg"}, {"id": 12, "file_name": "c.jpg"}],
@@ -96,3 +103,43 @@ def test_bad_evaluation_files_are_clear_errors(tmp_path: Path, coco: tuple[Path,
         load_pope_questions(questions)
     with pytest.raises(ValueError, match="not a POPE question"):
         load_pope_questions(questions, strategy="random")
+
+
+def test_eval_scores_runs_on_a_coco_format_set(tmp_path: Path, coco: tuple[Path, Path], tiny_llava_dir: Path) -> None:
+    images = tmp_path / "val2014"
+    images.mkdir()
+    for k, name in enumerate(("a.jpg", "b.jpg", "c.jpg")):
+        pixels = np.random.default_rng(k).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(images / name)
+    pope = tmp_path / "coco_pope_random.json"
+    pope.write_text(
+        json.dumps({"question_id": 1, "image": "a.jpg", "text": "Is there a dog in the image?", "label": "yes"})
+        + "\n"
+        + json.dumps({"question_id": 2, "image": "b.jpg", "text": "Is there a person in the image?", "label": "no"})
+    )
+    config = EvalConfig(
+        source="coco",
+        coco_instances=str(coco[0]),
+        coco_images=str(images),
+        coco_synonyms=str(coco[1]),
+        pope_files=[str(pope)],
+        max_new_tokens=8,
+    )
+    context = dg.build_asset_context(partition_key="round-0001", instance=dg.DagsterInstance.ephemeral())
+    models = VisionLanguageModels(compute=ComputeDevice(device="cpu"))
+    store = ArtifactStoreResource(root=str(tmp_path / "store"))
+    model = Checkpoint(tiny_llava_dir)
+    output, gate = list(eval_scores(context, config, models, store, model, model, pl.DataFrame()))
+    table = output.value
+    metrics = dict(zip(table["metric"], table["trained"]))
+    assert output.metadata["images"].value == 3 and output.metadata["eval_source"].value == str(coco[0])
+    assert {"precision", "recall", "chair_s", "pope_random_f1", "pope_f1"} <= set(metrics)
+    assert "pope_popular_f1" not in metrics  # only the strategies whose files were given
+    assert 0.0 <= metrics["recall"] <= 1.0 and table["delta"].abs().max() == 0.0  # same model on both sides
+    assert gate.check_name == "promotion_gate" and not gate.passed  # no gain: refused
+
+    (images / "b.jpg").write_bytes(b"")
+    with pytest.raises(ValueError, match="b.jpg: zero_bytes"):
+        list(eval_scores(context, config, models, store, model, model, pl.DataFrame()))
+    with pytest.raises(dg.Failure, match="needs coco_instances"):
+        list(eval_scores(context, EvalConfig(source="coco"), models, store, model, model, pl.DataFrame()))

@@ -2,6 +2,7 @@
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Literal
 
 import dagster as dg
 import polars as pl
@@ -19,15 +20,14 @@ from si_assets.assets.common import (
     preview,
     versioned,
 )
+from si_assets.evaluation.data import EvalData, coco_eval_data, world_eval_data
 from si_assets.evaluation.evaluate import evaluate_model
-from si_assets.evaluation.metrics import ObjectVocabulary
 from si_assets.plots import metric_bars_png, png_markdown
 from si_assets.rounds import ChampionRegistry, GatePolicy, Promotion, gate_decision
 from si_assets.rounds.summary import PLOTTED, plot_rounds, rounds_table
-from si_assets.storage import Checkpoint, content_hash
+from si_assets.storage import Checkpoint
 from si_assets.storage.memo import config_key, memoised_result
-from si_assets.world import EVAL_PROMPT, decode_png
-from si_assets.world.vocabulary import world_vocabulary
+from si_assets.world import EVAL_PROMPT
 
 EVAL_CODE_VERSION = "eval-3"
 
@@ -46,6 +46,12 @@ HEADLINE = (
 
 
 class EvalConfig(dg.Config):
+    source: Literal["world", "coco"] = Field("world", description="'coco': the coco_* files below")
+    coco_instances: str | None = Field(None, description="instances_*.json (COCO format)")
+    coco_images: str | None = Field(None, description="the folder the instances' file_names are in")
+    coco_synonyms: str | None = Field(None, description="CHAIR's synonyms.txt (optional)")
+    pope_files: list[str] = Field(default_factory=list, description="POPE question files; none: built from labels")
+    max_images: int | None = Field(None, ge=1, description="evaluate the first N images only")
     caption_prompt: str = EVAL_PROMPT
     pope_per_image: int = 2
     batch_size: int = 64
@@ -55,8 +61,17 @@ class EvalConfig(dg.Config):
     recall_tolerance: float = Field(0.03, description="promotion gate: largest recall loss vs seed and vs base")
 
     def metrics_key(self) -> str:
-        """What determines the metrics of a checkpoint (the gate settings do not)."""
+        """What determines the metrics of a checkpoint besides the data (the gate settings do not)."""
         return self.model_dump_json(exclude={"batch_size", "min_precision_gain", "recall_tolerance"})
+
+    def data(self, world_eval: pl.DataFrame) -> EvalData:
+        if self.source == "world":
+            return world_eval_data(world_eval.head(self.max_images) if self.max_images else world_eval)
+        if not self.coco_instances or not self.coco_images:
+            raise dg.Failure("eval_scores: source 'coco' needs coco_instances and coco_images")
+        return coco_eval_data(
+            self.coco_instances, self.coco_images, self.coco_synonyms, self.pope_files, self.max_images
+        )
 
 
 def metrics_table(results: dict[str, dict[str, float]]) -> pl.DataFrame:
@@ -101,9 +116,7 @@ def eval_scores(
     (1 − CHAIR_i), recall, F1, CHAIR_s and POPE (random / popular / adversarial); and the promotion gate.
     Each checkpoint is evaluated once: the seed's scores are reused from the round that trained it."""
     artifact_store = store.get()
-    vocab = ObjectVocabulary.from_kinds(world_vocabulary(world_eval)[0])
-    images = [decode_png(b) for b in world_eval["image_png"]]
-    eval_data = content_hash(world_eval)
+    data = config.data(world_eval)
 
     def evaluate(checkpoint: Checkpoint) -> tuple[dict[str, float], pl.DataFrame, bool]:
         def build() -> tuple[pl.DataFrame, dict]:
@@ -111,20 +124,21 @@ def eval_scores(
             result = evaluate_model(
                 model,
                 processor,
-                world_eval["id"].to_list(),
-                images,
-                world_eval["objects"].to_list(),
-                vocab,
+                data.ids,
+                data.images,
+                data.truths,
+                data.vocab,
                 config.caption_prompt,
                 pope_per_image=config.pope_per_image,
                 seed=config.seed,
                 batch_size=config.batch_size,
                 max_new_tokens=config.max_new_tokens,
                 log=context.log.info,
+                questions=data.questions,
             )
             return result.captions, result.metrics
 
-        key = config_key(config.metrics_key(), checkpoint.version, eval_data, EVAL_CODE_VERSION)
+        key = config_key(config.metrics_key(), checkpoint.version, data.fingerprint, EVAL_CODE_VERSION)
         captions, metrics, _, reused = memoised_result(artifact_store, "eval", key, build)
         return metrics, captions, reused
 
@@ -146,12 +160,18 @@ def eval_scores(
         eval_table=dg.MetadataValue.md(markdown_table(headline)),
         plot=dg.MetadataValue.md(png_markdown(metric_bars_png(table, PLOTTED), "seed vs trained")),
         captions=preview(side_by_side, rows=10),
-        images=len(images),
+        images=len(data.ids),
+        eval_source=data.source,
         seed_scores_reused=seed_reused,
         gate_passed=gate.passed,
         gate=gate.summary(),
         lineage=dg.MetadataValue.md(lineage_markdown(seed_checkpoint, trained_model, trained_meta)),
-        **consumed(seed_checkpoint=seed_checkpoint, trained_model=trained_model, world_eval=world_eval),
+        **consumed(seed_checkpoint=seed_checkpoint, trained_model=trained_model),
+        **(
+            {"input/world_eval": data.fingerprint[:16]}
+            if config.source == "world"
+            else {"input/eval_data": data.fingerprint[:16]}
+        ),
         **{f"{name}/{m}": float(v[m]) for name, v in (("seed", seed_m), ("trained", trained_m)) for m in HEADLINE},
         **{f"base/{m}": float(base_m[m]) for m in HEADLINE if m in base_m},
         **{f"delta/{m}": float(trained_m[m] - seed_m[m]) for m in HEADLINE},

@@ -11,6 +11,7 @@ from PIL import Image
 from si_assets.evaluation.metrics import (
     POPE_STRATEGIES,
     ObjectVocabulary,
+    PopeQuestion,
     build_pope_questions,
     caption_scores,
     parse_yes_no,
@@ -40,14 +41,24 @@ def evaluate_model(
     batch_size: int = 64,
     max_new_tokens: int = 32,
     log: Callable[[str], None] | None = None,
+    questions: Sequence[PopeQuestion] | None = None,
 ) -> EvalResult:
+    """Captions scored with CHAIR / precision / recall against `truths`, and POPE: `questions` when given (e.g.
+    POPE's published files), else built from the ground truth (`pope_per_image`, `seed`)."""
     captions = generate_greedy(
         model, processor, images, [caption_prompt] * len(images), max_new_tokens, batch_size, log, "eval captions"
     )
     metrics = caption_scores(captions, truths, vocab).as_dict()
 
-    questions = build_pope_questions(image_ids, truths, vocab.objects, per_image=pope_per_image, seed=seed)
+    if questions is None:
+        questions = build_pope_questions(image_ids, truths, vocab.objects, per_image=pope_per_image, seed=seed)
+    if not questions:
+        raise ValueError("no POPE questions: the evaluation images have no annotated objects to ask about")
     by_id = dict(zip(image_ids, images))
+    unknown = {q.image_id for q in questions} - set(by_id)
+    if unknown:
+        example = sorted(unknown)[:3]
+        raise ValueError(f"POPE questions ask about {len(unknown)} images not in the evaluation set, e.g. {example}")
     # The three strategies share their 'yes' questions: ask each distinct (image, object) once.
     distinct = sorted({(q.image_id, q.object) for q in questions})
     answers_text = generate_greedy(
@@ -62,7 +73,7 @@ def evaluate_model(
     )
     answer = {key: parse_yes_no(text) for key, text in zip(distinct, answers_text)}
     per_strategy = {}
-    for strategy in POPE_STRATEGIES:
+    for strategy in [s for s in POPE_STRATEGIES if any(q.strategy == s for q in questions)]:
         qs = [q for q in questions if q.strategy == strategy]
         per_strategy[strategy] = pope_scores([q.label for q in qs], [answer[(q.image_id, q.object)] for q in qs])
         for name, value in per_strategy[strategy].items():

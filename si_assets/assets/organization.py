@@ -33,6 +33,8 @@ from si_assets.storage import Checkpoint
 from si_assets.storage.chunks import run_in_chunks
 from si_assets.storage.memo import config_key
 
+VERIFY_CODE_VERSION = "verify-2"
+
 
 class VerificationConfig(dg.Config):
     margin: float = Field(0.0, ge=0, description="pairs whose CLIP scores differ by less are discarded")
@@ -51,7 +53,7 @@ class VerificationConfig(dg.Config):
 
 @dg.asset(
     group_name=ORGANIZATION,
-    code_version="verify-1",
+    code_version=VERIFY_CODE_VERSION,
     partitions_def=ROUNDS,
     automation_condition=ROUND_AUTOMATION,
     check_specs=[
@@ -81,7 +83,8 @@ def verified_pairs(
     scorer = clip.scorer(f"local-dir:{bootstrap_clip.path}")
     image_by_id = decode_images(unlabeled_images)
     score = clip_score_fn(scorer, image_by_id, unlabeled_images["id"].to_list(), config.score_mode)
-    key = config_key(bootstrap_clip.version, data_version(unlabeled_images), config.score_mode, clip.device_name())
+    scoring = (config.score_mode, clip.device_name(), VERIFY_CODE_VERSION)
+    key = config_key(bootstrap_clip.version, data_version(unlabeled_images), *scoring)
     scored, chunks = run_in_chunks(
         store.get(),
         "verified_pairs_scores",

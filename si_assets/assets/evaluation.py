@@ -112,7 +112,8 @@ def eval_scores(
     trained_model: Checkpoint,
     world_eval: pl.DataFrame,
 ) -> Iterator[dg.Output | dg.AssetCheckResult]:
-    """Base, seed and trained side by side on the held-out `eval` split, with deltas: object precision
+    """Base, seed and trained side by side on held-out images (the world's `eval` split or a COCO-format set,
+    `source`), with deltas: object precision
     (1 − CHAIR_i), recall, F1, CHAIR_s and POPE (random / popular / adversarial); and the promotion gate.
     Each checkpoint is evaluated once: the seed's scores are reused from the round that trained it."""
     artifact_store = store.get()

@@ -72,6 +72,7 @@ def test_sensor_starts_a_round_when_new_images_arrive(inbox: Path) -> None:
             return new_images_sensor(context)
 
         assert "no inbox folder configured" in tick(None, folder=None).skip_message
+        assert "does not exist" in tick(None, folder=inbox / "missing").skip_message
         first = tick(None)
         assert isinstance(first, dg.SensorResult)
         assert [r.partition_key for r in first.run_requests] == ["round-0001"]

@@ -3,6 +3,7 @@ that re-materializes a round's downstream assets when something upstream in it c
 
 import json
 import os
+from pathlib import Path
 
 import dagster as dg
 
@@ -72,6 +73,8 @@ def improvement_round_schedule(context: dg.ScheduleEvaluationContext, inbox: Ima
 def new_images_sensor(context: dg.SensorEvaluationContext, inbox: ImageInbox):
     if not inbox.folder:
         return dg.SkipReason("no inbox folder configured: set SI_IMAGE_INBOX or the ImageInbox resource")
+    if not Path(inbox.folder).is_dir():
+        return dg.SkipReason(f"the inbox folder {inbox.folder} does not exist (yet)")
     # A file is new when its (path, size) was not there at the last round's start.
     listing = sorted(f"{path}\t{size}" for path, size in image_files(inbox.folder).items())
     seen = set(json.loads(context.cursor)) if context.cursor else set()

@@ -165,10 +165,30 @@ def test_refused_gate_leaves_the_champion_and_seeds_the_next_round_from_it(world
     assert count(world.instance, "eval_scores", "round-0002") == 1  # the scores are still there to read
     seed = latest(world.instance, "seed_checkpoint", "round-0002")
     assert seed["source"] == "champion of round-0001" and seed["input/seed"] == before.version
+    assert before.eval_data == latest(world.instance, "eval_scores", "round-0001")["input/world_eval"]
     # The base model's recall stays the reference every later gate is held to.
     scores = latest(world.instance, "eval_scores", "round-0002")
     assert scores["base/recall"] == pytest.approx(before.base_metrics["recall"])
     assert scores["gate_passed"] is False and "refused" in scores["gate"]
+
+    # Evaluating on other data than the champion's would compare across data sets: a clear error instead.
+    eval_key = dg.AssetKey("eval_scores")
+    job = world.defs.resolve_implicit_job_def_def_for_assets([eval_key])
+    other = {
+        "ops": {
+            "eval_scores": {"config": {**round_config(REFUSE_GATE)["ops"]["eval_scores"]["config"], "max_images": 10}}
+        }
+    }
+    changed = job.execute_in_process(
+        instance=world.instance,
+        partition_key="round-0002",
+        asset_selection=[eval_key],
+        run_config=other,
+        raise_on_error=False,
+    )
+    assert not changed.success
+    failure = [e for e in changed.all_events if e.is_step_failure][0]
+    assert "would compare across data sets" in str(failure.event_specific_data.error)
 
     summary: pl.DataFrame = refresh_summary(world.defs, world.instance).output_for_node("rounds_summary")
     assert summary["round"].to_list() == ["round-0001", "round-0002"]

@@ -147,6 +147,12 @@ def eval_scores(
         evaluate, (seed_checkpoint, trained_model)
     )
     champion = ChampionRegistry(artifact_store).champion_before(context.partition_key)
+    if champion is not None and champion.eval_data and champion.eval_data != data.fingerprint[:16]:
+        raise dg.Failure(
+            f"eval_scores: {champion.round}'s champion and the base model were scored on evaluation data "
+            f"{champion.eval_data}, this round's is {data.fingerprint[:16]}; the gate would compare across data "
+            "sets. Evaluate on the same data (eval_scores config), or start a new chain of rounds from a new base."
+        )
     base_m = champion.base_metrics if champion is not None else seed_m
     table = metrics_table({"base": base_m, "seed": seed_m, "trained": trained_m})
     gate = gate_decision(seed_m, trained_m, base_m, GatePolicy(config.min_precision_gain, config.recall_tolerance))
@@ -238,6 +244,7 @@ def champion(
         seed_version=seed_checkpoint.version,
         metrics=column(eval_scores, "trained"),
         base_metrics=prior.base_metrics if prior is not None else column(eval_scores, "seed"),
+        eval_data=eval_meta.get("input/world_eval") or eval_meta.get("input/eval_data", ""),
         run_id=context.run.run_id,
         promoted_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )

@@ -31,6 +31,7 @@ class Promotion:
     run_id: str = ""
     promoted_at: str = ""
     ref: str = ""  # where the store pins it (lakeFS: the champion tag); "" in a plain folder
+    eval_data: str = ""  # the version of the evaluation data its metrics (and base_metrics) were measured on
 
     def __post_init__(self) -> None:
         round_number(self.round)  # validates the key

@@ -122,16 +122,17 @@ class LakeFSArtifactStore:
                 return found
             after = page.pagination.next_offset
 
-    def _commit(self, branch: str, files: dict[str, bytes], message: str, metadata: dict | None) -> str:
-        """Upload `files` and commit them to `branch` atomically; returns the commit id on `branch`."""
-        self._ensure_branch(branch)
+    def _commit(self, branch: str, files: dict[str, bytes | Path], message: str, metadata: dict | None) -> str:
+        """Upload `files` (bytes, or a local file read when its turn comes) and commit them to the existing
+        `branch` atomically; returns the commit id on `branch`."""
         tx = f"tx-{uuid.uuid4().hex[:16]}"
         creation = lakefs_sdk.BranchCreation(name=tx, source=branch, hidden=True)
         self.api.branches_api.create_branch(self.repository, creation)
         meta = {k: str(v) for k, v in (metadata or {}).items()}
         try:
             for path, data in files.items():
-                self.api.objects_api.upload_object(self.repository, tx, path, content=data)
+                content = data if isinstance(data, bytes) else Path(data).read_bytes()
+                self.api.objects_api.upload_object(self.repository, tx, path, content=content)
             self.api.commits_api.commit(self.repository, tx, lakefs_sdk.CommitCreation(message=message, metadata=meta))
             merged = self.api.refs_api.merge_into_branch(
                 self.repository, tx, branch, merge=lakefs_sdk.Merge(message=message, metadata=meta)
@@ -156,17 +157,17 @@ class LakeFSArtifactStore:
             digest = directory_hash(value.path)
             kind = "checkpoint"
             files = {
-                f.relative_to(value.path).as_posix(): f.read_bytes()
-                for f in sorted(Path(value.path).rglob("*"))
-                if f.is_file()
+                f.relative_to(value.path).as_posix(): f for f in sorted(Path(value.path).rglob("*")) if f.is_file()
             }
         else:
             raise TypeError(f"the artifact store keeps polars DataFrames and Checkpoints, not {type(value).__name__}")
         branch, slot = self.branch_for(partition), self._slot(asset, partition)
         folder = f"{slot}/{digest[:HASH_CHARS]}"
-        head = f'{{"kind": "{kind}", "uri": "{self.uri(branch, folder)}", "content_hash": "{digest}"}}'.encode()
+        head = json.dumps({"kind": kind, "uri": self.uri(branch, folder), "content_hash": digest}).encode()
         self._ensure_branch(branch)
-        uploads = {} if self._list(branch, f"{folder}/") else {f"{folder}/{name}": b for name, b in files.items()}
+        uploads: dict[str, bytes | Path] = {}
+        if not self._list(branch, f"{folder}/"):
+            uploads.update({f"{folder}/{name}": data for name, data in files.items()})
         if self._get(branch, f"{slot}/HEAD") != head:
             uploads[f"{slot}/HEAD"] = head
         if uploads:

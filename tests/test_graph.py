@@ -51,6 +51,15 @@ def latest(instance: dg.DagsterInstance, asset: str, partition: str | None = Non
     return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
 
 
+def small_round(defs: dg.Definitions):
+    """Bootstrap the small world and run round-0001 with the gate open; (the round, trained_model's metadata)."""
+    instance = dg.DagsterInstance.ephemeral()
+    run_bootstrap(defs, instance, BOOTSTRAP_CONFIG)
+    run = run_round(defs, instance, "round-0001", round_config(PASS_GATE))
+    assert run.result.success
+    return run, latest(instance, "trained_model", "round-0001")
+
+
 def count(instance: dg.DagsterInstance, asset: str, partition: str) -> int:
     filt = dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition])
     return len(instance.fetch_materializations(filt, limit=100).records)

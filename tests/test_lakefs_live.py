@@ -5,14 +5,12 @@ then see the README ("lakeFS") for the variables."""
 import os
 import uuid
 
-import dagster as dg
 import lakefs
 import pytest
 
-from si_assets.automation.runner import run_bootstrap, run_round
 from si_assets.definitions import build_definitions, build_resources
 from si_assets.rounds import ChampionRegistry
-from tests.test_graph import BOOTSTRAP_CONFIG, PASS_GATE, round_config
+from tests.test_graph import small_round
 
 NEEDED = ("LAKECTL_SERVER_ENDPOINT_URL", "LAKECTL_CREDENTIALS_ACCESS_KEY_ID", "LAKECTL_CREDENTIALS_SECRET_ACCESS_KEY")
 
@@ -30,18 +28,9 @@ def test_demo_round_on_lakefs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SI_STORE_BACKEND", "lakefs")
     monkeypatch.setenv("SI_LAKEFS_PREFIX", f"si_store_test_{uuid.uuid4().hex[:8]}")  # a clean champion history
     resources = build_resources(device="cpu")
-    defs = build_definitions(resources)
-    instance = dg.DagsterInstance.ephemeral()
-    run_bootstrap(defs, instance, BOOTSTRAP_CONFIG)
-    run = run_round(defs, instance, "round-0001", round_config(PASS_GATE))
-    assert run.result.success
-
-    record = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("trained_model"), asset_partitions=["round-0001"]), limit=1
-    ).records[0]
-    metadata = record.asset_materialization.metadata
-    commit = metadata["lakefs/commit"].value
-    assert metadata["path"].value.startswith(f"lakefs://{repository}/round-0001/")
+    run, metadata = small_round(build_definitions(resources))
+    commit = metadata["lakefs/commit"]
+    assert metadata["path"].startswith(f"lakefs://{repository}/round-0001/")
     client = lakefs.Client(host=os.environ[NEEDED[0]], username=os.environ[NEEDED[1]], password=os.environ[NEEDED[2]])
     repo = lakefs.Repository(repository, client=client)
     assert repo.commit(commit).get_commit().metadata["dagster/run_id"] == run.result.run_id

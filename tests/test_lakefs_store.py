@@ -17,6 +17,11 @@ from tests.fake_lakefs import FakeLakeFS
 WHO = {"dagster/run_id": "run-1", "dagster/asset_key": "verified_pairs", "dagster/partition": "round-0001"}
 
 
+def conflict(args: tuple, kwargs: dict) -> None:
+    """An injected failure: lakeFS answering 409."""
+    raise ApiException(status=409, reason="Conflict")
+
+
 @pytest.fixture
 def lake(monkeypatch: pytest.MonkeyPatch) -> FakeLakeFS:
     return FakeLakeFS().install(monkeypatch)
@@ -91,10 +96,6 @@ def test_an_upload_error_midway_commits_nothing(lake: FakeLakeFS, store: LakeFSA
 def test_a_merge_conflict_is_a_clear_error_and_leaves_the_branch(lake: FakeLakeFS, store: LakeFSArtifactStore) -> None:
     store.put(pl.DataFrame({"a": [1]}), "pairs", "round-0001")
     head = lake.branches["round-0001"]["head"]
-
-    def conflict(args, kwargs):
-        raise ApiException(status=409, reason="Conflict")
-
     lake.failures["merge_into_branch"] = conflict
     with pytest.raises(LakeFSError, match="conflicted with another writer"):
         store.put(pl.DataFrame({"a": [2]}), "pairs", "round-0001")
@@ -140,10 +141,6 @@ def test_a_promotion_whose_merge_conflicts_leaves_no_tag_and_no_pointer(
     lake: FakeLakeFS, store: LakeFSArtifactStore, tmp_path: Path
 ) -> None:
     candidate = _promotion(store, tmp_path)
-
-    def conflict(args, kwargs):
-        raise ApiException(status=409, reason="Conflict")
-
     lake.failures["merge_into_branch"] = conflict
     with pytest.raises(LakeFSError, match="not promoted"):
         ChampionRegistry(store).promote(candidate)
@@ -171,12 +168,9 @@ def test_the_backend_is_chosen_by_configuration_alone(tmp_path: Path) -> None:
 def test_a_round_through_dagster_on_lakefs(lake: FakeLakeFS, tmp_path: Path) -> None:
     """The demo graph (small world) with the lakeFS backend: each materialization one commit carrying its run,
     asset and partition; the round on its branch; the champion merged into main and tagged."""
-    import dagster as dg
-
     from resources import ContentAddressedIOManager
-    from si_assets.automation.runner import run_bootstrap, run_round
     from si_assets.definitions import build_definitions, build_resources
-    from tests.test_graph import BOOTSTRAP_CONFIG, PASS_GATE, round_config
+    from tests.test_graph import small_round
 
     store = ArtifactStoreResource(
         backend="lakefs",
@@ -187,22 +181,13 @@ def test_a_round_through_dagster_on_lakefs(lake: FakeLakeFS, tmp_path: Path) -> 
     )
     resources = {**build_resources(str(tmp_path), device="cpu"), "store": store}
     resources["io_manager"] = ContentAddressedIOManager(store=store)
-    defs = build_definitions(resources)
-    instance = dg.DagsterInstance.ephemeral()
-    run_bootstrap(defs, instance, BOOTSTRAP_CONFIG)
-    run = run_round(defs, instance, "round-0001", round_config(PASS_GATE))
-    assert run.result.success
-
-    record = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("trained_model"), asset_partitions=["round-0001"]), limit=1
-    ).records[0]
-    meta = record.asset_materialization.metadata
-    assert meta["path"].value.startswith("lakefs://repo/round-0001/si_store/trained_model/round-0001/")
-    assert meta["lakefs/url"].value == f"http://lakefs.test/repositories/repo/commits/{meta['lakefs/commit'].value}"
-    merged = lake.commits[meta["lakefs/commit"].value]["metadata"]
+    run, meta = small_round(build_definitions(resources))
+    assert meta["path"].startswith("lakefs://repo/round-0001/si_store/trained_model/round-0001/")
+    assert meta["lakefs/url"] == f"http://lakefs.test/repositories/repo/commits/{meta['lakefs/commit']}"
+    merged = lake.commits[meta["lakefs/commit"]]["metadata"]
     assert merged["dagster/run_id"] == run.result.run_id and merged["dagster/partition"] == "round-0001"
     assert merged["dagster/asset_key"] == "trained_model" and merged["dagster/code_version"] == "train-2"
     assert lake.tags["champion-round-0001"] in lake._ancestors(lake.branches["main"]["head"])
     assert set(lake.branches) == {"main", "round-0001"}  # no ephemeral branch left behind
     champion = ChampionRegistry(store.get()).current()
-    assert champion.ref == "champion-round-0001" and champion.version == meta["path"].value.rsplit("/", 1)[-1]
+    assert champion.ref == "champion-round-0001" and champion.version == meta["path"].rsplit("/", 1)[-1]

@@ -33,6 +33,8 @@ from si_assets.storage.store import (
     TABLE_FILE,
     Checkpoint,
     StoredArtifact,
+    StoreFiles,
+    confined,
     directory_hash,
     table_bytes,
 )
@@ -47,7 +49,7 @@ class LakeFSError(RuntimeError):
     pass
 
 
-class LakeFSArtifactStore:
+class LakeFSArtifactStore(StoreFiles):
     def __init__(
         self,
         client: lakefs.Client,
@@ -68,10 +70,7 @@ class LakeFSArtifactStore:
         return partition if partition and is_round_key(partition) else self.base_branch
 
     def _path(self, relative: str) -> str:
-        parts = relative.split("/")
-        if relative.startswith("/") or ".." in parts or not all(parts):
-            raise ValueError(f"refusing a store path that escapes the root: {relative!r}")
-        return f"{self.prefix}/{relative}"
+        return f"{self.prefix}/{confined(relative)}"
 
     def _slot(self, asset: str, partition: str | None) -> str:
         return self._path(f"{asset}/{partition or '_'}")
@@ -184,23 +183,9 @@ class LakeFSArtifactStore:
     def write_bytes(self, relative: str, data: bytes) -> None:
         self._commit(self.base_branch, {self._path(relative): data}, f"write {relative}", {"kind": "pointer"})
 
-    def write_pointer(self, name: str, value: dict) -> None:
-        self.write_bytes(f"_pointers/{name}.json", json.dumps(value, sort_keys=True).encode())
-
-    def write_part(self, folder: str, name: str, df: pl.DataFrame) -> None:
-        self.write_bytes(f"{folder}/{name}.parquet", table_bytes(df))
-
     # --- reading ----------------------------------------------------------------------------------------
     def read_bytes(self, relative: str) -> bytes | None:
         return self._get(self.base_branch, self._path(relative))
-
-    def read_pointer(self, name: str) -> dict | None:
-        data = self.read_bytes(f"_pointers/{name}.json")
-        return None if data is None else json.loads(data)
-
-    def read_part(self, folder: str, name: str) -> pl.DataFrame | None:
-        data = self.read_bytes(f"{folder}/{name}.parquet")
-        return None if data is None else pl.read_parquet(io.BytesIO(data))
 
     def head(self, asset: str, partition: str | None = None) -> StoredArtifact | None:
         data = self._get(self.branch_for(partition), f"{self._slot(asset, partition)}/HEAD")
@@ -233,9 +218,6 @@ class LakeFSArtifactStore:
                 target.write_bytes(self._get(ref, obj.path) or b"")
             os.replace(tmp, cache)
         return Checkpoint(cache)
-
-    def load(self, artifact: StoredArtifact) -> pl.DataFrame | Checkpoint:
-        return self.read_table(artifact) if artifact.kind == "table" else self.local_checkpoint(artifact)
 
     # --- champions ----------------------------------------------------------------------------------------
     def mark_champion(self, round_key: str) -> str:

@@ -76,6 +76,48 @@ def directory_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
+def confined(relative: str) -> str:
+    """`relative` if it stays under a store's root (no absolute path, no `..`, no empty part); else ValueError."""
+    parts = relative.split("/")
+    if relative.startswith("/") or ".." in parts or not all(parts):
+        raise ValueError(f"refusing a store path that escapes the root: {relative!r}")
+    return relative
+
+
+class StoreFiles:
+    """What every backend derives from its `write_bytes` / `read_bytes` / `read_table` / `local_checkpoint`:
+    named pointers, finished chunks of long steps, and loading a stored version."""
+
+    def write_bytes(self, relative: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def read_bytes(self, relative: str) -> bytes | None:
+        raise NotImplementedError
+
+    def read_table(self, artifact: StoredArtifact) -> pl.DataFrame:
+        raise NotImplementedError
+
+    def local_checkpoint(self, artifact: StoredArtifact) -> Checkpoint:
+        raise NotImplementedError
+
+    def write_pointer(self, name: str, value: dict) -> None:
+        self.write_bytes(f"_pointers/{name}.json", json.dumps(value, sort_keys=True).encode())
+
+    def read_pointer(self, name: str) -> dict | None:
+        data = self.read_bytes(f"_pointers/{name}.json")
+        return None if data is None else json.loads(data)
+
+    def write_part(self, folder: str, name: str, df: pl.DataFrame) -> None:
+        self.write_bytes(f"{folder}/{name}.parquet", table_bytes(df))
+
+    def read_part(self, folder: str, name: str) -> pl.DataFrame | None:
+        data = self.read_bytes(f"{folder}/{name}.parquet")
+        return None if data is None else pl.read_parquet(io.BytesIO(data))
+
+    def load(self, artifact: StoredArtifact) -> pl.DataFrame | Checkpoint:
+        return self.read_table(artifact) if artifact.kind == "table" else self.local_checkpoint(artifact)
+
+
 def content_hash(value: pl.DataFrame | Checkpoint) -> str:
     if isinstance(value, pl.DataFrame):
         return hashlib.sha256(table_bytes(value)).hexdigest()
@@ -84,7 +126,7 @@ def content_hash(value: pl.DataFrame | Checkpoint) -> str:
     raise TypeError(f"the artifact store keeps polars DataFrames and Checkpoints, not {type(value).__name__}")
 
 
-class ArtifactStore:
+class ArtifactStore(StoreFiles):
     def __init__(self, root: str | os.PathLike) -> None:
         self.root_url = str(root)
         self.fs, self.root = url_to_fs(self.root_url)
@@ -93,10 +135,8 @@ class ArtifactStore:
 
     # --- layout -----------------------------------------------------------------------------------
     def _slot(self, asset: str, partition: str | None) -> str:
-        for part in (asset, partition or "_"):
-            if ".." in part.split("/") or part.startswith("/"):
-                raise ValueError(f"refusing a store path that escapes the root: {part!r}")
-        return f"{self.root}/{asset}/{partition or '_'}"
+        slot = confined(f"{asset}/{partition or '_'}")
+        return f"{self.root}/{slot}"
 
     def staging_dir(self) -> Path:
         """A fresh local folder to build a checkpoint in; moved into the store by put_checkpoint."""
@@ -204,9 +244,6 @@ class ArtifactStore:
             os.replace(tmp, cache)
         return Checkpoint(cache)
 
-    def load(self, artifact: StoredArtifact) -> pl.DataFrame | Checkpoint:
-        return self.read_table(artifact) if artifact.kind == "table" else self.local_checkpoint(artifact)
-
     # --- champions (a versioned backend merges and tags; a folder has nothing to do) -----------------
     def mark_champion(self, round_key: str) -> str:
         """Publish round `round_key`'s work as the champion's; returns the ref that pins it ("" here)."""
@@ -219,7 +256,7 @@ class ArtifactStore:
     # --- small files written atomically (named pointers, finished chunks of long steps) ---------------
     def write_bytes(self, relative: str, data: bytes) -> None:
         """Write `<root>/<relative>` so that readers see the old file or the whole new one, never a part."""
-        path = self._confined(relative)
+        path = f"{self.root}/{confined(relative)}"
         self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
         with self.fs.open(tmp, "wb") as fh:
@@ -230,28 +267,8 @@ class ArtifactStore:
             self.fs.mv(tmp, path)
 
     def read_bytes(self, relative: str) -> bytes | None:
-        path = self._confined(relative)
+        path = f"{self.root}/{confined(relative)}"
         if not self.fs.exists(path):
             return None
         with self.fs.open(path, "rb") as fh:
             return fh.read()
-
-    def _confined(self, relative: str) -> str:
-        parts = relative.split("/")
-        if relative.startswith("/") or ".." in parts or not all(parts):
-            raise ValueError(f"refusing a store path that escapes the root: {relative!r}")
-        return f"{self.root}/{relative}"
-
-    def write_pointer(self, name: str, value: dict) -> None:
-        self.write_bytes(f"_pointers/{name}.json", json.dumps(value, sort_keys=True).encode())
-
-    def read_pointer(self, name: str) -> dict | None:
-        data = self.read_bytes(f"_pointers/{name}.json")
-        return None if data is None else json.loads(data)
-
-    def write_part(self, folder: str, name: str, df: pl.DataFrame) -> None:
-        self.write_bytes(f"{folder}/{name}.parquet", table_bytes(df))
-
-    def read_part(self, folder: str, name: str) -> pl.DataFrame | None:
-        data = self.read_bytes(f"{folder}/{name}.parquet")
-        return None if data is None else pl.read_parquet(io.BytesIO(data))

@@ -138,8 +138,11 @@ def test_ui_shows_the_groups_launches_a_round_and_shows_its_scores(ui, tmp_path:
         dialog.get_by_role("button", name="All", exact=True).click()
         dialog.get_by_text("Config", exact=True).click()
         dialog.get_by_text("Add config").click()
-        page.locator(".CodeMirror-lines").last.click()
+        # The editor's first line: the "Save config" bar floats over its lower part, where a centred click lands.
+        editor = page.locator(".CodeMirror").last
+        editor.locator(".CodeMirror-line").first.click()
         page.keyboard.insert_text(ROUND_CONFIG)
+        expect(editor).to_contain_text("min_precision_gain")
         page.get_by_role("button", name="Save config").click()
         dialog.get_by_role("button", name="Launch 1 run").click()
 

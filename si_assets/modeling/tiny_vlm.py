@@ -4,7 +4,7 @@ it would load LLaVA-1.5 from a hub id."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from pydantic import BaseModel, ConfigDict
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -19,7 +19,7 @@ from transformers import (
 )
 
 IMAGE_TOKEN = "<image>"
-SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", IMAGE_TOKEN]
+BASE_SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
 
 # LLaVA-1.5's conversation format. Content may be a string or a list of typed parts; an image part
 # becomes the image placeholder, which the processor expands to one token per image patch.
@@ -54,15 +54,23 @@ class TinyVLMSpec(BaseModel):
     max_positions: int = 128
 
 
-def build_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+def build_tokenizer(
+    corpus: Iterable[str],
+    vocab_size: int,
+    extra_special_tokens: Mapping[str, str] | None = None,
+    chat_template: str = CHAT_TEMPLATE,
+) -> PreTrainedTokenizerFast:
     """Byte-level BPE trained on the world's text. Left padding is set in the constructor: set as an
-    attribute afterwards it is not saved, and batched generation after reload silently goes wrong."""
+    attribute afterwards it is not saved, and batched generation after reload silently goes wrong.
+    `extra_special_tokens` (name -> token) replace the LLaVA image token, for other families' processors."""
+    named = dict(extra_special_tokens or {"image_token": IMAGE_TOKEN})
+    special = [*BASE_SPECIAL_TOKENS, *named.values()]
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -73,9 +81,9 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokeniz
         eos_token="</s>",
         pad_token="<pad>",
         unk_token="<unk>",
-        extra_special_tokens={"image_token": IMAGE_TOKEN},
+        extra_special_tokens=named,
         padding_side="left",
-        chat_template=CHAT_TEMPLATE,
+        chat_template=chat_template,
     )
 
 

@@ -1,14 +1,21 @@
 """Which device and precision the heavy steps run on."""
 
+from typing import Literal
+
 import dagster as dg
 import torch
 from pydantic import Field
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class ComputeDevice(dg.ConfigurableResource):
     """`auto` picks CUDA when present (bf16 where supported), CPU otherwise."""
 
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights' dtype; auto: bfloat16 on a GPU that supports it, float32 otherwise"
+    )
     cpu_threads: int = Field(0, ge=0, description="torch intra-op threads on CPU; 0 keeps torch's default")
 
     def torch_device(self) -> torch.device:
@@ -18,11 +25,14 @@ class ComputeDevice(dg.ConfigurableResource):
             raise RuntimeError(f"device={self.device!r} was configured but CUDA is not available; use 'auto' or 'cpu'")
         return torch.device(self.device)
 
-    def dtype(self) -> torch.dtype:
-        dev = self.torch_device()
-        if dev.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
+    def torch_dtype(self) -> torch.dtype:
+        device = self.torch_device()
+        if self.dtype == "auto":
+            bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+            return torch.bfloat16 if bf16 else torch.float32
+        if self.dtype == "float16" and device.type == "cpu":
+            raise RuntimeError("dtype 'float16' on CPU is slow and unstable; use 'float32' or 'bfloat16'")
+        return DTYPES[self.dtype]
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         if self.cpu_threads:

@@ -3,42 +3,43 @@
 from pathlib import Path
 
 import dagster as dg
-from pydantic import Field
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from resources.device import ComputeDevice
+from si_assets.modeling.preflight import CheckpointReport, check_checkpoint
 from si_assets.verifier.clip import ClipScorer, load_clip
 
 
 class VisionLanguageModels(dg.ConfigurableResource):
-    """Loads a checkpoint folder or hub id with its processor. Weights come only from safetensors and no
-    remote code runs unless `trust_remote_code` is set."""
+    """Loads a checkpoint folder with its processor on the compute device. Weights come only from safetensors
+    and no remote code runs unless `trust_remote_code` is set. (Hub ids resolve to folders in `seed_checkpoint`.)"""
 
     compute: ComputeDevice
     trust_remote_code: bool = False
-    revision: str | None = Field(None, description="hub revision (commit, tag, branch) for hub ids")
 
     def load_processor(self, source: str | Path):
-        return AutoProcessor.from_pretrained(
-            str(source), revision=self.revision, trust_remote_code=self.trust_remote_code
-        )
+        return AutoProcessor.from_pretrained(str(source), trust_remote_code=self.trust_remote_code)
 
     def load(self, source: str | Path):
-        device = self.compute.torch_device()
         processor = self.load_processor(source)
         model = AutoModelForImageTextToText.from_pretrained(
             str(source),
-            revision=self.revision,
-            dtype=self.compute.dtype(),
+            dtype=self.compute.torch_dtype(),
             use_safetensors=True,
             trust_remote_code=self.trust_remote_code,
-        ).to(device)
+        ).to(self.compute.torch_device())
         model.eval()
         return model, processor
 
+    def preflight(self, source: str | Path) -> CheckpointReport:
+        """The checks that need only the checkpoint's files, against this device and dtype."""
+        return check_checkpoint(
+            Path(source), self.compute.torch_device(), self.compute.torch_dtype(), self.trust_remote_code
+        )
+
 
 class ClipVerifier(dg.ConfigurableResource):
-    """An open_clip model by name + pretrained tag, or a local folder (the bootstrap CLIP's)."""
+    """An open_clip model by name + pretrained tag or weights file, or a local folder (the bootstrap CLIP's)."""
 
     compute: ComputeDevice
     batch_size: int = 256

@@ -23,21 +23,6 @@ def small_spec() -> WorldSpec:
 @pytest.fixture(scope="session")
 def tiny_llava_dir(tmp_path_factory: pytest.TempPathFactory):
     """A random-weight tiny LLaVA + processor saved with save_pretrained (safetensors), as a pipeline loads one."""
-    import torch
+    from tests.tiny_architectures import build_checkpoint
 
-    from si_assets.modeling.bootstrap import tokenizer_corpus
-    from si_assets.modeling.tiny_vlm import TinyVLMSpec, build_model, build_processor, build_tokenizer
-    from si_assets.world import generate_split
-
-    spec = WorldSpec(seed=7, splits={"seed_train": 40, "clip_train": 2, "improve": 2, "eval": 2})
-    captions = generate_split(spec, "seed_train")["caption"].to_list()
-    tokenizer = build_tokenizer(tokenizer_corpus(captions, spec.kinds), 300)
-    torch.manual_seed(0)
-    model = build_model(tokenizer, TinyVLMSpec()).eval()
-    with torch.no_grad():  # the default init is so small that every input decodes to the same text
-        for p in model.parameters():
-            p.normal_(0.0, 0.2)
-    folder = tmp_path_factory.mktemp("tiny_llava")
-    model.save_pretrained(folder)
-    build_processor(tokenizer, TinyVLMSpec()).save_pretrained(folder)
-    return folder
+    return build_checkpoint("llava", tmp_path_factory.mktemp("tiny_llava"))

@@ -1,8 +1,10 @@
 from pathlib import Path
 
 import numpy as np
+import open_clip
 import pytest
 import torch
+from PIL import Image
 
 from si_assets.verifier.clip import (
     ClipScorer,
@@ -72,3 +74,46 @@ def test_retrieval_of_an_untrained_model_is_near_chance(scorer: ClipScorer) -> N
         scorer, [decode_png(b) for b in df["image_png"]], df["caption"].to_list(), n_candidates=20
     )
     assert r < 0.3
+
+
+def test_verifier_sources_by_name_and_weights_file_by_folder_and_bootstrap(tmp_path: Path) -> None:
+    """A published architecture by open_clip name with a local weights file (here random ViT-S-32 weights, as
+    `open_clip` saves them), a folder, and the bootstrap CLIP; each scores, and the identity follows the weights."""
+    from safetensors.torch import save_file
+
+    from resources import ClipVerifier, ComputeDevice
+    from si_assets.verifier.clip import VerifierSource
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-S-32")
+    weights = tmp_path / "vit-s-32.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    spec = TinyClipSpec()
+    folder = save_clip(build_tiny_clip(spec), spec.open_clip_config(), tmp_path / "tiny")
+    verifier = ClipVerifier(compute=ComputeDevice(device="cpu"))
+    image = Image.new("RGB", (48, 48), (200, 30, 30))
+    for source, context in (
+        (VerifierSource("ViT-S-32", str(weights)), 77),
+        (VerifierSource(str(folder)), spec.context_length),
+        (VerifierSource(), spec.context_length),
+    ):
+        scorer = verifier.scorer(*source.load_args(folder))
+        assert scorer.context_length == context
+        scores = scorer.score(scorer.image_embeddings([image, image]), ["a red star.", "a blue ring. a green ball."])
+        assert scores.shape == (2,) and np.all(np.abs(scores) <= 1.0)
+        assert scorer.scored_texts(["a blue ring. a green ball."], "sentence_mean") == ["a blue ring.", "a green ball."]
+    loaded = verifier.scorer("ViT-S-32", str(weights)).model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())  # the file's weights, not random
+    by_file = VerifierSource("ViT-S-32", str(weights)).identity("boot")
+    assert by_file == VerifierSource("ViT-S-32", str(weights)).identity("other")
+    assert VerifierSource().identity("boot") == "boot"
+    assert VerifierSource("ViT-L-14", "openai").identity("boot") == "ViT-L-14:openai"
+    save_file({"changed": torch.zeros(1)}, str(weights))
+    assert VerifierSource("ViT-S-32", str(weights)).identity("boot") != by_file
+    for bad, message in (
+        (("no-such-clip",), "neither 'bootstrap', an open_clip model name"),
+        (("ViT-S-32", str(tmp_path / "missing.safetensors")), "does not exist"),
+        (("bootstrap", "openai"), "takes no `pretrained`"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            VerifierSource(*bad)

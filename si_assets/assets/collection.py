@@ -3,7 +3,6 @@
 import json
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Literal
 
 import dagster as dg
@@ -12,12 +11,23 @@ from PIL import Image
 from pydantic import Field
 
 from resources import ArtifactStoreResource, VisionLanguageModels
-from si_assets.assets.common import COLLECTION, ROUNDS, consumed, data_version, preview, round_seed_of, versioned
+from si_assets.assets.common import (
+    COLLECTION,
+    ROUNDS,
+    consumed,
+    data_version,
+    preflight,
+    preview,
+    round_seed_of,
+    versioned,
+)
 from si_assets.collection.images import build_pool, folder_entries, manifest_entries, world_pool
 from si_assets.collection.sampling import NEGATIVE, POSITIVE, HallucinationRatios, decode_plan, plan_requests
 from si_assets.collection.validation import InputLimits
 from si_assets.modeling.chat import patch_size, prompt_token_counter
 from si_assets.modeling.mixed_decoding import MixSpace, SamplerSettings
+from si_assets.modeling.preflight import model_runs_without_image
+from si_assets.modeling.sources import resolve_model
 from si_assets.rounds import ChampionRegistry
 from si_assets.storage import Checkpoint
 from si_assets.storage.chunks import run_in_chunks
@@ -93,35 +103,38 @@ def unlabeled_images(
 
 class SeedConfig(dg.Config):
     base: str | None = Field(
-        None, description="the model round 1 starts from: a save_pretrained folder; unset: the bootstrap seed"
+        None,
+        description="the model round 1 starts from: a save_pretrained folder or a hub id (org/name, from the "
+        "Hugging Face cache when the hub is offline); unset: the bootstrap seed",
     )
+    revision: str | None = Field(None, description="with a hub id: the commit, tag or branch to pin")
 
 
-@dg.asset(group_name=COLLECTION, code_version="seed-checkpoint-2", partitions_def=ROUNDS)
+@dg.asset(group_name=COLLECTION, code_version="seed-checkpoint-3", partitions_def=ROUNDS)
 def seed_checkpoint(
     context: dg.AssetExecutionContext,
     config: SeedConfig,
+    models: VisionLanguageModels,
     store: ArtifactStoreResource,
     bootstrap_seed_model: Checkpoint,
 ) -> dg.Output[Checkpoint]:
     """The model this round improves: the champion promoted by the latest earlier round, or the base model
-    (`base`, or the bootstrap seed) when no round has promoted one. Records which version it took and from where."""
+    (`base`, or the bootstrap seed) when no round has promoted one. Records which version it took and from where,
+    and runs the pre-flight checks on it (files, architecture, processor, chat template, image-free path, memory)."""
     registry = ChampionRegistry(store.get())
     champion = registry.champion_before(context.partition_key)
-    if champion is None and config.base:
-        if not Path(config.base).is_dir():
-            raise dg.Failure(
-                f"seed_checkpoint: base {config.base!r} is not a folder; give a save_pretrained checkpoint "
-                "folder (download hub models first: no hub is reachable from the pipeline)"
-            )
-        checkpoint, origin = Checkpoint(Path(config.base)), {"source": f"base: {config.base}"}
-    elif champion is None:
-        checkpoint, origin = bootstrap_seed_model, {"source": "base: bootstrap_seed_model"}
-    else:
-        checkpoint = registry.checkpoint(champion)
-        origin = {"source": f"champion of {champion.round}", "champion_round": champion.round}
-    context.log.info(f"{context.partition_key} starts from {checkpoint.version} ({origin['source']})")
-    return versioned(checkpoint, **origin, **consumed(seed=checkpoint))
+    with preflight("seed_checkpoint"):
+        if champion is None and config.base:
+            resolved = resolve_model(config.base, config.revision)
+            checkpoint, origin = Checkpoint(resolved.path), {"source": f"base: {resolved.origin}"}
+        elif champion is None:
+            checkpoint, origin = bootstrap_seed_model, {"source": "base: bootstrap_seed_model"}
+        else:
+            checkpoint = registry.checkpoint(champion)
+            origin = {"source": f"champion of {champion.round}", "champion_round": champion.round}
+        report = models.preflight(checkpoint.path)
+    context.log.info(f"{context.partition_key} starts from {checkpoint.version} ({origin['source']}); {report}")
+    return versioned(checkpoint, **origin, **report.metadata(), **consumed(seed=checkpoint))
 
 
 DECODER_CODE_VERSION = "collect-3"
@@ -175,6 +188,8 @@ def collected_responses(
     plan = plan_requests(unlabeled_images, config.n_samples, config.n_negatives, ratios, seed)
     image_by_id = decode_images(unlabeled_images)
     model, processor = models.load(seed_checkpoint.path)
+    with preflight("collected_responses"):
+        model_runs_without_image(model, processor)
     started = time.perf_counter()
 
     def decode(chunk: pl.DataFrame) -> pl.DataFrame:

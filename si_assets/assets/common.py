@@ -1,8 +1,13 @@
 """What every asset shares: content-hash data versions, tables for the UI, logging."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import dagster as dg
 import polars as pl
 
+from si_assets.modeling.preflight import PreflightError
+from si_assets.modeling.sources import ModelSourceError
 from si_assets.rounds import round_seed
 from si_assets.storage import Checkpoint, content_hash
 
@@ -31,6 +36,16 @@ ROUND_AUTOMATION = dg.AutomationCondition.eager().ignore(dg.AssetSelection.group
 def round_seed_of(context: dg.AssetExecutionContext, base_seed: int) -> int:
     """The seed a step uses in this round (see `si_assets.rounds.round_seed`)."""
     return round_seed(base_seed, context.partition_key)
+
+
+@contextmanager
+def preflight(asset: str) -> Iterator[None]:
+    """A failed pre-flight check or model source fails the step before its compute, with what to change."""
+    try:
+        yield
+    except (PreflightError, ModelSourceError) as exc:
+        check = getattr(exc, "check", "model_source")
+        raise dg.Failure(f"{asset}: {exc}", metadata={"preflight_check": check}) from exc
 
 
 def data_version(value: pl.DataFrame | Checkpoint) -> str:

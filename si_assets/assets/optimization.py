@@ -15,9 +15,11 @@ from si_assets.assets.common import (
     ROUNDS,
     consumed,
     markdown_table,
+    preflight,
     round_seed_of,
     versioned,
 )
+from si_assets.modeling.preflight import image_tokens_fit
 from si_assets.optimization.dpo import (
     DPOSettings,
     compute_reference,
@@ -64,6 +66,14 @@ def trained_model(
         pairs = self_sft_pairs(model, processor, unlabeled_images, image_by_id, context.log.info)
     else:
         pairs = training_pairs(verified_pairs)
+    with preflight("trained_model"):
+        image_tokens_fit(
+            processor,
+            [image_by_id[i] for i in pairs["image_id"]],
+            pairs["prompt"].to_list(),
+            [max(c, r, key=len) for c, r in zip(pairs["chosen"], pairs["rejected"])],
+            settings.max_length,
+        )
     work = artifact_store.staging_dir()
 
     def reference(missing: pl.DataFrame) -> pl.DataFrame:

@@ -16,10 +16,12 @@ from si_assets.assets.common import (
     ROUNDS,
     consumed,
     data_version,
+    preflight,
     preview,
     round_seed_of,
     versioned,
 )
+from si_assets.modeling.preflight import verifier_text_length
 from si_assets.organization.verification import (
     DISCARDED,
     REVERSED,
@@ -32,6 +34,7 @@ from si_assets.organization.verification import (
 from si_assets.storage import Checkpoint
 from si_assets.storage.chunks import run_in_chunks
 from si_assets.storage.memo import config_key
+from si_assets.verifier.clip import BOOTSTRAP, VerifierSource
 
 VERIFY_CODE_VERSION = "verify-2"
 
@@ -49,6 +52,23 @@ class VerificationConfig(dg.Config):
     max_reverse_rate: float = Field(0.5, ge=0, le=1, description="the reverse_rate check warns above this")
     max_discard_rate: float = Field(0.5, ge=0, le=1, description="the discard_rate check warns above this")
     chunk_size: int = Field(4096, ge=1, description="responses per stored chunk of scores (resume after a crash)")
+    verifier: str = Field(
+        BOOTSTRAP,
+        description="'bootstrap': the embedded CLIP; an open_clip model name (e.g. 'ViT-L-14'); or a folder with "
+        "open_clip_config.json + weights",
+    )
+    verifier_pretrained: str | None = Field(
+        None, description="with a model name: a pretrained tag (e.g. 'openai'; hub or its cache) or a weights file"
+    )
+    max_cut_share: float = Field(
+        0.0, ge=0, le=1, description="share of scored texts allowed past the verifier's context (pre-flight check)"
+    )
+
+    def verifier_source(self) -> VerifierSource:
+        try:
+            return VerifierSource(self.verifier, self.verifier_pretrained)
+        except ValueError as exc:
+            raise dg.Failure(f"verified_pairs: {exc}") from exc
 
 
 @dg.asset(
@@ -80,16 +100,26 @@ def verified_pairs(
     seed = round_seed_of(context, config.seed)
     rule = PairRule(config.margin, config.verification, config.negatives, seed, config.pairs_per_image)
     started = time.perf_counter()
-    scorer = clip.scorer(f"local-dir:{bootstrap_clip.path}")
+    verifier = config.verifier_source()
+    scorer = clip.scorer(*verifier.load_args(bootstrap_clip.path))
+    responses = pl.concat([sampled_responses, hallucinated_negatives])
+    with preflight("verified_pairs"):
+        cut = verifier_text_length(
+            scorer.scored_texts(responses["response"].to_list(), config.score_mode),
+            scorer.token_count,
+            scorer.context_length,
+            config.max_cut_share,
+        )
     image_by_id = decode_images(unlabeled_images)
     score = clip_score_fn(scorer, image_by_id, unlabeled_images["id"].to_list(), config.score_mode)
     scoring = (config.score_mode, clip.device_name(), VERIFY_CODE_VERSION)
-    key = config_key(bootstrap_clip.version, data_version(unlabeled_images), *scoring)
+    verifier_version = verifier.identity(bootstrap_clip.version)
+    key = config_key(verifier_version, data_version(unlabeled_images), *scoring)
     scored, chunks = run_in_chunks(
         store.get(),
         "verified_pairs_scores",
         key,
-        pl.concat([sampled_responses, hallucinated_negatives]),
+        responses,
         config.chunk_size,
         lambda chunk: score_responses(chunk, score),
         context.log.info,
@@ -105,6 +135,8 @@ def verified_pairs(
         **counts,
         **rates,
         margin=config.margin,
+        verifier=verifier_version if verifier.model == BOOTSTRAP else f"{verifier_version} ({verifier.model})",
+        texts_past_verifier_context=cut,
         mean_score_chosen=float(pairs["score_chosen"].mean()),
         mean_score_rejected=float(pairs["score_rejected"].mean()),
         scored_responses=scored.height,

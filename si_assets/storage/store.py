@@ -64,14 +64,25 @@ def table_bytes(df: pl.DataFrame) -> bytes:
     return buf.getvalue()
 
 
+def _update_with_file(digest, file: Path) -> None:
+    with open(file, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+
+
+def file_hash(file: Path) -> str:
+    """sha256 of a file's content, read in blocks (weights files run to gigabytes)."""
+    digest = hashlib.sha256()
+    _update_with_file(digest, file)
+    return digest.hexdigest()
+
+
 def directory_hash(path: Path) -> str:
     """Hash of relative file names and contents, in sorted order: the same files give the same hash."""
     digest = hashlib.sha256()
     for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
         digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        with open(file, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
+        _update_with_file(digest, file)
         digest.update(b"\0")
     return digest.hexdigest()
 

@@ -10,6 +10,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -24,6 +25,7 @@ from safetensors.torch import save_file
 
 from si_assets.modeling.schedule import warmup_cosine_scheduler
 from si_assets.progress import progress
+from si_assets.storage.store import directory_hash, file_hash
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
@@ -172,6 +174,47 @@ def load_clip(source: str, pretrained: str | None = None, device: str = "cpu"):
     return model, preprocess, open_clip.get_tokenizer(source)
 
 
+BOOTSTRAP = "bootstrap"
+
+
+@dataclass(frozen=True)
+class VerifierSource:
+    """Which CLIP judges the pairs: the bootstrap CLIP, an open_clip model name with a pretrained tag (from the hub
+    or its cache) or a local weights file, or a folder holding open_clip_config.json + weights."""
+
+    model: str = BOOTSTRAP
+    pretrained: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.model == BOOTSTRAP and self.pretrained:
+            raise ValueError("the bootstrap CLIP takes no `pretrained`; name an open_clip model to use one")
+        if self.model not in (BOOTSTRAP, *open_clip.list_models()) and not Path(self.model).is_dir():
+            raise ValueError(
+                f"verifier {self.model!r} is neither 'bootstrap', an open_clip model name (open_clip.list_models(), "
+                "e.g. 'ViT-L-14') nor a folder with open_clip_config.json"
+            )
+        if self.pretrained and _is_path(self.pretrained) and not Path(self.pretrained).is_file():
+            raise ValueError(f"verifier weights file {self.pretrained!r} does not exist")
+
+    def load_args(self, bootstrap_dir: Path) -> tuple[str, str | None]:
+        """(model, pretrained) for `load_clip`."""
+        return (str(bootstrap_dir), None) if self.model == BOOTSTRAP else (self.model, self.pretrained)
+
+    def identity(self, bootstrap_version: str) -> str:
+        """What the scores depend on: a content hash for local weights, the name and tag for published ones."""
+        if self.model == BOOTSTRAP:
+            return bootstrap_version
+        if Path(self.model).is_dir():
+            return f"dir:{directory_hash(Path(self.model))[:16]}"
+        if self.pretrained and Path(self.pretrained).is_file():
+            return f"{self.model}:file:{file_hash(Path(self.pretrained))[:16]}"
+        return f"{self.model}:{self.pretrained}"
+
+
+def _is_path(text: str) -> bool:
+    return "/" in text or text.endswith((".safetensors", ".bin", ".pt", ".pth"))
+
+
 def split_sentences(text: str) -> list[str]:
     parts = [s.strip() for s in _SENTENCE_END.split(text.strip()) if s.strip()]
     return parts or [text.strip()]
@@ -199,6 +242,20 @@ class ClipScorer:
             tokens = self.tokenizer(list(texts[start : start + self.batch_size]))  # truncates to context
             out.append(F.normalize(self.model.encode_text(tokens.to(self.device)), dim=-1))
         return torch.cat(out)
+
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self.tokenizer, "context_length", 77))
+
+    def token_count(self, text: str) -> int:
+        """Tokens CLIP's text tower would read, start and end tokens included, before its cut."""
+        if hasattr(self.tokenizer, "encode"):
+            return len(self.tokenizer.encode(text)) + 2
+        return len(self.tokenizer.tokenizer(text)["input_ids"])  # open_clip's HF tokenizer wrapper
+
+    def scored_texts(self, texts: Sequence[str], mode: ScoreMode) -> list[str]:
+        """What the text tower reads for `texts` in `mode`: whole texts, or their sentences."""
+        return list(texts) if mode == "truncate" else [s for t in texts for s in split_sentences(t)]
 
     def score(
         self, image_embeddings: torch.Tensor, texts: Sequence[str], mode: ScoreMode = "sentence_mean"

@@ -25,17 +25,11 @@ os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 import dagster as dg  # noqa: E402
 
 from resources import ArtifactStoreResource, ClipVerifier, ComputeDevice, VisionLanguageModels  # noqa: E402
-from si_assets.assets.collection import (  # noqa: E402
-    ImagePoolConfig,
-    SamplingConfig,
-    SeedConfig,
-    collected_responses,
-    seed_checkpoint,
-    unlabeled_images,
-)
+from si_assets.assets.collection import ImagePoolConfig, SeedConfig, seed_checkpoint, unlabeled_images  # noqa: E402
 from si_assets.assets.evaluation import EvalConfig, eval_scores  # noqa: E402
 from si_assets.assets.optimization import TrainingConfig, trained_model  # noqa: E402
 from si_assets.assets.organization import VerificationConfig, verified_pairs  # noqa: E402
+from si_assets.assets.sampling import SamplingConfig, merge_shards  # noqa: E402
 from si_assets.automation.runner import run_bootstrap, run_round  # noqa: E402
 from si_assets.definitions import build_definitions, build_resources  # noqa: E402
 
@@ -79,10 +73,10 @@ def direct(source: Path, seed: int) -> float:
     context = dg.build_asset_context(partition_key=ROUND, instance=instance)
 
     started = time.perf_counter()
-    start = seed_checkpoint(context, SeedConfig(), store, bootstrap_seed).value
+    start = seed_checkpoint(context, SeedConfig(), models, store, bootstrap_seed).value
     images = first(unlabeled_images(context, ImagePoolConfig(), models, store, start, world_improve))
-    sampling = SamplingConfig(seed=seed)
-    sampled, negatives = (o.value for o in list(collected_responses(context, sampling, models, store, start, images)))
+    sampling = SamplingConfig(seed=seed)  # one shard: the merge step decodes every chunk itself
+    sampled, negatives = (o.value for o in list(merge_shards(context, sampling, models, store, start, images, [])))
     pairs = first(
         verified_pairs(context, VerificationConfig(), clip, store, bootstrap_clip, sampled, negatives, images)
     )

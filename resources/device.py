@@ -25,6 +25,13 @@ class ComputeDevice(dg.ConfigurableResource):
             raise RuntimeError(f"device={self.device!r} was configured but CUDA is not available; use 'auto' or 'cpu'")
         return torch.device(self.device)
 
+    def shard_device(self, shard: int) -> torch.device:
+        """Shard k of a parallel step on GPU k mod the GPU count (one GPU per pool slot); else the device."""
+        device = self.torch_device()
+        if device.type == "cuda" and device.index is None and torch.cuda.device_count() > 1:
+            return torch.device("cuda", shard % torch.cuda.device_count())
+        return device
+
     def torch_dtype(self) -> torch.dtype:
         device = self.torch_device()
         if self.dtype == "auto":

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import dagster as dg
+import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from resources.device import ComputeDevice
@@ -20,14 +21,15 @@ class VisionLanguageModels(dg.ConfigurableResource):
     def load_processor(self, source: str | Path):
         return AutoProcessor.from_pretrained(str(source), trust_remote_code=self.trust_remote_code)
 
-    def load(self, source: str | Path):
+    def load(self, source: str | Path, device: torch.device | None = None):
+        """(model, processor) on `device` (default: the compute device), in eval mode."""
         processor = self.load_processor(source)
         model = AutoModelForImageTextToText.from_pretrained(
             str(source),
             dtype=self.compute.torch_dtype(),
             use_safetensors=True,
             trust_remote_code=self.trust_remote_code,
-        ).to(self.compute.torch_device())
+        ).to(device or self.compute.torch_device())
         model.eval()
         return model, processor
 

@@ -15,7 +15,8 @@ from resources import (
     VisionLanguageModels,
     lakefs_store_from_env,
 )
-from si_assets.assets import bootstrap, collection, evaluation, optimization, organization, world
+from si_assets.assets import bootstrap, collection, evaluation, optimization, organization, sampling, world
+from si_assets.assets.common import STEP_IO_MANAGER
 from si_assets.automation import (
     automation_sensor,
     bootstrap_job,
@@ -24,7 +25,9 @@ from si_assets.automation import (
     new_images_sensor,
 )
 
-all_assets = dg.load_assets_from_modules([world, bootstrap, collection, organization, optimization, evaluation])
+all_assets = dg.load_assets_from_modules(
+    [world, bootstrap, collection, sampling, organization, optimization, evaluation]
+)
 
 
 def build_resources(store_root: str | None = None, device: str = "auto") -> dict:
@@ -39,6 +42,8 @@ def build_resources(store_root: str | None = None, device: str = "auto") -> dict
         store = ArtifactStoreResource()
     return {
         "io_manager": ContentAddressedIOManager(store=store),
+        # Dagster's own pickling IO manager, under the instance's storage folder; clusters configure a shared one.
+        STEP_IO_MANAGER: dg.FilesystemIOManager(),
         "store": store,
         "compute": compute,
         "models": VisionLanguageModels(compute=compute),

@@ -2,6 +2,7 @@
 the champion pointer, automation after a margin change, the rounds summary."""
 
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from resources import ArtifactStoreResource
+from resources import ArtifactStoreResource, ComputeDevice, VisionLanguageModels
 from si_assets.assets.collection import SeedConfig, seed_checkpoint
 from si_assets.automation.runner import refresh_summary, run_bootstrap, run_round
 from si_assets.definitions import build_definitions, build_resources, defs
@@ -299,16 +300,15 @@ def test_code_location_validates(command: list[str], tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
 
-def test_seed_checkpoint_takes_a_configured_base_until_a_round_promotes(tmp_path: Path) -> None:
-    base, bootstrap = tmp_path / "base", tmp_path / "bootstrap"
-    for folder in (base, bootstrap):
-        folder.mkdir()
-        (folder / "config.json").write_text(folder.name)
+def test_seed_checkpoint_takes_a_configured_base_until_a_round_promotes(tmp_path: Path, tiny_llava_dir: Path) -> None:
+    base, bootstrap = tmp_path / "base", tiny_llava_dir
+    shutil.copytree(tiny_llava_dir, base)
     store = ArtifactStoreResource(root=str(tmp_path / "store"))
+    models = VisionLanguageModels(compute=ComputeDevice(device="cpu"))
     context = dg.build_asset_context(partition_key="round-0001")
-    out = seed_checkpoint(context, SeedConfig(base=str(base)), store, Checkpoint(bootstrap))
+    out = seed_checkpoint(context, SeedConfig(base=str(base)), models, store, Checkpoint(bootstrap))
     assert out.value.path == base and out.metadata["source"].value == f"base: {base}"
-    out = seed_checkpoint(context, SeedConfig(), store, Checkpoint(bootstrap))
+    out = seed_checkpoint(context, SeedConfig(), models, store, Checkpoint(bootstrap))
     assert out.value.path == bootstrap and out.metadata["source"].value == "base: bootstrap_seed_model"
-    with pytest.raises(dg.Failure, match="is not a folder"):
-        seed_checkpoint(context, SeedConfig(base="org/some-hub-model"), store, Checkpoint(bootstrap))
+    with pytest.raises(dg.Failure, match="'org/some-hub-model' is not in the Hugging Face cache"):
+        seed_checkpoint(context, SeedConfig(base="org/some-hub-model"), models, store, Checkpoint(bootstrap))

@@ -4,7 +4,7 @@ import dagster as dg
 import polars as pl
 
 from resources import ArtifactStoreResource
-from si_assets.assets.common import BOOTSTRAP, consumed, markdown_table, versioned
+from si_assets.assets.common import BOOTSTRAP, GPU_POOL, GPU_STEP_TAGS, consumed, markdown_table, versioned
 from si_assets.modeling.bootstrap import train_seed_model
 from si_assets.modeling.sft import SFTConfig
 from si_assets.modeling.tiny_vlm import TinyVLMSpec
@@ -37,7 +37,7 @@ class ClipBootstrapConfig(dg.Config, ClipTrainConfig):
     retrieval_candidates: int = 50
 
 
-@dg.asset(group_name=BOOTSTRAP, code_version=SEED_CODE_VERSION)
+@dg.asset(group_name=BOOTSTRAP, code_version=SEED_CODE_VERSION, pool=GPU_POOL, op_tags=GPU_STEP_TAGS)
 def bootstrap_seed_model(
     context: dg.AssetExecutionContext,
     config: SeedBootstrapConfig,
@@ -84,7 +84,7 @@ def bootstrap_seed_model(
     )
 
 
-@dg.asset(group_name=BOOTSTRAP, code_version=CLIP_CODE_VERSION)
+@dg.asset(group_name=BOOTSTRAP, code_version=CLIP_CODE_VERSION, pool=GPU_POOL, op_tags=GPU_STEP_TAGS)
 def bootstrap_clip(
     context: dg.AssetExecutionContext,
     config: ClipBootstrapConfig,

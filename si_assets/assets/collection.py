@@ -1,8 +1,5 @@
 """Collection stage: the images of the round and the model that captions them."""
 
-import json
-import time
-from dataclasses import asdict
 from typing import Literal
 
 import dagster as dg
@@ -15,23 +12,16 @@ from si_assets.assets.common import (
     COLLECTION,
     ROUNDS,
     consumed,
-    data_version,
     preflight,
     preview,
-    round_seed_of,
     versioned,
 )
 from si_assets.collection.images import build_pool, folder_entries, manifest_entries, world_pool
-from si_assets.collection.sampling import NEGATIVE, POSITIVE, HallucinationRatios, decode_plan, plan_requests
 from si_assets.collection.validation import InputLimits
 from si_assets.modeling.chat import patch_size, prompt_token_counter
-from si_assets.modeling.mixed_decoding import MixSpace, SamplerSettings
-from si_assets.modeling.preflight import model_runs_without_image
 from si_assets.modeling.sources import resolve_model
 from si_assets.rounds import ChampionRegistry
 from si_assets.storage import Checkpoint
-from si_assets.storage.chunks import run_in_chunks
-from si_assets.storage.memo import config_key
 from si_assets.world import CAPTION_PROMPTS, decode_png
 
 
@@ -135,96 +125,6 @@ def seed_checkpoint(
         report = models.preflight(checkpoint.path)
     context.log.info(f"{context.partition_key} starts from {checkpoint.version} ({origin['source']}); {report}")
     return versioned(checkpoint, **origin, **report.metadata(), **consumed(seed=checkpoint))
-
-
-DECODER_CODE_VERSION = "collect-3"
-
-
-class SamplingConfig(dg.Config):
-    """How responses are decoded: p_mix = (1-h)·p_img + h·p_txt, h_pos ~ N(mu_pos, sd_pos) for positives,
-    h_neg ~ N(mu_neg, sd_neg) for negatives; negative k shares positive k's sampler seed."""
-
-    n_samples: int = Field(8, ge=1, description="positives per image; CLIP picks the chosen one (1 = literal recipe)")
-    n_negatives: int = Field(4, ge=1, description="negatives per image; CLIP picks the rejected one")
-    mu_pos: float = 0.0
-    sd_pos: float = 0.05
-    mu_neg: float = 0.35
-    sd_neg: float = 0.1
-    temperature: float = 0.7
-    top_p: float = 1.0
-    max_new_tokens: int = 32
-    mix_space: MixSpace = "probs"
-    seed: int = 0
-    batch_size: int = Field(64, ge=1, description="requests per generate call (each is two rows)")
-    chunk_size: int = Field(1024, ge=1, description="requests per stored chunk: a killed run resumes after the last")
-
-
-@dg.multi_asset(
-    outs={
-        "sampled_responses": dg.AssetOut(
-            group_name=COLLECTION, description="Positive (low-h) responses: image id, prompt, response, h, seed."
-        ),
-        "hallucinated_negatives": dg.AssetOut(
-            group_name=COLLECTION,
-            description="Controlled-hallucination negatives (h above their positive's), seed-matched.",
-        ),
-    },
-    code_version=DECODER_CODE_VERSION,
-    partitions_def=ROUNDS,
-)
-def collected_responses(
-    context: dg.AssetExecutionContext,
-    config: SamplingConfig,
-    models: VisionLanguageModels,
-    store: ArtifactStoreResource,
-    seed_checkpoint: Checkpoint,
-    unlabeled_images: pl.DataFrame,
-):
-    """Both sides of every pair come from one decoding pass, so positive k and negative k share a batch,
-    a seed and the sampler settings, and differ only in h."""
-    ratios = HallucinationRatios(config.mu_pos, config.sd_pos, config.mu_neg, config.sd_neg)
-    settings = SamplerSettings(config.temperature, config.top_p, config.max_new_tokens, config.mix_space)
-    seed = round_seed_of(context, config.seed)
-    plan = plan_requests(unlabeled_images, config.n_samples, config.n_negatives, ratios, seed)
-    image_by_id = decode_images(unlabeled_images)
-    model, processor = models.load(seed_checkpoint.path)
-    with preflight("collected_responses"):
-        model_runs_without_image(model, processor)
-    started = time.perf_counter()
-
-    def decode(chunk: pl.DataFrame) -> pl.DataFrame:
-        version, batch = seed_checkpoint.version, config.batch_size
-        return decode_plan(model, processor, chunk, image_by_id, settings, version, batch, context.log.info)
-
-    # Everything a chunk's responses depend on besides its own rows (which name the chunk).
-    key = config_key(
-        seed_checkpoint.version,
-        data_version(unlabeled_images),
-        json.dumps(asdict(settings)),
-        f"{model.device.type}/{model.dtype}/batch{config.batch_size}",
-        DECODER_CODE_VERSION,
-    )
-    responses, chunks = run_in_chunks(
-        store.get(), "collected_responses", key, plan, config.chunk_size, decode, context.log.info
-    )
-    seconds = time.perf_counter() - started
-    for name, role in (("sampled_responses", POSITIVE), ("hallucinated_negatives", NEGATIVE)):
-        table = responses.filter(pl.col("role") == role)
-        yield versioned(
-            table,
-            output_name=name,
-            rows=table.height,
-            mean_h=float(table["h"].mean()),
-            mean_words=float(table["response"].str.split(" ").list.len().mean()),
-            empty_responses=table.filter(pl.col("response").str.strip_chars() == "").height,
-            sampling_seed=seed,
-            decode_seconds=seconds,
-            chunks=chunks.chunks,
-            chunks_reused=chunks.reused,
-            **({"responses_per_second": responses.height / seconds} if not chunks.reused else {}),
-            preview=preview(table.select("image_id", "prompt", "sample", "h", "response")),
-            **consumed(seed_checkpoint=seed_checkpoint, unlabeled_images=unlabeled_images),
-        )
 
 
 def decode_images(images: pl.DataFrame) -> dict[str, Image.Image]:

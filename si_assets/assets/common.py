@@ -23,6 +23,14 @@ WORLD, BOOTSTRAP, COLLECTION, ORGANIZATION, OPTIMIZATION, EVALUATION = (
 
 PROMOTION_GATE = "promotion_gate"
 
+# Steps that hold a model on the accelerator take a slot of the `gpu` concurrency pool, so two of them never share
+# one GPU (the pool's limit is the GPU count: `dagster instance concurrency set gpu N`); with dagster-celery they
+# go to the workers of the `gpu` queue. Elsewhere the tag is inert.
+GPU_POOL = "gpu"
+GPU_STEP_TAGS = {"dagster-celery/queue": "gpu"}
+# Small values passed between the ops inside a graph-backed asset (shard numbers, shard summaries).
+STEP_IO_MANAGER = "step_io_manager"
+
 # Rounds are dynamic partitions (`round-0001`, ...): a schedule or a sensor adds the next one.
 ROUNDS = dg.DynamicPartitionsDefinition(name="rounds")
 

@@ -11,6 +11,8 @@ from pydantic import Field
 from resources import ArtifactStoreResource, VisionLanguageModels
 from si_assets.assets.common import (
     EVALUATION,
+    GPU_POOL,
+    GPU_STEP_TAGS,
     PROMOTION_GATE,
     ROUND_AUTOMATION,
     ROUNDS,
@@ -93,6 +95,8 @@ def column(table: pl.DataFrame, model: str) -> dict[str, float]:
     code_version=EVAL_CODE_VERSION,
     partitions_def=ROUNDS,
     automation_condition=ROUND_AUTOMATION,
+    pool=GPU_POOL,
+    op_tags=GPU_STEP_TAGS,
     check_specs=[
         dg.AssetCheckSpec(
             PROMOTION_GATE,

@@ -10,6 +10,8 @@ from pydantic import Field
 from resources import ArtifactStoreResource, VisionLanguageModels
 from si_assets.assets.collection import decode_images
 from si_assets.assets.common import (
+    GPU_POOL,
+    GPU_STEP_TAGS,
     OPTIMIZATION,
     ROUND_AUTOMATION,
     ROUNDS,
@@ -43,7 +45,14 @@ class TrainingConfig(dg.Config, DPOSettings):
     )
 
 
-@dg.asset(group_name=OPTIMIZATION, code_version="train-2", partitions_def=ROUNDS, automation_condition=ROUND_AUTOMATION)
+@dg.asset(
+    group_name=OPTIMIZATION,
+    code_version="train-2",
+    partitions_def=ROUNDS,
+    automation_condition=ROUND_AUTOMATION,
+    pool=GPU_POOL,
+    op_tags=GPU_STEP_TAGS,
+)
 def trained_model(
     context: dg.AssetExecutionContext,
     config: TrainingConfig,

@@ -11,6 +11,8 @@ from pydantic import Field
 from resources import ArtifactStoreResource, ClipVerifier
 from si_assets.assets.collection import decode_images
 from si_assets.assets.common import (
+    GPU_POOL,
+    GPU_STEP_TAGS,
     ORGANIZATION,
     ROUND_AUTOMATION,
     ROUNDS,
@@ -61,7 +63,11 @@ class VerificationConfig(dg.Config):
         None, description="with a model name: a pretrained tag (e.g. 'openai'; hub or its cache) or a weights file"
     )
     max_cut_share: float = Field(
-        0.0, ge=0, le=1, description="share of scored texts allowed past the verifier's context (pre-flight check)"
+        0.02,
+        ge=0,
+        le=1,
+        description="share of scored texts allowed past the verifier's context (pre-flight check): a few rambling "
+        "responses are tolerated, a systematic cut is not",
     )
 
     def verifier_source(self) -> VerifierSource:
@@ -76,6 +82,8 @@ class VerificationConfig(dg.Config):
     code_version=VERIFY_CODE_VERSION,
     partitions_def=ROUNDS,
     automation_condition=ROUND_AUTOMATION,
+    pool=GPU_POOL,
+    op_tags=GPU_STEP_TAGS,
     check_specs=[
         dg.AssetCheckSpec(
             "reverse_rate", asset="verified_pairs", partitions_def=ROUNDS, description="CLIP reversed too many pairs"

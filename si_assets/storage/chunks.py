@@ -17,6 +17,25 @@ from si_assets.storage.store import ArtifactStore, content_hash
 
 
 @dataclass(frozen=True)
+class Shard:
+    """Shard `index` of `count` owns every `count`-th chunk from `index`: shards split the same chunk list, so
+    their outputs are the unsharded run's chunks, whichever process computes them."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"shard {self.index} of {self.count} does not exist")
+
+    def owns(self, chunk: int) -> bool:
+        return chunk % self.count == self.index
+
+
+WHOLE = Shard()  # every chunk
+
+
+@dataclass(frozen=True)
 class ChunkStats:
     chunks: int
     computed: int
@@ -31,17 +50,19 @@ def run_in_chunks(
     rows_per_chunk: int,
     compute: Callable[[pl.DataFrame], pl.DataFrame],
     log: Callable[[str], None] | None = None,
+    shard: Shard = WHOLE,
 ) -> tuple[pl.DataFrame, ChunkStats]:
-    """`compute` over `work` in slices of `rows_per_chunk` rows, in order; outputs concatenated in that order."""
+    """`compute` over `work` in slices of `rows_per_chunk` rows, in order; outputs concatenated in that order.
+    With a `shard`, only the chunks it owns."""
     if rows_per_chunk < 1:
         raise ValueError(f"rows_per_chunk must be >= 1, got {rows_per_chunk}")
-    if work.height == 0:
-        return compute(work), ChunkStats(0, 0, 0)
+    if work.height == 0 or not any(shard.owns(i) for i in range(-(-work.height // rows_per_chunk))):
+        return compute(work.clear()), ChunkStats(0, 0, 0)
     folder = f"_chunks/{step}/{key}"
-    slices = list(work.iter_slices(rows_per_chunk))
+    slices = [(i, chunk) for i, chunk in enumerate(work.iter_slices(rows_per_chunk)) if shard.owns(i)]
     parts, computed = [], 0
     with progress(len(slices), f"{step} chunks", log) as bar:
-        for index, chunk in enumerate(slices):
+        for index, chunk in slices:
             name = f"{index:06d}-{content_hash(chunk)[:16]}"
             done = store.read_part(folder, name)
             if done is None:

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import dagster as dg
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from resources.device import ComputeDevice
+from si_assets.modeling.loading import load_checkpoint, load_processor
 from si_assets.modeling.preflight import CheckpointReport, check_checkpoint
 from si_assets.verifier.clip import ClipScorer, load_clip
 
@@ -19,19 +19,12 @@ class VisionLanguageModels(dg.ConfigurableResource):
     trust_remote_code: bool = False
 
     def load_processor(self, source: str | Path):
-        return AutoProcessor.from_pretrained(str(source), trust_remote_code=self.trust_remote_code)
+        return load_processor(source, self.trust_remote_code)
 
     def load(self, source: str | Path, device: torch.device | None = None):
         """(model, processor) on `device` (default: the compute device), in eval mode."""
-        processor = self.load_processor(source)
-        model = AutoModelForImageTextToText.from_pretrained(
-            str(source),
-            dtype=self.compute.torch_dtype(),
-            use_safetensors=True,
-            trust_remote_code=self.trust_remote_code,
-        ).to(device or self.compute.torch_device())
-        model.eval()
-        return model, processor
+        device = device or self.compute.torch_device()
+        return load_checkpoint(source, device, self.compute.torch_dtype(), self.trust_remote_code)
 
     def preflight(self, source: str | Path) -> CheckpointReport:
         """The checks that need only the checkpoint's files, against this device and dtype."""

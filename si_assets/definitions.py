@@ -24,6 +24,7 @@ from si_assets.automation import (
     improvement_round_schedule,
     new_images_sensor,
 )
+from si_assets.automation.executors import executor_from_env
 
 all_assets = dg.load_assets_from_modules(
     [world, bootstrap, collection, sampling, organization, optimization, evaluation]
@@ -44,6 +45,7 @@ def build_resources(store_root: str | None = None, device: str = "auto") -> dict
         "io_manager": ContentAddressedIOManager(store=store),
         # Dagster's own pickling IO manager, under the instance's storage folder; clusters configure a shared one.
         STEP_IO_MANAGER: dg.FilesystemIOManager(),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),  # torchrun workers of distributed DPO
         "store": store,
         "compute": compute,
         "models": VisionLanguageModels(compute=compute),
@@ -59,8 +61,9 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
         schedules=[improvement_round_schedule],
         sensors=[new_images_sensor, automation_sensor],
         resources=resources or build_resources(),
-        # A handful of heavy steps: a process per step costs more than it buys (also for automation's runs).
-        executor=dg.in_process_executor,
+        # Default in-process: a handful of heavy steps, where a process per step costs more than it buys (also for
+        # automation's runs). SI_EXECUTOR picks processes, Kubernetes or Celery (README: "Scale out").
+        executor=executor_from_env(all_assets),
     )
 
 

@@ -22,6 +22,7 @@ from si_assets.assets.common import (
     versioned,
 )
 from si_assets.modeling.preflight import image_tokens_fit
+from si_assets.optimization.distributed import prepare_job, result_of, torchrun_command
 from si_assets.optimization.dpo import (
     DPOSettings,
     compute_reference,
@@ -43,6 +44,12 @@ class TrainingConfig(dg.Config, DPOSettings):
     optimization: Literal["dpo", "self_sft"] = Field(
         "dpo", description="'self_sft': SFT on the seed's own greedy captions, same trainer and epochs (baseline)"
     )
+    launcher: Literal["in_process", "torchrun"] = Field(
+        "in_process",
+        description="'torchrun': data-parallel training in `processes` worker processes launched through Dagster "
+        "Pipes (one per GPU; gloo on CPU); the global batch stays `batch_size`",
+    )
+    processes: int = Field(2, ge=1, description="torchrun workers, with launcher 'torchrun'")
 
 
 @dg.asset(
@@ -61,11 +68,12 @@ def trained_model(
     seed_checkpoint: Checkpoint,
     verified_pairs: pl.DataFrame,
     unlabeled_images: pl.DataFrame,
+    pipes_subprocess_client: dg.PipesSubprocessClient,
 ) -> dg.Output[Checkpoint]:
     """The seed plus a DPO-trained LoRA adapter, merged (loads with plain `from_pretrained`); the adapter
     alone sits in `adapter/`. Reference log-probs are computed once per (seed, pairs, length settings)."""
     artifact_store = store.get()
-    settings = DPOSettings(**config.model_dump(exclude={"optimization"}))
+    settings = DPOSettings(**config.model_dump(exclude={"optimization", "launcher", "processes"}))
     settings = settings.model_copy(update={"seed": round_seed_of(context, config.seed)})
     if config.optimization == "self_sft":
         settings = settings.model_copy(update={"objective": "sft"})
@@ -92,16 +100,42 @@ def trained_model(
     cache_key = config_key(
         seed_checkpoint.version, str(settings.max_length), str(settings.ld_alpha), REFERENCE_CODE_VERSION
     )
+    merged = artifact_store.staging_dir()
     try:  # the trainer's scratch folder goes, whether training succeeds or not
         ref = cached_reference(artifact_store, cache_key, pairs, reference)
         context.log.info(f"reference log-probs: {ref.computed} pairs computed, {ref.reused} from the cache")
-        peft_model, _, result = train_dpo(
-            model, processor, pairs, image_by_id, settings, work / "trainer", reference=ref.table, log=context.log.info
-        )
+        if config.launcher == "torchrun":
+            del model  # the workers load their own copies
+            job = prepare_job(
+                seed_checkpoint.path,
+                pairs,
+                unlabeled_images,
+                ref.table,
+                settings,
+                config.processes,
+                merged,
+                work / "distributed",
+                models.compute.torch_device(),
+                models.compute.torch_dtype(),
+                models.trust_remote_code,
+            )
+            invocation = pipes_subprocess_client.run(
+                command=torchrun_command(job, config.processes), context=context.op_execution_context
+            )
+            report = invocation.get_custom_messages()[-1]
+            result = result_of(report)
+            distributed = {"world_size": report["world_size"], "backend": report["backend"]}
+        else:
+            peft_model, _, result = train_dpo(
+                model, processor, pairs, image_by_id, settings, work / "trainer", ref.table, context.log.info
+            )
+            save_trained(peft_model, processor, merged, merged / "adapter")
+            distributed = {}
+    except BaseException:
+        shutil.rmtree(merged, ignore_errors=True)
+        raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    merged = artifact_store.staging_dir()
-    save_trained(peft_model, processor, merged, merged / "adapter")
     curve = result.curve_table()
     return versioned(
         Checkpoint(merged),
@@ -113,6 +147,8 @@ def trained_model(
         reference_pairs_computed=ref.computed,
         reference_pairs_reused=ref.reused,
         training_seed=settings.seed,
+        launcher=config.launcher,
+        **distributed,
         training_curve=dg.MetadataValue.md(markdown_table(curve) if curve.height else "(no log entries)"),
         **consumed(seed_checkpoint=seed_checkpoint, verified_pairs=verified_pairs, unlabeled_images=unlabeled_images),
     )

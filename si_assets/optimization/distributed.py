@@ -23,7 +23,7 @@ import torch.distributed as dist
 from dagster_pipes import PipesContext, open_dagster_pipes
 
 from si_assets.modeling.loading import load_checkpoint
-from si_assets.optimization.dpo import DPOSettings, save_trained, train_dpo
+from si_assets.optimization.dpo import DPOResult, DPOSettings, save_trained, train_dpo
 from si_assets.world import decode_png
 
 
@@ -49,6 +49,59 @@ class DistributedJob:
     @classmethod
     def read(cls, path: str | Path) -> DistributedJob:
         return cls(**json.loads(Path(path).read_text()))
+
+
+def torchrun_command(job_file: Path, processes: int) -> list[str]:
+    """One node, `processes` workers, a free rendezvous port (`--standalone`)."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes=1",
+        f"--nproc-per-node={processes}",
+        "-m",
+        "si_assets.optimization.distributed",
+        str(job_file),
+    ]
+
+
+def prepare_job(
+    checkpoint: Path,
+    pairs: pl.DataFrame,
+    images: pl.DataFrame,
+    reference: pl.DataFrame,
+    settings: DPOSettings,
+    processes: int,
+    output: Path,
+    work_dir: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    trust_remote_code: bool = False,
+) -> Path:
+    """Writes the inputs every rank reads and the job file; the per-process batch keeps the global batch size."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    pairs.write_parquet(work_dir / "pairs.parquet")
+    images.select("id", "image_png").write_parquet(work_dir / "images.parquet")
+    reference.write_parquet(work_dir / "reference.parquet")
+    per_process = settings.model_copy(update={"batch_size": max(1, settings.batch_size // processes)})
+    job = DistributedJob(
+        checkpoint=str(checkpoint),
+        pairs=str(work_dir / "pairs.parquet"),
+        images=str(work_dir / "images.parquet"),
+        reference=str(work_dir / "reference.parquet"),
+        settings=per_process.model_dump(),
+        output=str(output),
+        work_dir=str(work_dir / "trainer"),
+        device=device.type,
+        dtype=str(dtype).removeprefix("torch."),
+        trust_remote_code=trust_remote_code,
+    )
+    return job.write(work_dir / "job.json")
+
+
+def result_of(message: dict) -> DPOResult:
+    return DPOResult(message["seconds"], message["steps"], message["curve"], reference_computed=False)
 
 
 @contextmanager
@@ -84,6 +137,7 @@ def run(job: DistributedJob, pipes: PipesContext | None) -> dict:
     world_size = dist.get_world_size() if dist.is_initialized() else 1
     backend = dist.get_backend() if dist.is_initialized() else "none"
     if pipes is not None:
+        pipes.log.info(f"DPO on {world_size} processes ({backend}): {result.steps} steps in {result.seconds:.1f}s")
         save_trained(peft_model, processor, Path(job.output), Path(job.output) / "adapter")
     if dist.is_initialized():
         dist.barrier()  # every rank is done before rank 0 reports and the group exits

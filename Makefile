@@ -16,7 +16,7 @@ export DAGSTER_DISABLE_TELEMETRY := 1
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,cluster]'
 	touch $@
 
 venv: $(BIN)/.installed
@@ -31,7 +31,7 @@ test: venv
 	$(BIN)/python -m pytest
 
 ui: venv
-	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/python -c 'from si_assets.demo import prepare_instance; prepare_instance()'
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p $${PORT:-3000}
 
 bench: venv

@@ -31,10 +31,15 @@ all_assets = dg.load_assets_from_modules(
 )
 
 
-def build_resources(store_root: str | None = None, device: str = "auto") -> dict:
+def build_resources(store_root: str | None = None, device: str | None = None) -> dict:
     """The resources of the code location; tests and benchmarks pass their own store folder and device.
-    `SI_STORE_BACKEND=lakefs` puts the artifacts in lakeFS (README: "lakeFS")."""
-    compute = ComputeDevice(device=device)
+    `SI_STORE_BACKEND=lakefs` puts the artifacts in lakeFS (README: "lakeFS"); `SI_DEVICE`, `SI_DTYPE` and
+    `SI_TRUST_REMOTE_CODE=1` set the compute device, the weights' dtype and remote code (README: "Run on your own
+    model and images")."""
+    compute = ComputeDevice(
+        device=device or os.environ.get("SI_DEVICE", "auto"), dtype=os.environ.get("SI_DTYPE", "auto")
+    )
+    remote_code = os.environ.get("SI_TRUST_REMOTE_CODE") == "1"
     if store_root:
         store = ArtifactStoreResource(root=store_root)
     elif os.environ.get("SI_STORE_BACKEND") == "lakefs":
@@ -48,7 +53,7 @@ def build_resources(store_root: str | None = None, device: str = "auto") -> dict
         "pipes_subprocess_client": dg.PipesSubprocessClient(),  # torchrun workers of distributed DPO
         "store": store,
         "compute": compute,
-        "models": VisionLanguageModels(compute=compute),
+        "models": VisionLanguageModels(compute=compute, trust_remote_code=remote_code),
         "clip": ClipVerifier(compute=compute),
         "inbox": ImageInbox(),
     }

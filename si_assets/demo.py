@@ -1,4 +1,5 @@
-"""`make demo` / `make demo-rounds`: the embedded default end to end on a persistent instance.
+"""`make demo` / `make demo-rounds`: the embedded default end to end on a persistent instance (`--config` runs
+the rounds with your own run config instead: model, images, evaluation).
 
 Bootstraps the world and models (reused when unchanged), runs rounds `round-0001` ... `round-000N` (each
 starts from the champion the rounds before it promoted), refreshes the rounds summary and prints the tables.
@@ -14,28 +15,43 @@ import time
 from pathlib import Path
 
 import polars as pl
+import yaml
+
+# Written once into a new DAGSTER_HOME (edit it freely afterwards). The `gpu` pool lets one heavy step hold the
+# accelerator at a time; with N GPUs: `dagster instance concurrency set gpu N`.
+INSTANCE_SETTINGS = "telemetry:\n  enabled: false\nconcurrency:\n  pools:\n    default_limit: 1\n"
 
 
-def _prepare_environment() -> Path:
+def prepare_instance() -> Path:
+    """DAGSTER_HOME (default `.dagster_home`) with its settings; what `make demo` and `make ui` share."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").resolve()))).resolve()
     os.environ["DAGSTER_HOME"] = str(home)
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
+        config.write_text(INSTANCE_SETTINGS)
     return home
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1, help="rounds to run (default 1)")
+    parser.add_argument("--config", type=Path, help="run config (YAML) for every round: your model, images, eval")
     args = parser.parse_args(argv)
-    home = _prepare_environment()
+    run_config = yaml.safe_load(args.config.read_text()) if args.config else {}
+    home = prepare_instance()
     import dagster as dg
 
     from si_assets.assets.evaluation import HEADLINE
-    from si_assets.automation.runner import RoundFailed, refresh_summary, run_bootstrap, run_round, stored_table
+    from si_assets.automation.runner import (
+        RoundFailed,
+        refresh_summary,
+        release_dead_runs,
+        run_bootstrap,
+        run_round,
+        stored_table,
+    )
     from si_assets.definitions import defs
     from si_assets.organization.verification import decision_counts
     from si_assets.rounds import round_key
@@ -50,10 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         tbl_hide_column_data_types=True,
     )
     with dg.DagsterInstance.get() as instance, table_style:
+        for run_id in release_dead_runs(instance):
+            print(f"run {run_id} was left running by a process that is gone: marked failed, its pool slots freed")
         try:
             run_bootstrap(defs, instance)
             for number in range(1, args.rounds + 1):
-                run = run_round(defs, instance, round_key(number))
+                run = run_round(defs, instance, round_key(number), run_config)
                 counts = decision_counts(stored_table(defs, instance, "verified_pairs", run.key))
                 scores = stored_table(defs, instance, "eval_scores", run.key)
                 print(f"\n{run.key}: verified pairs " + ", ".join(f"{n} {d}" for d, n in counts.items()))

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import dagster as dg
 import polars as pl
 import pytest
 
@@ -103,3 +104,28 @@ def test_a_failed_write_leaves_every_earlier_version_readable(tmp_path: Path, mo
     assert store.versions("model", "round-0001") == [model.version]
     assert (store.local_checkpoint(model).path / "model.safetensors").read_bytes() == b"weights"
     assert store.read_pointer("champion") == {"version": model.version}
+
+
+def test_a_run_whose_process_died_gives_back_its_gpu_slot(tmp_path: Path) -> None:
+    """A run killed while holding the `gpu` pool's only slot would block every later run; the demo releases it."""
+    from si_assets.automation.runner import release_dead_runs
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no longer exists
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        instance.event_log_storage.set_concurrency_slots("gpu", 1)
+        dead, alive = (
+            instance.create_run_for_job(dg.GraphDefinition(name=f"job_{n}").to_job(), run_id=None) for n in "ab"
+        )
+        for run, pid in ((dead, gone.pid), (alive, os.getpid())):
+            instance.report_dagster_event(
+                dg.DagsterEvent(dg.DagsterEventType.RUN_START.value, run.job_name, pid=pid), run.run_id
+            )
+        instance.event_log_storage.claim_concurrency_slot("gpu", dead.run_id, "trained_model")
+        assert instance.event_log_storage.get_concurrency_info("gpu").claimed_slots
+
+        assert release_dead_runs(instance) == [dead.run_id]
+        assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.FAILURE
+        assert instance.get_run_by_id(alive.run_id).status == dg.DagsterRunStatus.STARTED  # ours: still alive
+        assert not instance.event_log_storage.get_concurrency_info("gpu").claimed_slots

@@ -3,6 +3,7 @@ benchmarks and the tests share. The daemon-driven path (schedule, sensor) launch
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import dagster as dg
@@ -48,6 +49,32 @@ def run_round(defs: dg.Definitions, instance: dg.DagsterInstance, key: str, run_
     if not result.success and not run.refused:
         raise RoundFailed(f"{key}: run {result.run_id} failed; see its log in the Dagster UI")
     return run
+
+
+def release_dead_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Runs left "started" by a process of this machine that no longer exists (killed, out of memory) are marked
+    failed and their `gpu` pool slots freed, so the next run does not wait for a slot nobody will give back.
+    For a local instance (`make demo`); a cluster's daemon monitors its runs itself."""
+    released = []
+    for run in instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
+        starts = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_START)
+        pid = starts[-1].dagster_event.pid if starts and starts[-1].dagster_event else None
+        if pid is None or _alive(pid):
+            continue
+        instance.report_run_failed(run, f"its process ({pid}) is gone; found by release_dead_runs")
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        released.append(run.run_id)
+    return released
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def stored_table(defs: dg.Definitions, instance: dg.DagsterInstance, asset: str, partition: str | None = None):

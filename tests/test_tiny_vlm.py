@@ -80,3 +80,19 @@ def test_sft_examples_have_image_dropout_and_masked_prompts(small_spec: WorldSpe
         labelled = batch["labels"][row][batch["labels"][row] != -100]
         text = processor.tokenizer.decode(labelled)
         assert text.strip() == examples[row].response + processor.tokenizer.eos_token
+
+
+def test_further_training_continues_from_the_given_weights(small_spec: WorldSpec) -> None:
+    from si_assets.modeling.bootstrap import continue_training, train_seed_model
+    from si_assets.modeling.sft import SFTConfig
+    from si_assets.world.vocabulary import world_vocabulary
+
+    df = generate_split(small_spec, "seed_train")
+    kinds, colours = world_vocabulary(df)
+    sft = SFTConfig(vision_pretrain_steps=2, max_steps=4, batch_size=8, val_size=16, eval_every=2)
+    model, processor, _ = train_seed_model(df, kinds, colours, TinyVLMSpec(), sft)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    result = continue_training(model, processor, df, kinds, sft, extra_steps=6)
+    assert result.steps == 6 and [c["step"] for c in result.curve] == [2, 4, 6]  # no early stop
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert not model.training  # handed back ready for evaluation

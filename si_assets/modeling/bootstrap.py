@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import polars as pl
 import torch
 
-from si_assets.modeling.sft import QA_TEMPLATE, SFTConfig, SFTResult, build_examples, encode_examples, train_sft
+from si_assets.modeling.sft import (
+    QA_TEMPLATE,
+    EncodedExamples,
+    SFTConfig,
+    SFTResult,
+    build_examples,
+    encode_examples,
+    train_sft,
+)
 from si_assets.modeling.tiny_vlm import TinyVLMSpec, build_model, build_processor, build_tokenizer
 from si_assets.modeling.vision_pretrain import multi_hot, pretrain_vision_tower
 from si_assets.world import CAPTION_PROMPTS, decode_png
@@ -19,6 +28,45 @@ def tokenizer_corpus(captions: Sequence[str], kinds: Sequence[str]) -> list[str]
     questions = [QA_TEMPLATE.format(kind=k) for k in kinds]
     frame = ["USER: ASSISTANT:", "yes.", "no."]
     return list(captions) + (list(CAPTION_PROMPTS) + questions + frame) * 50
+
+
+def sft_data(
+    processor, seed_train: pl.DataFrame, kinds: Sequence[str], sft: SFTConfig, rng: np.random.Generator
+) -> tuple[EncodedExamples, EncodedExamples]:
+    """(train, validation) examples: the first `val_size` images are held back, their image-conditioned captions
+    only (the behaviour evaluation measures)."""
+    val_rows, train_rows = seed_train.head(sft.val_size), seed_train.slice(sft.val_size)
+    train = encode_examples(processor, build_examples(train_rows, kinds, sft, rng))
+    val_cfg = sft.model_copy(update={"image_dropout": 0.0, "qa_share": 0.0})
+    return train, encode_examples(processor, build_examples(val_rows, kinds, val_cfg, rng))
+
+
+def continue_training(
+    model,
+    processor,
+    seed_train: pl.DataFrame,
+    kinds: Sequence[str],
+    sft: SFTConfig,
+    extra_steps: int,
+    log: Callable[[str], None] | None = None,
+) -> SFTResult:
+    """A further budget for a trained seed: `extra_steps` more steps on the same data at the learning rate its
+    schedule ended with, no early stopping (the plateau check: a converged seed barely moves)."""
+    rng = np.random.default_rng(sft.seed + 1)  # a new pass over the data, not a replay of the first
+    train, val = sft_data(processor, seed_train, kinds, sft, rng)
+    further = sft.model_copy(
+        update={
+            "lr": sft.lr * sft.min_lr_ratio,
+            "min_lr_ratio": 1.0,
+            "warmup_steps": 0,
+            "max_steps": extra_steps,
+            "patience": extra_steps,  # never stop early
+            "min_improvement": -math.inf,  # keep the last weights, not the best
+            "seed": sft.seed + 1,
+        }
+    )
+    model.train()
+    return train_sft(model, processor, train, val, further, log)
 
 
 def train_seed_model(
@@ -38,7 +86,6 @@ def train_seed_model(
     processor = build_processor(tokenizer, model_spec)
     model = build_model(tokenizer, model_spec)
 
-    val_rows = seed_train.head(sft.val_size)
     train_rows = seed_train.slice(sft.val_size)
     if sft.vision_pretrain_steps:
         pixels = processor.image_processor([decode_png(b) for b in train_rows["image_png"]], return_tensors="pt")[
@@ -50,10 +97,7 @@ def train_seed_model(
         )
         if log:
             log(f"vision pretraining: {stats}")
-    train = encode_examples(processor, build_examples(train_rows, kinds, sft, rng))
-    # Validation: image-conditioned captions only — the behaviour evaluation measures.
-    val_cfg = sft.model_copy(update={"image_dropout": 0.0, "qa_share": 0.0})
-    val = encode_examples(processor, build_examples(val_rows, kinds, val_cfg, rng))
+    train, val = sft_data(processor, seed_train, kinds, sft, rng)
     if log:
         log(
             f"seed SFT: {len(train)} examples, {sum(p is None for p in train.pixel_values)} without image; "

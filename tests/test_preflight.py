@@ -100,7 +100,7 @@ def test_a_model_that_cannot_run_without_an_image(tiny_llava_dir: Path) -> None:
 
 
 def test_a_model_too_large_for_free_memory() -> None:
-    with pytest.raises(PreflightError, match=r"needs about 26000.0 GB on cpu, .* Use `compute.dtype: bfloat16`"):
+    with pytest.raises(PreflightError, match=r"needs about 26000.0 GB on cpu, .* Use SI_DTYPE=bfloat16"):
         preflight.memory(10**13, torch.float16, CPU, headroom=1.3)
 
 
@@ -173,3 +173,9 @@ def test_seed_checkpoint_takes_a_hub_base_and_refuses_a_bad_one(
     ):
         with pytest.raises(dg.Failure, match=message):
             seed_checkpoint(context, SeedConfig(base=base), models, store, bootstrap)
+
+
+def test_more_torchrun_processes_than_gpus() -> None:
+    preflight.processes_fit(4, CPU)  # CPU ranks share the cores
+    with pytest.raises(PreflightError, match=r"4 torchrun processes need as many GPUs, this machine has \d+"):
+        preflight.processes_fit(4 + torch.cuda.device_count(), torch.device("cuda"))

@@ -1,6 +1,7 @@
 """Optimization stage: DPO with a LoRA adapter on the verified pairs (or a configured baseline)."""
 
 import shutil
+from pathlib import Path
 from typing import Literal
 
 import dagster as dg
@@ -21,9 +22,10 @@ from si_assets.assets.common import (
     round_seed_of,
     versioned,
 )
-from si_assets.modeling.preflight import image_tokens_fit
+from si_assets.modeling.preflight import image_tokens_fit, processes_fit
 from si_assets.optimization.distributed import prepare_job, result_of, torchrun_command
 from si_assets.optimization.dpo import (
+    DPOResult,
     DPOSettings,
     compute_reference,
     save_trained,
@@ -50,6 +52,15 @@ class TrainingConfig(dg.Config, DPOSettings):
         "Pipes (one per GPU; gloo on CPU); the global batch stays `batch_size`",
     )
     processes: int = Field(2, ge=1, description="torchrun workers, with launcher 'torchrun'")
+
+
+def train_through_pipes(
+    context: dg.AssetExecutionContext, pipes: dg.PipesSubprocessClient, job: Path, processes: int
+) -> tuple[DPOResult, dict]:
+    """torchrun with `processes` workers on the job file; their rank 0 logs into this run and reports the result."""
+    invocation = pipes.run(command=torchrun_command(job, processes), context=context.op_execution_context)
+    report = invocation.get_custom_messages()[-1]
+    return result_of(report), {"world_size": report["world_size"], "backend": report["backend"]}
 
 
 @dg.asset(
@@ -91,6 +102,8 @@ def trained_model(
             [max(c, r, key=len) for c, r in zip(pairs["chosen"], pairs["rejected"])],
             settings.max_length,
         )
+        if config.launcher == "torchrun":
+            processes_fit(config.processes, models.compute.torch_device())
     work = artifact_store.staging_dir()
 
     def reference(missing: pl.DataFrame) -> pl.DataFrame:
@@ -119,12 +132,7 @@ def trained_model(
                 models.compute.torch_dtype(),
                 models.trust_remote_code,
             )
-            invocation = pipes_subprocess_client.run(
-                command=torchrun_command(job, config.processes), context=context.op_execution_context
-            )
-            report = invocation.get_custom_messages()[-1]
-            result = result_of(report)
-            distributed = {"world_size": report["world_size"], "backend": report["backend"]}
+            result, distributed = train_through_pipes(context, pipes_subprocess_client, job, config.processes)
         else:
             peft_model, _, result = train_dpo(
                 model, processor, pairs, image_by_id, settings, work / "trainer", ref.table, context.log.info

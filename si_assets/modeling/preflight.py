@@ -10,7 +10,8 @@ any compute, and each failure says what to change (Dagster-free).
   the model's forward on it;
 - `memory`: the weights at the configured dtype, with headroom, fit the device's free memory;
 - `image_tokens_fit`: DPO's `max_length` keeps every prompt's image tokens (TRL would cut them);
-- `verifier_text_length`: the verifier reads whole responses (CLIP silently cuts at its context length).
+- `verifier_text_length`: the verifier reads whole responses (CLIP silently cuts at its context length);
+- `processes`: data-parallel DPO on GPUs has a GPU per process.
 """
 
 from __future__ import annotations
@@ -209,8 +210,8 @@ def memory(
         raise PreflightError(
             "memory",
             f"the model ({parameters / 1e9:.2f}B parameters at {dtype}) needs about {required / 1e9:.1f} GB on "
-            f"{device}, {available / 1e9:.1f} GB are free. Use `compute.dtype: bfloat16`, a device with more "
-            "memory, or a smaller model.",
+            f"{device}, {available / 1e9:.1f} GB are free. Use SI_DTYPE=bfloat16 (the compute resource's dtype), "
+            "a device with more memory, or a smaller model.",
         )
     return required, available
 
@@ -268,3 +269,13 @@ def verifier_text_length(
             "use a verifier with a longer context.",
         )
     return len(cut)
+
+
+def processes_fit(processes: int, device: torch.device) -> None:
+    """Data-parallel training puts rank k on GPU k: there must be one per process (CPU ranks share the cores)."""
+    if device.type == "cuda" and processes > torch.cuda.device_count():
+        raise PreflightError(
+            "processes",
+            f"{processes} torchrun processes need as many GPUs, this machine has {torch.cuda.device_count()}; "
+            "lower trained_model.processes",
+        )

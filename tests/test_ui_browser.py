@@ -118,66 +118,82 @@ def ui(tmp_path: Path):
         log.close()
 
 
+def drive(page, url: str, home: Path, tmp_path: Path) -> Path:
+    """What a person does in the UI, step by step; returns the screenshot of `eval_scores`."""
+    from playwright.sync_api import expect
+
+    # The asset graph, every asset in its stage group.
+    page.goto(f"{url}/asset-groups", wait_until="networkidle")
+    page.get_by_role("button", name="Skip").click()  # the community sign-up dialog of a fresh instance
+    for group, assets in GROUPS.items():
+        page.goto(f"{url}/locations/{LOCATION}/asset-groups/{group}", wait_until="networkidle")
+        for asset in assets:
+            expect(page.get_by_text(asset, exact=True).first).to_be_visible()
+
+    # Launch round-0001 from the job page, with the gate opened in the config editor.
+    page.goto(f"{url}/locations/{LOCATION}/jobs/improvement_round", wait_until="networkidle")
+    page.get_by_role("button", name="Materialize all").first.click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_role("button", name="All", exact=True).click()
+    dialog.get_by_text("Config", exact=True).click()
+    dialog.get_by_text("Add config").click()
+    # The config goes in through the editor's own API (CodeMirror 5, as the launchpad uses): clicks and keys
+    # proved racy here, the dialog's floating "Save config" bar lies over the editor on some layouts and the
+    # editor can still be mounting when typing starts.
+    editor = page.locator(".CodeMirror").last
+    expect(editor).to_be_visible()
+    editor.evaluate("(element, text) => element.CodeMirror.setValue(text)", ROUND_CONFIG)
+    expect(editor).to_contain_text("min_precision_gain")
+    page.get_by_role("button", name="Save config").click()
+    dialog.get_by_role("button", name="Launch 1 run").click()
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+
+        def finished_round():
+            runs = instance.get_runs(dg.RunsFilter(job_name="improvement_round"))
+            return runs[0] if runs and runs[0].is_finished else None
+
+        run = wait_until(finished_round, "the round launched from the UI to finish")
+        assert run.status == dg.DagsterRunStatus.SUCCESS, run.status
+        assert run.tags["dagster/partition"] == "round-0001"
+        scores = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("eval_scores"), asset_partitions=["round-0001"]), limit=1
+        ).records[0]
+        metadata = {k: v.value for k, v in scores.asset_materialization.metadata.items()}
+    page.goto(f"{url}/runs/{run.run_id}", wait_until="networkidle")
+    expect(page.get_by_text("Success").first).to_be_visible()
+
+    # The metrics table on eval_scores, as the run recorded it.
+    page.goto(f"{url}/assets/eval_scores", wait_until="networkidle")
+    expect(page.get_by_text("eval_table").first).to_be_visible()
+    table = page.get_by_role("table").filter(has_text="pope_f1").first
+    text = table.inner_text()
+    for metric in ("precision", "recall", "chair_s", "pope_f1"):
+        assert metric in text
+    assert f"{metadata['trained/precision']:.3f}" in text and f"{metadata['seed/recall']:.3f}" in text
+    screenshot = tmp_path / "eval_scores.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    return screenshot
+
+
 def test_ui_shows_the_groups_launches_a_round_and_shows_its_scores(ui, tmp_path: Path, capsys) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import sync_playwright
 
     url, home = ui
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
         page.set_default_timeout(60_000)
-
-        # The asset graph, every asset in its stage group.
-        page.goto(f"{url}/asset-groups", wait_until="networkidle")
-        page.get_by_role("button", name="Skip").click()  # the community sign-up dialog of a fresh instance
-        for group, assets in GROUPS.items():
-            page.goto(f"{url}/locations/{LOCATION}/asset-groups/{group}", wait_until="networkidle")
-            for asset in assets:
-                expect(page.get_by_text(asset, exact=True).first).to_be_visible()
-
-        # Launch round-0001 from the job page, with the gate opened in the config editor.
-        page.goto(f"{url}/locations/{LOCATION}/jobs/improvement_round", wait_until="networkidle")
-        page.get_by_role("button", name="Materialize all").first.click()
-        dialog = page.get_by_role("dialog")
-        dialog.get_by_role("button", name="All", exact=True).click()
-        dialog.get_by_text("Config", exact=True).click()
-        dialog.get_by_text("Add config").click()
-        # Type into the editor's input (CodeMirror's textarea). Focused, not clicked: on some layouts the dialog's
-        # floating "Save config" bar lies over the editor and would take the click.
-        editor = page.locator(".CodeMirror").last
-        editor.locator("textarea").focus()
-        page.keyboard.insert_text(ROUND_CONFIG)
-        expect(editor).to_contain_text("min_precision_gain")
-        page.get_by_role("button", name="Save config").click()
-        dialog.get_by_role("button", name="Launch 1 run").click()
-
-        with dg.DagsterInstance.from_config(str(home)) as instance:
-
-            def finished_round():
-                runs = instance.get_runs(dg.RunsFilter(job_name="improvement_round"))
-                return runs[0] if runs and runs[0].is_finished else None
-
-            run = wait_until(finished_round, "the round launched from the UI to finish")
-            assert run.status == dg.DagsterRunStatus.SUCCESS, run.status
-            assert run.tags["dagster/partition"] == "round-0001"
-            scores = instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=dg.AssetKey("eval_scores"), asset_partitions=["round-0001"]), limit=1
-            ).records[0]
-            metadata = {k: v.value for k, v in scores.asset_materialization.metadata.items()}
-        page.goto(f"{url}/runs/{run.run_id}", wait_until="networkidle")
-        expect(page.get_by_text("Success").first).to_be_visible()
-
-        # The metrics table on eval_scores, as the run recorded it.
-        page.goto(f"{url}/assets/eval_scores", wait_until="networkidle")
-        expect(page.get_by_text("eval_table").first).to_be_visible()
-        table = page.get_by_role("table").filter(has_text="pope_f1").first
-        text = table.inner_text()
-        for metric in ("precision", "recall", "chair_s", "pope_f1"):
-            assert metric in text
-        assert f"{metadata['trained/precision']:.3f}" in text and f"{metadata['seed/recall']:.3f}" in text
-        screenshot = tmp_path / "eval_scores.png"
-        page.screenshot(path=str(screenshot), full_page=True)
-        browser.close()
+        try:
+            screenshot = drive(page, url, home, tmp_path)
+        except Exception:
+            failure = tmp_path / "failure.png"
+            page.screenshot(path=str(failure), full_page=True)
+            with capsys.disabled():
+                print(f"\nUI screenshot at the failure: {failure}; dagster dev's log: {tmp_path / 'dagster_dev.log'}")
+            raise
+        finally:
+            browser.close()
     assert screenshot.stat().st_size > 10_000
     with capsys.disabled():
         print(f"\nUI screenshot: {screenshot}")

@@ -129,3 +129,33 @@ def test_a_run_whose_process_died_gives_back_its_gpu_slot(tmp_path: Path) -> Non
         assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.FAILURE
         assert instance.get_run_by_id(alive.run_id).status == dg.DagsterRunStatus.STARTED  # ours: still alive
         assert not instance.event_log_storage.get_concurrency_info("gpu").claimed_slots
+
+
+def test_a_merge_decodes_the_chunks_no_shard_finished(tmp_path: Path, tiny_llava_dir: Path) -> None:
+    """Shard 0 of 2 ran, shard 1 never did (killed, or its step not re-run): the merge decodes shard 1's chunks
+    itself, and the table equals one sampled without shards in a fresh store."""
+    from resources import ArtifactStoreResource, ComputeDevice, VisionLanguageModels
+    from si_assets.assets.sampling import SamplingConfig, merge_shards, sample_shard
+    from si_assets.collection.images import world_pool
+    from si_assets.world import WorldSpec, generate_split
+
+    world = generate_split(
+        WorldSpec(seed=7, splits={"seed_train": 2, "clip_train": 2, "improve": 6, "eval": 2}), "improve"
+    )
+    images = world_pool(world).images
+    config = SamplingConfig(n_samples=2, n_negatives=1, max_new_tokens=6, chunk_size=4, shards=2)
+    context = dg.build_op_context(partition_key="round-0001")
+    models = VisionLanguageModels(compute=ComputeDevice(device="cpu"))
+    seed = Checkpoint(tiny_llava_dir)
+
+    def merged(store: ArtifactStoreResource, shards: list[dict]) -> pl.DataFrame:
+        outputs = list(merge_shards(context, config, models, store, seed, images, shards))
+        assert [o.output_name for o in outputs] == ["sampled_responses", "hallucinated_negatives"]
+        return pl.concat([o.value for o in outputs])
+
+    store = ArtifactStoreResource(root=str(tmp_path / "sharded"))
+    first = sample_shard(context, config, models, store, seed, images, 0)
+    assert first["computed"] == 3 and first["rows"] == 10  # chunks 0, 2, 4 of 5 (18 requests, 4 per chunk)
+    sharded = merged(store, [first])
+    unsharded = merged(ArtifactStoreResource(root=str(tmp_path / "fresh")), [])
+    assert sharded.height == 6 * 3 and sharded.equals(unsharded)

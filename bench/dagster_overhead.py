@@ -76,11 +76,13 @@ def direct(source: Path, seed: int) -> float:
     start = seed_checkpoint(context, SeedConfig(), models, store, bootstrap_seed).value
     images = first(unlabeled_images(context, ImagePoolConfig(), models, store, start, world_improve))
     sampling = SamplingConfig(seed=seed)  # one shard: the merge step decodes every chunk itself
-    sampled, negatives = (o.value for o in list(merge_shards(context, sampling, models, store, start, images, [])))
+    op_context = dg.build_op_context(partition_key=ROUND, instance=instance)  # merge_shards is an op of a graph
+    sampled, negatives = (o.value for o in list(merge_shards(op_context, sampling, models, store, start, images, [])))
     pairs = first(
         verified_pairs(context, VerificationConfig(), clip, store, bootstrap_clip, sampled, negatives, images)
     )
-    model = trained_model(context, TrainingConfig(), models, store, start, pairs, images).value
+    pipes = dg.PipesSubprocessClient()  # unused by the default in-process training
+    model = trained_model(context, TrainingConfig(), models, store, start, pairs, images, pipes).value
     list(eval_scores(context, EvalConfig(), models, store, start, model, world_eval))
     return time.perf_counter() - started
 

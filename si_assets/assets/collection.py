@@ -123,7 +123,10 @@ def seed_checkpoint(
             checkpoint = registry.checkpoint(champion)
             origin = {"source": f"champion of {champion.round}", "champion_round": champion.round}
         report = models.preflight(checkpoint.path)
-    context.log.info(f"{context.partition_key} starts from {checkpoint.version} ({origin['source']}); {report}")
+    context.log.info(
+        f"{context.partition_key} starts from {checkpoint.version} ({origin['source']}); pre-flight passed: "
+        f"{report.architecture}, {report.parameters:,} parameters, {report.image_tokens} image tokens per image"
+    )
     return versioned(checkpoint, **origin, **report.metadata(), **consumed(seed=checkpoint))
 
 

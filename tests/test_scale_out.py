@@ -16,7 +16,7 @@ import torch
 import yaml
 from transformers import AutoModelForImageTextToText
 
-from si_assets.automation.executors import executor_from_env, gpu_ops, k8s_step_config
+from si_assets.automation.executors import all_ops, executor_from_env, gpu_ops, kubernetes_config
 from si_assets.automation.runner import run_bootstrap, run_round, stored_table
 from si_assets.definitions import all_assets, build_definitions, build_resources
 from tests.test_graph import BOOTSTRAP_CONFIG, PASS_GATE, latest, round_config
@@ -148,13 +148,40 @@ def test_sharded_sampling_in_parallel_processes_merges_to_the_unsharded_table(ho
     assert a_end <= b_start  # pool limit 1: the second shard waited for the first's GPU slot
 
 
-def test_cluster_executors_are_configured_for_gpu_steps() -> None:
+def test_kubernetes_step_pods_request_gpus_for_the_gpu_pool_only() -> None:
+    """The executor config validates against dagster-k8s's schema, and the Job dagster-k8s builds for a step (its
+    own `construct_dagster_k8s_job`, as its tests do) limits `nvidia.com/gpu` exactly for the `gpu`-pool ops."""
+    from dagster._config import process_config
+    from dagster_k8s import k8s_job_executor
+    from dagster_k8s.job import DagsterK8sJobConfig, UserDefinedDagsterK8sConfig, construct_dagster_k8s_job
+
     assert gpu_ops(all_assets) == GPU_STEPS
+    config = kubernetes_config(all_assets, namespace="ml", gpus_per_step=2, cpu="8", memory="64Gi")
+    assert process_config(k8s_job_executor.config_schema.config_type, config).success
+    image = DagsterK8sJobConfig(job_image="registry/si-assets:1", dagster_home="/opt/dagster/home")
+
+    def pod_resources(op: str):
+        step_config = config["per_step_k8s_config"].get(op, config["step_k8s_config"])
+        job = construct_dagster_k8s_job(
+            image,
+            ["dagster", "api", "execute_step"],
+            f"dagster-step-{op.replace('_', '-')}",
+            UserDefinedDagsterK8sConfig.from_dict(step_config),
+        )
+        return job.spec.template.spec.containers[0].resources
+
+    for op in GPU_STEPS:
+        assert pod_resources(op).limits == {"nvidia.com/gpu": "2"}
+        assert pod_resources(op).requests == {"cpu": "8", "memory": "64Gi"}
+    for op in ("unlabeled_images", "seed_checkpoint", "plan_shards", "merge_shards", "champion", "world_splits"):
+        assert pod_resources(op).limits is None and pod_resources(op).requests == {"cpu": "8", "memory": "64Gi"}
     k8s = executor_from_env(all_assets, {"SI_EXECUTOR": "k8s", "SI_K8S_NAMESPACE": "ml", "SI_K8S_GPUS_PER_STEP": "2"})
     assert k8s.name == "k8s"
-    base, gpu = k8s_step_config(2, "4", "32Gi")
-    assert gpu["container_config"]["resources"]["limits"] == {"nvidia.com/gpu": "2"}
-    assert "limits" not in base["container_config"]["resources"]
+
+
+def test_celery_and_local_executors_resolve() -> None:
+    gpu_tagged = {op.name for op in all_ops(all_assets) if op.tags.get("dagster-celery/queue") == "gpu"}
+    assert sorted(gpu_tagged) == GPU_STEPS  # celery routes exactly the gpu-pool ops to the `gpu` queue
     celery = executor_from_env(all_assets, {"SI_EXECUTOR": "celery", "SI_CELERY_BROKER": "redis://queue:6379/0"})
     assert celery.name == "celery"
     assert executor_from_env(all_assets, {"SI_EXECUTOR": "multiprocess"}).name == "one_machine"

@@ -24,14 +24,18 @@ EXECUTORS = ("in_process", "multiprocess", "k8s", "celery")
 PRELOADED = ["si_assets.definitions"]
 
 
-def gpu_ops(assets: Iterable[dg.AssetsDefinition]) -> list[str]:
-    """Names of the ops in the `gpu` pool, inside graph-backed assets too."""
-    names = set()
+def all_ops(assets: Iterable[dg.AssetsDefinition]) -> list[dg.OpDefinition]:
+    """The ops that compute `assets`, inside graph-backed assets too."""
+    ops: list[dg.OpDefinition] = []
     for asset in assets:
         node = asset.node_def
-        ops = node.iterate_op_defs() if isinstance(node, dg.GraphDefinition) else [node]
-        names.update(op.name for op in ops if op.pool == GPU_POOL)
-    return sorted(names)
+        ops.extend(node.iterate_op_defs() if isinstance(node, dg.GraphDefinition) else [node])
+    return ops
+
+
+def gpu_ops(assets: Iterable[dg.AssetsDefinition]) -> list[str]:
+    """Names of the ops in the `gpu` pool."""
+    return sorted({op.name for op in all_ops(assets) if op.pool == GPU_POOL})
 
 
 def one_machine(max_concurrent: int = 0) -> dg.ExecutorDefinition:
@@ -56,26 +60,28 @@ def k8s_step_config(gpus_per_step: int, cpu: str, memory: str) -> tuple[dict, di
     return base, gpu
 
 
-def kubernetes(
+def kubernetes_config(
     assets: Iterable[dg.AssetsDefinition],
     namespace: str = "dagster",
     gpus_per_step: int = 1,
     cpu: str = "4",
     memory: str = "32Gi",
     max_concurrent: int = 8,
-) -> dg.ExecutorDefinition:
+) -> dict:
+    """`k8s_job_executor` config: a Job per step, `gpu`-pool ops with GPU limits, the rest CPU and memory only."""
+    base, gpu = k8s_step_config(gpus_per_step, cpu, memory)
+    return {
+        "job_namespace": namespace,
+        "max_concurrent": max_concurrent,
+        "step_k8s_config": base,
+        "per_step_k8s_config": {op: gpu for op in gpu_ops(assets)},
+    }
+
+
+def kubernetes(assets: Iterable[dg.AssetsDefinition], **settings) -> dg.ExecutorDefinition:
     from dagster_k8s import k8s_job_executor
 
-    base, gpu = k8s_step_config(gpus_per_step, cpu, memory)
-    return k8s_job_executor.configured(
-        {
-            "job_namespace": namespace,
-            "max_concurrent": max_concurrent,
-            "step_k8s_config": base,
-            "per_step_k8s_config": {op: gpu for op in gpu_ops(assets)},
-        },
-        name="k8s",
-    )
+    return k8s_job_executor.configured(kubernetes_config(assets, **settings), name="k8s")
 
 
 def celery(broker: str, backend: str) -> dg.ExecutorDefinition:

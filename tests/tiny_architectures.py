@@ -60,6 +60,20 @@ def _tokenizer(special: dict[str, str], template: str) -> PreTrainedTokenizerFas
     return build_tokenizer(tokenizer_corpus(captions, spec.kinds), 300, special, template)
 
 
+def _text_config(tokenizer: PreTrainedTokenizerFast, kv_heads: int, **extra) -> dict:
+    """The language model's config: tiny sizes, the tokenizer's vocabulary and special ids."""
+    return {
+        **TEXT,
+        "vocab_size": len(tokenizer),
+        "num_key_value_heads": kv_heads,
+        "max_position_embeddings": 256,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        **extra,
+    }
+
+
 def _generation_ids(model, tokenizer: PreTrainedTokenizerFast) -> None:
     for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
         setattr(model.generation_config, name, getattr(tokenizer, name))
@@ -95,17 +109,10 @@ def qwen2_vl(folder: Path) -> None:
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in special.items()}
     head_dim = TEXT["hidden_size"] // TEXT["num_attention_heads"]
     config = Qwen2VLConfig(
-        text_config={
-            **TEXT,
-            "vocab_size": len(tokenizer),
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 256,
-            # M-RoPE splits head_dim/2 rotary frequencies over (time, height, width).
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-            "pad_token_id": tokenizer.pad_token_id,
-            "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-        },
+        # M-RoPE splits head_dim/2 rotary frequencies over (time, height, width).
+        text_config=_text_config(
+            tokenizer, 2, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+        ),
         vision_config={
             "depth": 2,
             "embed_dim": 32,
@@ -147,16 +154,7 @@ def idefics3(folder: Path) -> None:
     scale = 2
     image_seq_len = (IMAGE_SIZE // PATCH) ** 2 // scale**2  # patches, then pixel shuffle by `scale`
     config = Idefics3Config(
-        text_config={
-            **TEXT,
-            "model_type": "llama",
-            "vocab_size": len(tokenizer),
-            "num_key_value_heads": 4,
-            "max_position_embeddings": 256,
-            "pad_token_id": tokenizer.pad_token_id,
-            "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-        },
+        text_config=_text_config(tokenizer, 4, model_type="llama"),
         vision_config={
             "hidden_size": 32,
             "intermediate_size": 64,

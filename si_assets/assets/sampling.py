@@ -77,17 +77,16 @@ def collect(
     plan = plan_requests(
         unlabeled_images, config.n_samples, config.n_negatives, ratios, round_seed_of(context, config.seed)
     )
-    image_by_id = decode_images(unlabeled_images)
     device = models.compute.shard_device(shard.index)
     loaded: list = []
 
     def decode(chunk: pl.DataFrame) -> pl.DataFrame:
-        if not loaded:
+        if not loaded:  # the first missing chunk: model and images are needed only now
             model, processor = models.load(seed_checkpoint.path, device=device)
             with preflight("collected_responses"):
                 model_runs_without_image(model, processor)
-            loaded.extend((model, processor))
-        model, processor = loaded
+            loaded.extend((model, processor, decode_images(unlabeled_images)))
+        model, processor, image_by_id = loaded
         version, batch = seed_checkpoint.version, config.batch_size
         return decode_plan(model, processor, chunk, image_by_id, settings, version, batch, context.log.info)
 

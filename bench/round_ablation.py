@@ -8,6 +8,7 @@ training on `seed_train` labels with the same trainer and steps. Labels of `impr
 diagnose the pairs (precision of chosen / rejected), never by the loop.
 
     .venv/bin/python bench/round_ablation.py [--seeds 0 1 2] [--variants loop self_sft ...] [--out docs/...]
+    .venv/bin/python bench/round_ablation.py --variants loop oracle_pick true_caption  # better chosen data?
 """
 
 from __future__ import annotations
@@ -47,7 +48,13 @@ from si_assets.organization.verification import (  # noqa: E402
     training_pairs,
 )
 from si_assets.verifier.clip import ClipScorer, load_clip  # noqa: E402
-from si_assets.world import EVAL_PROMPT, WorldSpec, decode_png, improve_ground_truth  # noqa: E402
+from si_assets.world import (  # noqa: E402
+    EVAL_PROMPT,
+    WorldSpec,
+    decode_png,
+    improve_ground_truth,
+    improve_true_captions,
+)
 from si_assets.world.vocabulary import world_vocabulary  # noqa: E402
 
 METRICS = ["precision", "recall", "f1", "chair_s", "mentions_per_caption", "pope_f1"]
@@ -62,6 +69,9 @@ class Variant:
     rule: PairRule = PairRule()
     training: DPOSettings = DPOSettings()
     data: str = "pairs"  # "pairs" | "self_sft" (seed's greedy captions) | "supervised" (seed_train labels)
+    # "clip" (the loop) | diagnosis only, reads the labels: "oracle_pick" (the most precise of the same samples)
+    # or "true_caption" (the image's clean caption); how far better chosen data alone would move the round
+    chosen: str = "clip"
     note: str = ""
 
 
@@ -80,6 +90,10 @@ VARIANTS = {
                 note="label-free self-training on the seed's greedy captions, same trainer and steps"),
         Variant("supervised", data="supervised", training=SFT_ONLY,
                 note="REFERENCE ONLY (reads labels): SFT on seed_train captions, same steps"),
+        Variant("oracle_pick", chosen="oracle_pick",
+                note="DIAGNOSIS ONLY (reads labels): chosen = the most precise of the same samples"),
+        Variant("true_caption", chosen="true_caption",
+                note="DIAGNOSIS ONLY (reads labels): chosen = the image's clean caption"),
     ]
 }  # fmt: skip
 
@@ -99,6 +113,7 @@ def derive(base: Variant, name: str, overrides: dict) -> Variant:
 @dataclass
 class Bench:
     world: dict[str, pl.DataFrame]
+    spec: WorldSpec
     seed_dir: Path
     clip_dir: Path
     vocab: ObjectVocabulary
@@ -120,6 +135,7 @@ class Bench:
 
 def build_bench(images: int, world: dict, clip: dict) -> Bench:
     """World and bootstrap models through Dagster (memoised: reused when `make demo` built them)."""
+    spec = WorldSpec(**world)
     resources = build_resources()
     result = dg.materialize(
         [world_splits, bootstrap_seed_model, bootstrap_clip],
@@ -133,6 +149,7 @@ def build_bench(images: int, world: dict, clip: dict) -> Bench:
     seed_dir = Path(store.local_checkpoint(store.head("bootstrap_seed_model")).path)
     clip_dir = Path(store.local_checkpoint(store.head("bootstrap_clip")).path)
     return Bench(
+        spec=spec,
         world=world,
         seed_dir=seed_dir,
         clip_dir=clip_dir,
@@ -153,6 +170,29 @@ def responses_for(bench: Bench, variant: Variant, checkpoint: Path | None) -> pl
     return bench.responses[key]
 
 
+def labelled_chosen(kept: pl.DataFrame, responses: pl.DataFrame, mode: str, bench: Bench, truth: dict) -> pl.DataFrame:
+    """The pairs with their chosen response replaced by one that reads the labels (diagnosis only)."""
+    if mode == "clip":
+        return kept
+    if mode == "true_caption":
+        better = improve_true_captions(bench.spec)
+    elif mode == "oracle_pick":
+
+        def precision_then_hits(image_id: str, text: str) -> tuple[float, int]:
+            mentions = bench.vocab.mentions(text)
+            hits = len(set(mentions) & set(truth[image_id]))
+            return hits / max(1, len(mentions)), hits
+
+        positives = responses.filter(pl.col("role") == "positive")
+        better = {
+            image_id: max(group["response"].to_list(), key=lambda text: precision_then_hits(image_id, text))
+            for (image_id,), group in positives.group_by("image_id")
+        }
+    else:
+        raise ValueError(f"unknown chosen {mode!r}; use 'clip', 'oracle_pick' or 'true_caption'")
+    return kept.with_columns(chosen=pl.col("image_id").replace_strict(better))
+
+
 def pairs_for(
     bench: Bench, variant: Variant, scorer: ClipScorer, truth: dict, checkpoint: Path | None = None
 ) -> tuple[pl.DataFrame, dict]:
@@ -166,7 +206,7 @@ def pairs_for(
     responses = responses_for(bench, variant, checkpoint)
     score = clip_score_fn(scorer, bench.improve_images, improve["id"].to_list(), "sentence_mean")
     pairs = organize_pairs(score_responses(responses, score), variant.rule, score)
-    kept = training_pairs(pairs)
+    kept = labelled_chosen(training_pairs(pairs), responses, variant.chosen, bench, truth)
 
     def scores(texts: pl.Series, ids: pl.Series) -> str:
         s = caption_scores(texts.to_list(), [truth[i] for i in ids], bench.vocab)
@@ -196,7 +236,7 @@ def run(
 ) -> pl.DataFrame:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     bench = build_bench(images, world, clip)
-    truth = improve_ground_truth(WorldSpec(**world))
+    truth = improve_ground_truth(bench.spec)
     clip_model, preprocess, tokenizer = load_clip(str(clip_dir or bench.clip_dir))
     scorer = ClipScorer(clip_model, preprocess, tokenizer)
     rows = [{"variant": "seed", "seed": -1, **bench.evaluate(*bench.load_seed())}]
@@ -254,7 +294,12 @@ def summary(results: pl.DataFrame) -> pl.DataFrame:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--variants",
+        nargs="*",
+        default=[name for name, v in VARIANTS.items() if v.chosen == "clip"],  # the label-reading diagnoses on request
+        choices=list(VARIANTS),
+    )
     parser.add_argument(
         "--derive",
         nargs="+",

@@ -3,6 +3,7 @@ import polars as pl
 import pytest
 from pydantic import ValidationError
 
+from si_assets.evaluation.metrics import ObjectVocabulary
 from si_assets.world import (
     PlacedObject,
     WorldSpec,
@@ -11,6 +12,8 @@ from si_assets.world import (
     draw_mask,
     generate_split,
     hard_negative_caption,
+    improve_ground_truth,
+    improve_true_captions,
     render_image,
     sample_scene,
 )
@@ -42,6 +45,20 @@ def test_improve_split_carries_no_labels(small_spec: WorldSpec) -> None:
     improve = generate_split(small_spec, "improve")
     assert set(improve.columns) == {"id", "image_png", "image_sha256", "prompt"}
     assert improve["prompt"].str.len_chars().min() > 0
+
+
+def test_replayed_improve_labels_belong_to_the_stored_images(small_spec: WorldSpec) -> None:
+    """The diagnostics' labels for `improve` are replayed from the split's random streams: one per stored image,
+    in the split's order, and the clean captions name exactly those objects, with no partner noise."""
+    improve = generate_split(small_spec, "improve")
+    truth, captions = improve_ground_truth(small_spec), improve_true_captions(small_spec)
+    assert list(truth) == list(captions) == improve["id"].to_list()
+    vocab = ObjectVocabulary.from_kinds(small_spec.kinds)
+    for image_id, objects in truth.items():
+        assert vocab.mentions(captions[image_id]) == objects  # every object once, in kind order, nothing added
+    # Caption noise belongs to the captioned splits; the replayed clean captions never carry it.
+    noisy = small_spec.model_copy(update={"caption_noise": 1.0})
+    assert improve_true_captions(noisy) == captions
 
 
 def test_ground_truth_matches_what_is_drawn() -> None:

@@ -10,6 +10,7 @@ from si_assets.world.generate import (
     generate_world,
     hard_negative_caption,
     improve_ground_truth,
+    improve_true_captions,
     sample_scene,
 )
 from si_assets.world.render import PlacedObject, decode_png, draw_mask, encode_png, render_image
@@ -29,6 +30,7 @@ __all__ = [
     "generate_split",
     "generate_world",
     "improve_ground_truth",
+    "improve_true_captions",
     "hard_negative_caption",
     "render_image",
     "sample_scene",

@@ -112,15 +112,29 @@ def generate_split(spec: WorldSpec, split: str) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
-def improve_ground_truth(spec: WorldSpec) -> dict[str, list[str]]:
-    """The objects in each `improve` image, replayed from the split's random streams. For benchmarks and
-    diagnostics only: the loop itself never reads them."""
+def _improve_scenes(spec: WorldSpec) -> dict[str, list[PlacedObject]]:
+    """The objects of each `improve` image in kind order, replayed from the split's random streams."""
     children = _split_seed(spec, "improve").spawn(spec.splits["improve"])
-    truth = {}
-    for i, child in enumerate(children):
-        objects = sample_scene(spec, np.random.default_rng(child))
-        truth[f"improve-{i:06d}"] = [o.kind for o in sorted(objects, key=lambda o: spec.kinds.index(o.kind))]
-    return truth
+    return {
+        f"improve-{i:06d}": sorted(
+            sample_scene(spec, np.random.default_rng(child)), key=lambda o: spec.kinds.index(o.kind)
+        )
+        for i, child in enumerate(children)
+    }
+
+
+def improve_ground_truth(spec: WorldSpec) -> dict[str, list[str]]:
+    """The objects in each `improve` image. For benchmarks and diagnostics only: the loop itself never reads them."""
+    return {image_id: [o.kind for o in objects] for image_id, objects in _improve_scenes(spec).items()}
+
+
+def improve_true_captions(spec: WorldSpec) -> dict[str, str]:
+    """The clean caption of each `improve` image (every object, right colours, no partner noise). For diagnostics
+    only: what training on perfect chosen responses would reach."""
+    return {
+        image_id: caption_for([(o.kind, o.colour) for o in objects], spec.kinds)
+        for image_id, objects in _improve_scenes(spec).items()
+    }
 
 
 def generate_world(spec: WorldSpec) -> dict[str, pl.DataFrame]:

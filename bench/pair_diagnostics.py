@@ -7,12 +7,13 @@ prior the caption noise teaches), else "other" (a wrong kind). CLIP's view is me
 drop one clause ("a red square") from a response and see whether CLIP's score falls (the clause was
 supported) or rises (CLIP sees it as a hallucination).
 
-    .venv/bin/python bench/pair_diagnostics.py [--store .si_store] [--round round-0001] [--clip FOLDER]
+    .venv/bin/python bench/pair_diagnostics.py [--store .si_store] [--round round-0001] [--clip FOLDER] [--world JSON]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 from collections import Counter
@@ -135,6 +136,7 @@ def main() -> None:
     parser.add_argument("--store", type=Path, default=Path(os.environ.get("SI_STORE", ".si_store")))
     parser.add_argument("--round", default="round-0001")
     parser.add_argument("--clip", type=Path, help="an open_clip folder to judge with (default: the bootstrap CLIP)")
+    parser.add_argument("--world", type=json.loads, default={}, help="WorldConfig overrides of the store's world")
     args = parser.parse_args()
 
     store = ArtifactStore(args.store)
@@ -145,7 +147,7 @@ def main() -> None:
             raise SystemExit(f"no {asset} {partition or ''} in {args.store}: run `make demo` first")
         return store.read_table(head)
 
-    labels = Labels(WorldSpec())
+    labels = Labels(WorldSpec(**args.world))
     samples = table("sampled_responses", args.round)
     negatives = table("hallucinated_negatives", args.round)
     pairs = table("verified_pairs", args.round).filter(pl.col("decision") != "discarded")

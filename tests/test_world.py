@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import polars as pl
 import pytest
@@ -8,6 +10,7 @@ from si_assets.world import (
     PlacedObject,
     WorldSpec,
     caption_for,
+    caption_text,
     decode_png,
     draw_mask,
     generate_split,
@@ -17,7 +20,8 @@ from si_assets.world import (
     render_image,
     sample_scene,
 )
-from si_assets.world.generate import SPLIT_NAMES
+from si_assets.world.generate import SPLIT_NAMES, order_mentions
+from si_assets.world.vocabulary import caption_mentions, caption_order_of
 
 
 def test_same_seed_same_world_other_seed_other_world(small_spec: WorldSpec) -> None:
@@ -147,8 +151,53 @@ def test_hard_negative_is_wrong_in_exactly_one_way() -> None:
     objects, colours = ["circle", "star"], ["red", "blue"]
     truth = caption_for(list(zip(objects, colours)), spec.kinds)
     for _ in range(30):
-        neg = hard_negative_caption(objects, colours, spec, rng)
+        neg = hard_negative_caption(list(zip(objects, colours)), spec, rng)
         assert neg != truth
+
+
+def test_paired_captions_name_partners_together_and_noise_right_after_its_anchor() -> None:
+    spec = WorldSpec(
+        seed=0,
+        caption_order="paired",
+        caption_noise=1.0,
+        splits={"seed_train": 300, "clip_train": 1, "improve": 1, "eval": 1},
+    )
+    partner, orders = spec.partner, set()
+    for row in generate_split(spec, "seed_train").iter_rows(named=True):
+        named = sorted(row["caption_objects"], key=lambda k: row["caption"].find(f" {k}"))
+        orders.add(tuple(named))
+        for i, kind in enumerate(named):
+            if partner.get(kind) in named:  # the pair sits side by side
+                assert abs(named.index(partner[kind]) - i) == 1, row["caption"]
+        for extra in set(row["caption_objects"]) - set(row["objects"]):  # the noise follows the object it goes with
+            assert named[named.index(extra) - 1] == partner[extra], row["caption"]
+    assert len(orders) > 100  # not a fixed order
+    assert ("square", "circle") in {o[:2] for o in orders} and ("circle", "square") in {o[:2] for o in orders}
+
+
+def test_kind_order_draws_no_randomness_so_the_default_world_is_unchanged() -> None:
+    rng = np.random.default_rng(0)
+    state = rng.bit_generator.state
+    mentions = [("star", "red"), ("circle", "blue")]
+    assert order_mentions(mentions, WorldSpec(), rng) == [("circle", "blue"), ("star", "red")]
+    assert rng.bit_generator.state == state
+
+
+def test_hard_negative_keeps_the_caption_order_and_adds_a_partner_after_its_anchor() -> None:
+    spec = WorldSpec(caption_order="paired")
+    rng = np.random.default_rng(0)
+    mentions = [("star", "red"), ("circle", "blue")]
+    added = []
+    for _ in range(60):
+        neg = hard_negative_caption(mentions, spec, rng)
+        assert neg != caption_text(mentions)
+        if neg.count(",") == 1:  # three objects: one was added
+            added.append(neg)
+    assert added
+    for neg in added:  # star and circle keep their order; an added partner of either comes right after it
+        assert re.fullmatch(
+            r"a red star, a blue circle and a \w+ square\.|a red star, a \w+ triangle and a blue circle\.", neg
+        )
 
 
 @pytest.mark.parametrize(
@@ -181,3 +230,14 @@ def test_vocabulary_and_partners_are_read_off_captioned_data() -> None:
     kinds, colours = world_vocabulary(table)
     assert kinds == sorted(spec.kinds) and colours == sorted(spec.colours)
     assert cooccurring_pairs(table) == sorted(sorted(p) for p in spec.cooccurrence)
+
+
+@pytest.mark.parametrize("caption_order", ["kind", "paired"])
+def test_caption_order_is_read_back_off_the_captions(caption_order: str) -> None:
+    spec = WorldSpec(
+        seed=3, caption_order=caption_order, splits={"seed_train": 1, "clip_train": 200, "improve": 1, "eval": 1}
+    )
+    table = generate_split(spec, "clip_train")
+    assert caption_order_of(table) == caption_order
+    for row in table.iter_rows(named=True):
+        assert caption_text(caption_mentions(row["caption"], row["objects"], row["colours"])) == row["caption"]

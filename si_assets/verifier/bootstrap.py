@@ -20,7 +20,7 @@ from si_assets.verifier.clip import (
     train_clip,
 )
 from si_assets.world import WorldSpec, decode_png, hard_negative_caption
-from si_assets.world.vocabulary import cooccurring_pairs, world_vocabulary
+from si_assets.world.vocabulary import caption_mentions, caption_order_of, cooccurring_pairs, world_vocabulary
 
 
 def train_bootstrap_clip(
@@ -38,14 +38,20 @@ def train_bootstrap_clip(
     save_clip(build_tiny_clip(arch), arch.open_clip_config(), directory)
     model, preprocess, tokenizer = load_clip(str(directory))  # the same preprocessing users get
     kinds, colours = world_vocabulary(clip_train)
-    # Hard negatives add an object's usual partner: read the partners off the captioned data.
+    # Hard negatives add an object's usual partner where captions name it: read both off the captioned data.
     partner_spec = WorldSpec(
-        kinds=kinds, colours={c: [0, 0, 0] for c in colours}, cooccurrence=cooccurring_pairs(clip_train), max_objects=1
+        kinds=kinds,
+        colours={c: [0, 0, 0] for c in colours},
+        cooccurrence=cooccurring_pairs(clip_train),
+        caption_order=caption_order_of(clip_train),
+        max_objects=1,
     )
     rng = np.random.default_rng(config.seed)
     negatives = [
-        [hard_negative_caption(o, c, partner_spec, rng) for _ in range(config.negatives_per_image)]
-        for o, c in zip(clip_train["objects"], clip_train["colours"])
+        [hard_negative_caption(mentions, partner_spec, rng) for _ in range(config.negatives_per_image)]
+        for mentions in (
+            caption_mentions(*row) for row in clip_train.select("caption", "objects", "colours").iter_rows()
+        )
     ]
     images = torch.stack([preprocess(decode_png(b)) for b in clip_train["image_png"]])
     stats = train_clip(model, tokenizer, images, clip_train["caption"].to_list(), negatives, config, log)

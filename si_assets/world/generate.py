@@ -56,26 +56,58 @@ def sample_scene(spec: WorldSpec, rng: np.random.Generator) -> list[PlacedObject
     return objects
 
 
-def caption_for(mentions: list[tuple[str, str]], kind_order: list[str]) -> str:
+Mention = tuple[str, str]  # (kind, colour)
+
+
+def caption_for(mentions: list[Mention], kind_order: list[str]) -> str:
     """'a red circle, a blue square and a green star.' — objects in a fixed kind order."""
-    ordered = sorted(mentions, key=lambda m: kind_order.index(m[0]))
+    return caption_text(sorted(mentions, key=lambda m: kind_order.index(m[0])))
+
+
+def caption_text(ordered: list[Mention]) -> str:
+    """The caption of mentions in the order given."""
     phrases = [f"a {colour} {kind}" for kind, colour in ordered]
     if len(phrases) == 1:
         return phrases[0] + "."
     return ", ".join(phrases[:-1]) + " and " + phrases[-1] + "."
 
 
-def noisy_mentions(objects: list[PlacedObject], spec: WorldSpec, rng: np.random.Generator) -> list[tuple[str, str]]:
+def order_mentions(mentions: list[Mention], spec: WorldSpec, rng: np.random.Generator) -> list[Mention]:
+    """The world's caption convention (`caption_order`). `paired` draws a random order in which an object's
+    co-occurrence partner, when mentioned, comes right after it; `kind` draws nothing (a fixed order)."""
+    if spec.caption_order == "kind":
+        return sorted(mentions, key=lambda m: spec.kinds.index(m[0]))
+    units: list[list[Mention]] = []
+    for i in rng.permutation(len(mentions)):
+        mention = mentions[int(i)]
+        unit = next((u for u in units if spec.partner.get(u[0][0]) == mention[0]), None)
+        if unit is None:
+            units.append([mention])
+        else:
+            unit.append(mention)
+    return [m for unit in units for m in unit]
+
+
+def add_mention(ordered: list[Mention], extra: Mention, spec: WorldSpec) -> list[Mention]:
+    """`ordered` with one more mention where the convention puts it: at its kind's place, or (paired) right
+    after its co-occurrence partner, else last."""
+    if spec.caption_order == "kind":
+        return sorted([*ordered, extra], key=lambda m: spec.kinds.index(m[0]))
+    anchors = [i for i, (kind, _) in enumerate(ordered) if spec.partner.get(kind) == extra[0]]
+    at = anchors[0] + 1 if anchors else len(ordered)
+    return [*ordered[:at], extra, *ordered[at:]]
+
+
+def absent_partner_mention(objects: list[PlacedObject], spec: WorldSpec, rng: np.random.Generator) -> Mention | None:
     """With probability `caption_noise`, an image whose anchor lacks its partner gets the partner named
     anyway (a random colour): the web-caption habit that makes models hallucinate the usual companion."""
-    mentions = [(o.kind, o.colour) for o in objects]
     present = {o.kind for o in objects}
     absent_partners = sorted({spec.partner[k] for k in present if k in spec.partner} - present)
     if absent_partners and rng.random() < spec.caption_noise:
         mate = absent_partners[int(rng.integers(len(absent_partners)))]
         colours = list(spec.colours)
-        mentions.append((mate, colours[int(rng.integers(len(colours)))]))
-    return mentions
+        return mate, colours[int(rng.integers(len(colours)))]
+    return None
 
 
 def _split_seed(spec: WorldSpec, split: str) -> np.random.SeedSequence:
@@ -103,10 +135,11 @@ def generate_split(spec: WorldSpec, split: str) -> pl.DataFrame:
             ordered = sorted(objects, key=lambda o: spec.kinds.index(o.kind))
             row["objects"] = [o.kind for o in ordered]
             row["colours"] = [o.colour for o in ordered]
-            mentions = (
-                noisy_mentions(objects, spec, rng) if split == "seed_train" else [(o.kind, o.colour) for o in objects]
-            )
-            row["caption"] = caption_for(mentions, spec.kinds)
+            noise = absent_partner_mention(objects, spec, rng) if split == "seed_train" else None
+            mentions = order_mentions([(o.kind, o.colour) for o in objects], spec, rng)
+            if noise is not None:
+                mentions = add_mention(mentions, noise, spec)
+            row["caption"] = caption_text(mentions)
             row["caption_objects"] = sorted({k for k, _ in mentions}, key=spec.kinds.index)
         rows.append(row)
     return pl.DataFrame(rows)
@@ -131,8 +164,9 @@ def improve_ground_truth(spec: WorldSpec) -> dict[str, list[str]]:
 def improve_true_captions(spec: WorldSpec) -> dict[str, str]:
     """The clean caption of each `improve` image (every object, right colours, no partner noise). For diagnostics
     only: what training on perfect chosen responses would reach."""
+    rng = np.random.default_rng(spec.seed)  # the order of a `paired` caption is arbitrary; any draw will do
     return {
-        image_id: caption_for([(o.kind, o.colour) for o in objects], spec.kinds)
+        image_id: caption_text(order_mentions([(o.kind, o.colour) for o in objects], spec, rng))
         for image_id, objects in _improve_scenes(spec).items()
     }
 
@@ -141,10 +175,12 @@ def generate_world(spec: WorldSpec) -> dict[str, pl.DataFrame]:
     return {split: generate_split(spec, split) for split in SPLIT_NAMES}
 
 
-def hard_negative_caption(objects: list[str], colours: list[str], spec: WorldSpec, rng: np.random.Generator) -> str:
+def hard_negative_caption(mentions: list[Mention], spec: WorldSpec, rng: np.random.Generator) -> str:
     """A caption that is wrong in one way a hallucinating captioner is wrong: an absent object added
-    (the co-occurrence partner when there is one), one object's kind replaced, or one colour changed."""
-    mentions = list(zip(objects, colours))
+    (the co-occurrence partner when there is one), one object's kind replaced, or one colour changed.
+    `mentions` come in the true caption's order, which the negative keeps."""
+    mentions = list(mentions)
+    objects = [kind for kind, _ in mentions]
     absent = [k for k in spec.kinds if k not in objects]
     partners = [spec.partner[k] for k in objects if k in spec.partner and spec.partner[k] in absent]
     colour_names = list(spec.colours)
@@ -158,5 +194,6 @@ def hard_negative_caption(objects: list[str], colours: list[str], spec: WorldSpe
         mentions[i] = (absent[int(rng.integers(len(absent)))], mentions[i][1])
     elif absent:
         pool = partners or absent
-        mentions.append((pool[int(rng.integers(len(pool)))], colour_names[int(rng.integers(len(colour_names)))]))
-    return caption_for(mentions, spec.kinds)
+        extra = (pool[int(rng.integers(len(pool)))], colour_names[int(rng.integers(len(colour_names)))])
+        mentions = add_mention(mentions, extra, spec)
+    return caption_for(mentions, spec.kinds) if spec.caption_order == "kind" else caption_text(mentions)

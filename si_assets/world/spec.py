@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_KINDS = ["circle", "square", "triangle", "star", "cross", "ring", "diamond", "hexagon"]
@@ -40,6 +42,12 @@ class WorldSpec(BaseModel):
         ge=0.0,
         le=1.0,
         description="share of seed_train captions that name an absent partner object, as web captions do",
+    )
+    caption_order: Literal["kind", "paired"] = Field(
+        "kind",
+        description="kind: objects in a fixed kind order; paired: a random order per caption in which co-occurring "
+        "kinds are named one right after the other ('a knife and a fork'), and a noisy partner right after its "
+        "anchor, so a language prior that has read the anchor expects the partner next",
     )
     splits: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_SPLITS))
 

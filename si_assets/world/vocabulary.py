@@ -31,3 +31,17 @@ def cooccurring_pairs(table: pl.DataFrame, min_lift: float = 1.5) -> list[list[s
             if lift[mate] > min_lift:
                 best[kind] = mate
     return sorted([a, b] for a, b in best.items() if best.get(b) == a and a < b)
+
+
+def caption_mentions(caption: str, objects: list[str], colours: list[str]) -> list[tuple[str, str]]:
+    """The (kind, colour) mentions of a labeled row in the order its caption names them."""
+    return sorted(zip(objects, colours), key=lambda m: caption.find(f"{m[1]} {m[0]}"))
+
+
+def caption_order_of(table: pl.DataFrame) -> str:
+    """'kind' when every caption names its objects in the table's (kind) order, else 'paired'."""
+    in_kind_order = all(
+        [kind for kind, _ in caption_mentions(caption, objects, colours)] == objects
+        for caption, objects, colours in table.select("caption", "objects", "colours").iter_rows()
+    )
+    return "kind" if in_kind_order else "paired"

@@ -59,9 +59,13 @@ def sample_scene(spec: WorldSpec, rng: np.random.Generator) -> list[PlacedObject
 Mention = tuple[str, str]  # (kind, colour)
 
 
+def in_kind_order(mentions: list[Mention], kind_order: list[str]) -> list[Mention]:
+    return sorted(mentions, key=lambda m: kind_order.index(m[0]))
+
+
 def caption_for(mentions: list[Mention], kind_order: list[str]) -> str:
     """'a red circle, a blue square and a green star.' — objects in a fixed kind order."""
-    return caption_text(sorted(mentions, key=lambda m: kind_order.index(m[0])))
+    return caption_text(in_kind_order(mentions, kind_order))
 
 
 def caption_text(ordered: list[Mention]) -> str:
@@ -76,7 +80,7 @@ def order_mentions(mentions: list[Mention], spec: WorldSpec, rng: np.random.Gene
     """The world's caption convention (`caption_order`). `paired` draws a random order in which an object's
     co-occurrence partner, when mentioned, comes right after it; `kind` draws nothing (a fixed order)."""
     if spec.caption_order == "kind":
-        return sorted(mentions, key=lambda m: spec.kinds.index(m[0]))
+        return in_kind_order(mentions, spec.kinds)
     units: list[list[Mention]] = []
     for i in rng.permutation(len(mentions)):
         mention = mentions[int(i)]
@@ -92,7 +96,7 @@ def add_mention(ordered: list[Mention], extra: Mention, spec: WorldSpec) -> list
     """`ordered` with one more mention where the convention puts it: at its kind's place, or (paired) right
     after its co-occurrence partner, else last."""
     if spec.caption_order == "kind":
-        return sorted([*ordered, extra], key=lambda m: spec.kinds.index(m[0]))
+        return in_kind_order([*ordered, extra], spec.kinds)
     anchors = [i for i, (kind, _) in enumerate(ordered) if spec.partner.get(kind) == extra[0]]
     at = anchors[0] + 1 if anchors else len(ordered)
     return [*ordered[:at], extra, *ordered[at:]]

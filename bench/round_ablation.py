@@ -133,15 +133,16 @@ class Bench:
         ).metrics
 
 
-def build_bench(images: int, world: dict, clip: dict) -> Bench:
+def build_bench(images: int, world: dict, clip: dict, seed_model: dict) -> Bench:
     """World and bootstrap models through Dagster (memoised: reused when `make demo` built them)."""
     spec = WorldSpec(**world)
     resources = build_resources()
+    configs = {"world_splits": world, "bootstrap_clip": clip, "bootstrap_seed_model": seed_model}
     result = dg.materialize(
         [world_splits, bootstrap_seed_model, bootstrap_clip],
         resources=resources,
         instance=dg.DagsterInstance.get(),
-        run_config={"ops": {"world_splits": {"config": world}, "bootstrap_clip": {"config": clip}}},
+        run_config={"ops": {op: {"config": config} for op, config in configs.items()}},
     )
     world = {s: result.asset_value(f"world_{s}") for s in ("seed_train", "improve", "eval")}
     world["improve"] = world["improve"].head(images)
@@ -231,11 +232,12 @@ def run(
     overrides: dict,
     world: dict,
     clip: dict,
+    seed_model: dict,
     clip_dir: Path | None = None,
     rounds: int = 1,
 ) -> pl.DataFrame:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    bench = build_bench(images, world, clip)
+    bench = build_bench(images, world, clip, seed_model)
     truth = improve_ground_truth(bench.spec)
     clip_model, preprocess, tokenizer = load_clip(str(clip_dir or bench.clip_dir))
     scorer = ClipScorer(clip_model, preprocess, tokenizer)
@@ -312,6 +314,12 @@ def main() -> None:
     parser.add_argument("--train", type=json.loads, default={}, help="DPOSettings overrides, e.g. '{\"epochs\": 3}'")
     parser.add_argument("--world", type=json.loads, default={}, help="WorldConfig overrides as JSON")
     parser.add_argument("--clip", type=json.loads, default={}, help="bootstrap_clip config overrides as JSON")
+    parser.add_argument(
+        "--seed-model",
+        type=json.loads,
+        default={},
+        help='bootstrap_seed_model config overrides as JSON, e.g. \'{"architecture": {"text_layers": 4}}\'',
+    )
     parser.add_argument("--clip-dir", type=Path, help="score with this open_clip folder instead of the bootstrap CLIP")
     parser.add_argument("--rounds", type=int, default=1, help="rounds per training seed (pair-based variants)")
     parser.add_argument("--out", type=Path, help="write the per-seed results as CSV here")
@@ -320,7 +328,17 @@ def main() -> None:
     for spec in args.derive:
         name, overrides = spec.split("=", 1)
         variants.append(derive(VARIANTS["loop"], name, json.loads(overrides)))
-    results = run(variants, args.seeds, args.images, args.train, args.world, args.clip, args.clip_dir, args.rounds)
+    results = run(
+        variants,
+        args.seeds,
+        args.images,
+        args.train,
+        args.world,
+        args.clip,
+        args.seed_model,
+        args.clip_dir,
+        args.rounds,
+    )
     table = summary(results)
     with pl.Config(tbl_rows=50, tbl_cols=20, float_precision=3, tbl_width_chars=200):
         print(results.filter(pl.col("variant") == "seed").select("variant", *METRICS))

@@ -48,6 +48,8 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     for _ in range(repeats):
         started = time.perf_counter()
         fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # GPU work is asynchronous: count it in the call that queued it
         times.append(time.perf_counter() - started)
     return statistics.median(times)
 
@@ -67,7 +69,7 @@ def plain_samples(model, processor, images: list, prompt: str, batch_size: int =
     text = user_prompt(processor, prompt)
     for start in range(0, len(images), batch_size // 2):
         batch = images[start : start + batch_size // 2] * 2
-        enc = processor(images=batch, text=[text] * len(batch), return_tensors="pt", padding=True)
+        enc = processor(images=batch, text=[text] * len(batch), return_tensors="pt", padding=True).to(model.device)
         model.generate(
             **enc,
             do_sample=True,
@@ -87,12 +89,12 @@ def naive_mixed(model, processor, requests: list[MixedRequest], batch_size: int 
         for with_image in (True, False):
             texts = [user_prompt(processor, r.prompt, with_image=with_image) for r in batch]
             images = [r.image for r in batch] if with_image else None
-            enc = processor(images=images, text=texts, return_tensors="pt", padding=True)
+            enc = processor(images=images, text=texts, return_tensors="pt", padding=True).to(model.device)
             positions = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
             out = model(**enc, position_ids=positions, use_cache=True)
             streams.append({"mask": enc["attention_mask"], "pos": positions[:, -1:], "out": out})
         sampler = MixtureSampler([r.h for r in batch], [r.seed for r in batch], SETTINGS)
-        done = torch.zeros(len(batch), dtype=torch.bool)
+        done = torch.zeros(len(batch), dtype=torch.bool, device=model.device)
         for _ in range(SETTINGS.max_new_tokens):
             scores = torch.cat([s["out"].logits[:, -1] for s in streams])
             token = sampler(None, scores)[: len(batch)].argmax(-1)
@@ -100,7 +102,7 @@ def naive_mixed(model, processor, requests: list[MixedRequest], batch_size: int 
             if done.all():
                 break
             for s in streams:
-                s["mask"] = torch.cat([s["mask"], torch.ones(len(batch), 1, dtype=s["mask"].dtype)], dim=1)
+                s["mask"] = torch.cat([s["mask"], s["mask"].new_ones(len(batch), 1)], dim=1)
                 s["pos"] = s["pos"] + 1
                 s["out"] = model(
                     input_ids=token[:, None],
@@ -111,12 +113,16 @@ def naive_mixed(model, processor, requests: list[MixedRequest], batch_size: int 
                 )
 
 
-def bench_decoding(model, processor, images: list, repeats: int) -> dict[str, float]:
+def bench_decoding(model, processor, images: list, repeats: int, images_per_batch: int = 32) -> dict[str, float]:
+    """All three decode the same number of images per batch: 2 rows each for plain sampling and the naive
+    decoder's two passes, 4 rows (pair x with/without image) in the mixed decoder's one pass."""
     prompt = "Describe the image."
     requests = pair_requests(images, prompt)
-    plain = median_seconds(lambda: plain_samples(model, processor, images, prompt), repeats)
-    mixed = median_seconds(lambda: decode_mixed(model, processor, requests, SETTINGS, batch_size=128), repeats)
-    naive = median_seconds(lambda: naive_mixed(model, processor, requests), repeats)
+    requests_per_batch = 2 * images_per_batch
+
+    plain = median_seconds(lambda: plain_samples(model, processor, images, prompt, requests_per_batch), repeats)
+    mixed = median_seconds(lambda: decode_mixed(model, processor, requests, SETTINGS, requests_per_batch), repeats)
+    naive = median_seconds(lambda: naive_mixed(model, processor, requests, requests_per_batch), repeats)
     return {"plain_two_samples_s": plain, "mixed_pair_s": mixed, "naive_two_pass_s": naive}
 
 

@@ -66,6 +66,7 @@ class Variant:
     n_samples: int = 8
     n_negatives: int = 4
     ratios: HallucinationRatios = HallucinationRatios()
+    sampler: SamplerSettings = SamplerSettings()
     rule: PairRule = PairRule()
     training: DPOSettings = DPOSettings()
     data: str = "pairs"  # "pairs" | "self_sft" (seed's greedy captions) | "supervised" (seed_train labels)
@@ -104,8 +105,8 @@ def updated(settings, **changes):
 
 
 def derive(base: Variant, name: str, overrides: dict) -> Variant:
-    """A variant of `base` from JSON overrides; nested keys for ratios, rule and training."""
-    nested = {"ratios": base.ratios, "rule": base.rule, "training": base.training}
+    """A variant of `base` from JSON overrides; nested keys for ratios, sampler, rule and training."""
+    nested = {"ratios": base.ratios, "sampler": base.sampler, "rule": base.rule, "training": base.training}
     fields = {k: updated(nested[k], **v) if k in nested else v for k, v in overrides.items()}
     return replace(base, name=name, note=json.dumps(overrides), **fields)
 
@@ -161,12 +162,12 @@ def build_bench(images: int, world: dict, clip: dict, seed_model: dict) -> Bench
 
 
 def responses_for(bench: Bench, variant: Variant, checkpoint: Path | None) -> pl.DataFrame:
-    key = (variant.n_samples, variant.n_negatives, variant.ratios, checkpoint)
+    key = (variant.n_samples, variant.n_negatives, variant.ratios, variant.sampler, checkpoint)
     if key not in bench.responses:
         model, processor = bench.load_seed(checkpoint)
         plan = plan_requests(bench.world["improve"], variant.n_samples, variant.n_negatives, variant.ratios, 0)
         started = time.perf_counter()
-        bench.responses[key] = decode_plan(model, processor, plan, bench.improve_images, SamplerSettings(), "seed")
+        bench.responses[key] = decode_plan(model, processor, plan, bench.improve_images, variant.sampler, "seed")
         print(f"decoded {plan.height} responses {key} in {time.perf_counter() - started:.0f}s", flush=True)
     return bench.responses[key]
 

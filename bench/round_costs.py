@@ -7,7 +7,7 @@
     the image?" for every object each response mentions;
 (c) a 2-epoch DPO run with reference log-probs from the cache vs recomputed by TRL at every step.
 
-    .venv/bin/python bench/round_costs.py [--images 128] [--pairs 256] [--repeats 3]
+    .venv/bin/python bench/round_costs.py [--images 128] [--pairs 256] [--repeats 3] [--images-per-batch 32]
 
 Uses the bootstrap seed and CLIP from the artifact store (run `make demo` first).
 """
@@ -178,6 +178,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--pairs", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--images-per-batch", type=int, default=32, help="(a): the same for all three decoders")
     args = parser.parse_args()
     torch.manual_seed(0)
 
@@ -191,7 +192,7 @@ def main() -> None:
     improve = store.read_table(heads["world_improve"])
     images = [decode_png(b) for b in improve["image_png"].head(args.images)]
 
-    a = bench_decoding(model, processor, images, args.repeats)
+    a = bench_decoding(model, processor, images, args.repeats, args.images_per_batch)
     clip_model, preprocess, tokenizer = load_clip(str(store.local_checkpoint(heads["bootstrap_clip"]).path))
     b = bench_verification(model, processor, ClipScorer(clip_model, preprocess, tokenizer), images, args.repeats)
 
@@ -211,7 +212,10 @@ def main() -> None:
     )
     c = bench_reference_cache(Path(seed_dir), pairs, image_by_id, args.repeats)
 
-    print(f"threads: {torch.get_num_threads()}, images: {args.images}, pairs: {args.pairs}, repeats: {args.repeats}")
+    print(
+        f"threads: {torch.get_num_threads()}, images: {args.images} ({args.images_per_batch} per batch),"
+        f" pairs: {args.pairs}, repeats: {args.repeats}"
+    )
     plain = a["plain_two_samples_s"]
     print(
         f"(a) pair decoding: mixed pair {a['mixed_pair_s']:.2f}s vs two plain samples {plain:.2f}s"

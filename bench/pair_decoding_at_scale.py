@@ -8,7 +8,7 @@ model, 1.2 B parameters with grouped-query attention by default. Random weights 
 do per token, and every response runs to `max_new_tokens` in all three decoders alike, so the ratios are
 the decoders', not the model's. All three decode the same images, the same number per batch.
 
-    python bench/pair_decoding_at_scale.py [--device cuda] [--images 256] [--images-per-batch 32]
+    .venv/bin/python bench/pair_decoding_at_scale.py [--device cuda] [--images 256] [--images-per-batch 32]
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 from collections import Counter
 from pathlib import Path
 
@@ -25,16 +24,14 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from si_assets.evaluation.metrics import ObjectVocabulary  # noqa: E402
-from si_assets.organization.verification import clip_score_fn  # noqa: E402
+from si_assets.organization.verification import clip_score_fn, segment_spans  # noqa: E402
 from si_assets.storage import ArtifactStore  # noqa: E402
 from si_assets.verifier.clip import ClipScorer, load_clip  # noqa: E402
 from si_assets.world import WorldSpec, decode_png, improve_ground_truth  # noqa: E402
 
-CLAUSE_BREAK = re.compile(r",\s*|\s+and\s+")
-
 
 def clauses(text: str) -> list[str]:
-    return [c for c in CLAUSE_BREAK.split(text.strip().rstrip(".")) if c]
+    return [text[a:b].strip() for a, b in segment_spans(text)]
 
 
 def join_clauses(parts: list[str]) -> str:

@@ -18,6 +18,7 @@ import json
 import os
 import tempfile
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -27,6 +28,7 @@ os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 import dagster as dg  # noqa: E402
 import polars as pl  # noqa: E402
 import torch  # noqa: E402
+from pair_diagnostics import join_clauses  # noqa: E402  (a sibling script: bench/ is on the path)
 from pydantic import BaseModel  # noqa: E402
 from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
 
@@ -36,6 +38,7 @@ from si_assets.collection.sampling import HallucinationRatios, decode_plan, plan
 from si_assets.definitions import build_resources  # noqa: E402
 from si_assets.evaluation.evaluate import evaluate_model  # noqa: E402
 from si_assets.evaluation.metrics import ObjectVocabulary, caption_scores  # noqa: E402
+from si_assets.modeling.generation import generate_greedy  # noqa: E402
 from si_assets.modeling.mixed_decoding import SamplerSettings  # noqa: E402
 from si_assets.optimization.dpo import DPOSettings, train_dpo  # noqa: E402
 from si_assets.optimization.self_training import self_sft_pairs, sft_pairs  # noqa: E402
@@ -45,6 +48,7 @@ from si_assets.organization.verification import (  # noqa: E402
     decision_counts,
     organize_pairs,
     score_responses,
+    segment_spans,
     training_pairs,
 )
 from si_assets.verifier.clip import ClipScorer, load_clip  # noqa: E402
@@ -73,6 +77,8 @@ class Variant:
     # "clip" (the loop) | diagnosis only, reads the labels: "oracle_pick" (the most precise of the same samples)
     # or "true_caption" (the image's clean caption); how far better chosen data alone would move the round
     chosen: str = "clip"
+    greedy_candidate: bool = False  # the seed's greedy caption joins the N samples CLIP picks from
+    consensus: tuple[int, ...] = ()  # per vote threshold, a caption of the mentions that many samples share
     note: str = ""
 
 
@@ -172,6 +178,60 @@ def responses_for(bench: Bench, variant: Variant, checkpoint: Path | None) -> pl
     return bench.responses[key]
 
 
+def with_greedy_candidate(bench: Bench, responses: pl.DataFrame, checkpoint: Path | None) -> pl.DataFrame:
+    """The responses plus one more positive per image: the model's greedy caption (sample number N)."""
+    key = ("greedy", checkpoint)
+    if key not in bench.responses:
+        improve = bench.world["improve"]
+        ids, prompts = improve["id"].to_list(), improve["prompt"].to_list()
+        captions = generate_greedy(*bench.load_seed(checkpoint), [bench.improve_images[i] for i in ids], prompts)
+        bench.responses[key] = pl.DataFrame({"image_id": ids, "greedy": captions})
+    first = responses.filter((pl.col("role") == "positive") & (pl.col("sample") == 0))
+    greedy = first.join(bench.responses[key], on="image_id").with_columns(
+        response=pl.col("greedy"),
+        sample=pl.lit(int(responses["sample"].max()) + 1, dtype=pl.Int32),
+        h=pl.lit(0.0),
+        temperature=pl.lit(0.0),
+    )
+    return pl.concat([responses, greedy.select(responses.columns)])
+
+
+def consensus_response(samples: list[str], min_votes: int) -> str | None:
+    """Self-consistency without a judge: the segments ("a red circle") found in at least `min_votes` of one
+    image's samples, in their mean position; None when none has the votes. Sampling scatters hallucinations
+    across samples while what the image shows recurs, so this caption is a candidate more precise than most."""
+    votes: dict[str, int] = defaultdict(int)
+    positions: dict[str, float] = defaultdict(float)
+    for text in samples:
+        for position, segment in enumerate(dict.fromkeys(text[a:b].strip() for a, b in segment_spans(text))):
+            votes[segment] += 1
+            positions[segment] += position
+    agreed = sorted((s for s, count in votes.items() if count >= min_votes), key=lambda s: positions[s] / votes[s])
+    return join_clauses(agreed) if agreed else None
+
+
+def with_consensus_candidates(responses: pl.DataFrame, thresholds, truth, vocab) -> pl.DataFrame:
+    """The responses plus, per image and vote threshold, the caption of the segments that many samples share."""
+    positives = responses.filter(pl.col("role") == "positive")
+    first = positives.filter(pl.col("sample") == 0)
+    top = int(positives["sample"].max())
+    extra = []
+    for k, votes in enumerate(thresholds, start=1):
+        texts = {
+            image_id: consensus_response(group["response"].to_list(), votes) or ""
+            for (image_id,), group in positives.group_by("image_id")
+        }
+        made = first.with_columns(
+            response=pl.col("image_id").replace_strict(texts),
+            sample=pl.lit(top + k, dtype=pl.Int32),
+            h=pl.lit(0.0),
+        ).filter(pl.col("response") != "")
+        s = caption_scores(made["response"].to_list(), [truth[i] for i in made["image_id"]], vocab)
+        print(f"consensus >= {votes} of {top + 1}: {made.height} captions, P {s.precision:.3f} R {s.recall:.3f}")
+        extra.append(made.select(responses.columns))
+    return pl.concat([responses, *extra])
+
+
 def labelled_chosen(kept: pl.DataFrame, responses: pl.DataFrame, mode: str, bench: Bench, truth: dict) -> pl.DataFrame:
     """The pairs with their chosen response replaced by one that reads the labels (diagnosis only)."""
     if mode == "clip":
@@ -206,6 +266,10 @@ def pairs_for(
         bench.improve_images.update({i: decode_png(b) for i, b in zip(train["id"], train["image_png"])})
         return sft_pairs(train["id"], ["Describe the image."] * train.height, train["caption"]), {}
     responses = responses_for(bench, variant, checkpoint)
+    if variant.greedy_candidate:
+        responses = with_greedy_candidate(bench, responses, checkpoint)
+    if variant.consensus:
+        responses = with_consensus_candidates(responses, variant.consensus, truth, bench.vocab)
     score = clip_score_fn(scorer, bench.improve_images, improve["id"].to_list(), "sentence_mean")
     pairs = organize_pairs(score_responses(responses, score), variant.rule, score)
     kept = labelled_chosen(training_pairs(pairs), responses, variant.chosen, bench, truth)

@@ -20,6 +20,9 @@ from si_assets.organization.verification import (
     decide,
     decision_counts,
     organize_pairs,
+    segment_spans,
+    swap_negatives,
+    swapped_responses,
     training_pairs,
 )
 
@@ -146,3 +149,80 @@ def test_own_samples_as_negatives_pair_best_and_worst_positive() -> None:
     single = _scored().filter((pl.col("role") == "negative") | (pl.col("sample") == 0))
     with pytest.raises(ValueError, match="n_samples >= 2"):
         organize_pairs(single, PairRule(negatives="own_samples"), _score_by_lookup)
+
+
+def test_segments_are_mentions_and_keep_the_punctuation() -> None:
+    text = "a red circle, a blue square and a green star."
+    assert [text[a:b] for a, b in segment_spans(text)] == ["a red circle", "a blue square", "a green star"]
+    prose = "There is a dog. It sits on a mat!"
+    assert [prose[a:b] for a, b in segment_spans(prose)] == ["There is a dog", "It sits on a mat"]
+    assert segment_spans("") == [] and segment_spans(" . ") == []
+
+
+def test_swapped_responses_change_one_segment_for_one_the_chosen_lacks() -> None:
+    chosen = "a red circle, a blue square and a green star."
+    swaps = swapped_responses(chosen, "a red circle and a yellow ring.")  # "a red circle" is shared: not inserted
+    assert swaps == [
+        "a yellow ring, a blue square and a green star.",
+        "a red circle, a yellow ring and a green star.",
+        "a red circle, a blue square and a yellow ring.",
+    ]
+    assert swapped_responses(chosen, "A red circle.") == []  # nothing new to insert
+    assert swapped_responses("", "a yellow ring.") == []
+
+
+def _pair_frame(chosen: list[str], rejected: list[str], score_chosen: list[float]) -> pl.DataFrame:
+    n = len(chosen)
+    return pl.DataFrame(
+        {
+            "image_id": [f"img-{i}" for i in range(n)],
+            "chosen": chosen,
+            "rejected": rejected,
+            "score_chosen": score_chosen,
+            "score_rejected": [0.0] * n,
+        }
+    )
+
+
+def test_swap_negatives_takes_the_lowest_scored_edit_below_the_chosen() -> None:
+    # A CLIP stand-in that knows image 0 holds a circle and a square: each wrong mention costs 0.1.
+    truth = {"img-0": {"a red circle", "a blue square"}, "img-1": {"a green star"}}
+
+    def score(ids, texts):
+        return np.array(
+            [
+                1.0 - 0.1 * sum(s.strip(" .") not in truth[i] for s in t.replace(" and ", ", ").split(","))
+                for i, t in zip(ids, texts)
+            ]
+        )
+
+    pairs = _pair_frame(
+        ["a red circle and a blue square.", "a green star."],
+        ["a red circle, a yellow ring and a blue cross.", "a green star."],
+        [1.0, 1.0],
+    )
+    swapped = swap_negatives(pairs, score)
+    first, second = swapped.row(0, named=True), swapped.row(1, named=True)
+    assert first["rejected"] in {"a yellow ring and a blue square.", "a red circle and a yellow ring."}
+    assert first["rejected"].count(",") == 0 and first["rejected_source"] == "swapped"
+    assert first["score_rejected"] == pytest.approx(0.9)
+    # Nothing new in the donor: the sampled rejected response stays, and says so.
+    assert (second["rejected"], second["rejected_source"]) == ("a green star.", "sampled")
+    # An edit CLIP does not score below the chosen one is no error in CLIP's eyes: kept out.
+    blind = swap_negatives(pairs, lambda ids, texts: np.ones(len(texts)))
+    assert blind["rejected"].to_list() == pairs["rejected"].to_list()
+    assert set(blind["rejected_source"]) == {"sampled"}
+
+
+def test_swapped_negatives_through_the_rule() -> None:
+    scored = _scored().with_columns(
+        response=pl.col("response").str.replace_all("-", " ").str.replace(r" (\d)$", " and item ${1}") + "."
+    )
+    # A stand-in verifier that scores longer texts lower: the longest edit is the rejected one.
+    pairs = organize_pairs(scored, PairRule(negatives="swapped"), lambda ids, texts: -np.array([len(t) for t in texts]))
+    assert pairs["decision"].to_list() == [KEPT, REVERSED]  # the rule ran on the sampled pair first
+    assert pairs["chosen"].to_list() == ["a positive and item 1.", "b negative and item 1."]
+    assert pairs["rejected"].to_list() == ["a positive and a negative.", "b negative and b positive."]
+    assert pairs["rejected_source"].to_list() == ["swapped", "swapped"]
+    with pytest.raises(ValueError, match="needs verification='clip'"):
+        PairRule(negatives="swapped", verification="none")

@@ -27,6 +27,7 @@ from si_assets.modeling.preflight import verifier_text_length
 from si_assets.organization.verification import (
     DISCARDED,
     REVERSED,
+    NegativeSource,
     PairRule,
     clip_score_fn,
     decision_counts,
@@ -45,9 +46,10 @@ class VerificationConfig(dg.Config):
     margin: float = Field(0.0, ge=0, description="pairs whose CLIP scores differ by less are discarded")
     score_mode: Literal["sentence_mean", "truncate"] = "sentence_mean"
     verification: Literal["clip", "none"] = Field("clip", description="'none': pairs as generated (baseline)")
-    negatives: Literal["hallucinated", "random", "own_samples"] = Field(
+    negatives: NegativeSource = Field(
         "hallucinated",
-        description="'random': another image's response (baseline); 'own_samples': the CLIP-worst low-h sample",
+        description="'random': another image's response (baseline); 'own_samples': the CLIP-worst low-h sample; "
+        "'swapped': the chosen response with one mention swapped for one of the hallucinated negative's",
     )
     pairs_per_image: int = Field(1, ge=1, description="k best positives meet the k worst negatives, by rank")
     seed: int = 0
@@ -135,6 +137,7 @@ def verified_pairs(
     pairs = organize_pairs(scored, rule, score)
     seconds = time.perf_counter() - started
     counts = decision_counts(pairs)
+    swapped = "rejected_source" in pairs.columns  # negatives: swapped
     context.log.info(f"pairs: {counts} in {seconds:.1f}s")
     total = max(1, pairs.height)
     rates = {"reverse_rate": counts[REVERSED] / total, "discard_rate": counts[DISCARDED] / total}
@@ -143,6 +146,7 @@ def verified_pairs(
         **counts,
         **rates,
         margin=config.margin,
+        **({"rejected_swapped": int((pairs["rejected_source"] == "swapped").sum())} if swapped else {}),
         verifier=verifier_version if verifier.model == BOOTSTRAP else f"{verifier_version} ({verifier.model})",
         texts_past_verifier_context=cut,
         mean_score_chosen=float(pairs["score_chosen"].mean()),

@@ -8,6 +8,7 @@ discarded. Every score and decision stays on the row; training reads only kept a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -19,14 +20,18 @@ from si_assets.collection.sampling import NEGATIVE, POSITIVE, stable_seed
 
 KEPT, REVERSED, DISCARDED = "kept", "reversed", "discarded"
 Verification = Literal["clip", "none"]
-NegativeSource = Literal["hallucinated", "random", "own_samples"]
+NegativeSource = Literal["hallucinated", "random", "own_samples", "swapped"]
+NEGATIVE_SOURCES = ("hallucinated", "random", "own_samples", "swapped")
+# Where one mention ends and the next begins: list separators and sentence ends.
+SEGMENT_BREAK = re.compile(r",\s*|\s+and\s+|(?<=[.!?])\s+")
 
 
 @dataclass(frozen=True)
 class PairRule:
     margin: float = 0.0
     verification: Verification = "clip"  # "none": pairs as generated (positive 0 vs negative 0), a baseline
-    # "random": another image's response (a baseline); "own_samples": the CLIP-worst low-h positive (on-policy)
+    # "random": another image's response (a baseline); "own_samples": the CLIP-worst low-h positive (on-policy);
+    # "swapped": the chosen response with one segment replaced by one of the hallucinated negative's (a minimal edit)
     negatives: NegativeSource = "hallucinated"
     seed: int = 0  # for random negatives
     pairs_per_image: int = 1  # k: the k CLIP-best positives meet the k CLIP-worst negatives, in rank order
@@ -38,10 +43,10 @@ class PairRule:
             raise ValueError(f"margin must be >= 0, got {self.margin}")
         if self.verification not in ("clip", "none"):
             raise ValueError(f"verification must be 'clip' or 'none', got {self.verification!r}")
-        if self.negatives not in ("hallucinated", "random", "own_samples"):
-            raise ValueError(f"negatives must be 'hallucinated', 'random' or 'own_samples', got {self.negatives!r}")
-        if self.negatives == "own_samples" and self.verification != "clip":
-            raise ValueError("negatives='own_samples' needs verification='clip' (CLIP picks the worst sample)")
+        if self.negatives not in NEGATIVE_SOURCES:
+            raise ValueError(f"negatives must be one of {NEGATIVE_SOURCES}, got {self.negatives!r}")
+        if self.negatives in ("own_samples", "swapped") and self.verification != "clip":
+            raise ValueError(f"negatives={self.negatives!r} needs verification='clip' (CLIP picks the negative)")
 
 
 def decide(score_positive: np.ndarray, score_negative: np.ndarray, margin: float) -> np.ndarray:
@@ -102,6 +107,54 @@ def random_negatives(
     )
 
 
+def segment_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each mention-sized segment: "a red circle, a blue square and a star." has three; the
+    final full stop belongs to no segment, so a swap keeps the sentence's punctuation."""
+    spans, start = [], 0
+    for separator in SEGMENT_BREAK.finditer(text):
+        spans.append((start, separator.start()))
+        start = separator.end()
+    spans.append((start, len(text)))
+    stripped = [(a, b - 1) if text[a:b].endswith((".", "!", "?")) else (a, b) for a, b in spans]
+    return [(a, b) for a, b in stripped if text[a:b].strip()]
+
+
+def swapped_responses(chosen: str, donor: str) -> list[str]:
+    """Every text that is `chosen` with one of its segments replaced by a segment of `donor` that `chosen`
+    does not contain: as long as `chosen`, different in one mention."""
+    own = {chosen[a:b].strip().lower() for a, b in segment_spans(chosen)}
+    inserts = dict.fromkeys(donor[a:b].strip() for a, b in segment_spans(donor))
+    inserts = [s for s in inserts if s.lower() not in own]
+    return list(dict.fromkeys(chosen[:a] + s + chosen[b:] for a, b in segment_spans(chosen) for s in inserts))
+
+
+def swap_negatives(pairs: pl.DataFrame, score: Callable[[Sequence[str], Sequence[str]], np.ndarray]) -> pl.DataFrame:
+    """Rejected = the chosen response with one segment swapped for a segment of the rejected (hallucinated)
+    one, the swap CLIP scores lowest. Chosen and rejected then differ in one mention, at equal length, so DPO
+    learns which object to name rather than when to stop (the shared rest of the response cancels out). A
+    pair keeps its sampled rejected response when no swap scores below the chosen one (CLIP sees no error)."""
+    ids, edits, owners = [], [], []
+    for row, (image_id, chosen, rejected) in enumerate(pairs.select("image_id", "chosen", "rejected").iter_rows()):
+        for text in swapped_responses(chosen, rejected):
+            ids.append(image_id)
+            edits.append(text)
+            owners.append(row)
+    swapped = pairs["rejected"].to_list()
+    swapped_score = pairs["score_rejected"].to_list()
+    source = ["sampled"] * pairs.height
+    if edits:
+        scores = score(ids, edits)
+        edited = pl.DataFrame({"row": owners, "text": edits, "score": scores}).sort("row", "score")
+        for row, text, value in edited.group_by("row", maintain_order=True).first().iter_rows():
+            if value < pairs["score_chosen"][row]:
+                swapped[row], swapped_score[row], source[row] = text, value, "swapped"
+    return pairs.with_columns(
+        rejected=pl.Series(swapped, dtype=pl.String),
+        score_rejected=pl.Series(swapped_score, dtype=pl.Float64),
+        rejected_source=pl.Series(source, dtype=pl.String),
+    )
+
+
 def organize_pairs(
     scored: pl.DataFrame, rule: PairRule, score: Callable[[Sequence[str], Sequence[str]], np.ndarray]
 ) -> pl.DataFrame:
@@ -117,12 +170,13 @@ def organize_pairs(
         decision = np.full(candidates.height, KEPT)
     reversed_ = pl.col("decision") == REVERSED
     pairs = candidates.with_columns(decision=pl.Series(decision, dtype=pl.String))
-    return pairs.with_columns(
+    pairs = pairs.with_columns(
         chosen=pl.when(reversed_).then("response_negative").otherwise("response_positive"),
         rejected=pl.when(reversed_).then("response_positive").otherwise("response_negative"),
         score_chosen=pl.when(reversed_).then("score_negative").otherwise("score_positive"),
         score_rejected=pl.when(reversed_).then("score_positive").otherwise("score_negative"),
     )
+    return swap_negatives(pairs, score) if rule.negatives == "swapped" else pairs
 
 
 def decision_counts(pairs: pl.DataFrame) -> dict[str, int]:

@@ -24,7 +24,8 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from si_assets.evaluation.metrics import ObjectVocabulary  # noqa: E402
-from si_assets.organization.verification import clip_score_fn, segment_spans  # noqa: E402
+from si_assets.organization.segments import join_segments, segment_spans  # noqa: E402
+from si_assets.organization.verification import clip_score_fn  # noqa: E402
 from si_assets.storage import ArtifactStore  # noqa: E402
 from si_assets.verifier.clip import ClipScorer, load_clip  # noqa: E402
 from si_assets.world import WorldSpec, decode_png, improve_ground_truth  # noqa: E402
@@ -32,10 +33,6 @@ from si_assets.world import WorldSpec, decode_png, improve_ground_truth  # noqa:
 
 def clauses(text: str) -> list[str]:
     return [text[a:b].strip() for a, b in segment_spans(text)]
-
-
-def join_clauses(parts: list[str]) -> str:
-    return (parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]) + "."
 
 
 class Labels:
@@ -121,7 +118,7 @@ def clause_support(labels: Labels, samples: pl.DataFrame, score) -> dict[str, tu
             if kind == "partner":
                 kind += " (addition)" if labels.truth[image_id] <= named else " (substitution)"
             owners.append(k)
-            shorter.append(join_clauses(parts[:j] + parts[j + 1 :]))
+            shorter.append(join_segments(parts[:j] + parts[j + 1 :]))
             kinds.append(kind)
     drop = full[owners] - score([ids[k] for k in owners], shorter)
     kinds_ = np.array(kinds)

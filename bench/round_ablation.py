@@ -18,7 +18,6 @@ import json
 import os
 import tempfile
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -28,7 +27,6 @@ os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 import dagster as dg  # noqa: E402
 import polars as pl  # noqa: E402
 import torch  # noqa: E402
-from pair_diagnostics import join_clauses  # noqa: E402  (a sibling script: bench/ is on the path)
 from pydantic import BaseModel  # noqa: E402
 from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
 
@@ -42,13 +40,13 @@ from si_assets.modeling.generation import generate_greedy  # noqa: E402
 from si_assets.modeling.mixed_decoding import SamplerSettings  # noqa: E402
 from si_assets.optimization.dpo import DPOSettings, train_dpo  # noqa: E402
 from si_assets.optimization.self_training import self_sft_pairs, sft_pairs  # noqa: E402
+from si_assets.organization.segments import join_segments, segment_positions, segment_votes  # noqa: E402
 from si_assets.organization.verification import (  # noqa: E402
     PairRule,
     clip_score_fn,
     decision_counts,
     organize_pairs,
     score_responses,
-    segment_spans,
     training_pairs,
 )
 from si_assets.verifier.clip import ClipScorer, load_clip  # noqa: E402
@@ -197,17 +195,11 @@ def with_greedy_candidate(bench: Bench, responses: pl.DataFrame, checkpoint: Pat
 
 
 def consensus_response(samples: list[str], min_votes: int) -> str | None:
-    """Self-consistency without a judge: the segments ("a red circle") found in at least `min_votes` of one
-    image's samples, in their mean position; None when none has the votes. Sampling scatters hallucinations
-    across samples while what the image shows recurs, so this caption is a candidate more precise than most."""
-    votes: dict[str, int] = defaultdict(int)
-    positions: dict[str, float] = defaultdict(float)
-    for text in samples:
-        for position, segment in enumerate(dict.fromkeys(text[a:b].strip() for a, b in segment_spans(text))):
-            votes[segment] += 1
-            positions[segment] += position
-    agreed = sorted((s for s, count in votes.items() if count >= min_votes), key=lambda s: positions[s] / votes[s])
-    return join_clauses(agreed) if agreed else None
+    """Self-consistency without a judge: the segments ("a red circle") at least `min_votes` of one image's samples
+    name, in their mean position; None when none has the votes."""
+    positions = segment_positions(samples)
+    agreed = [s for s, votes in segment_votes(samples).items() if votes >= min_votes]
+    return join_segments(sorted(agreed, key=positions.__getitem__)) if agreed else None
 
 
 def with_consensus_candidates(responses: pl.DataFrame, thresholds, truth, vocab) -> pl.DataFrame:

@@ -16,7 +16,7 @@ from resources import ArtifactStoreResource, ComputeDevice, VisionLanguageModels
 from si_assets.assets.collection import SeedConfig, seed_checkpoint
 from si_assets.automation.runner import refresh_summary, run_bootstrap, run_round
 from si_assets.definitions import build_definitions, build_resources, defs
-from si_assets.organization.verification import segment_spans
+from si_assets.organization.segments import segment_spans
 from si_assets.rounds import ChampionRegistry, round_seed
 from si_assets.storage import ArtifactStore, Checkpoint
 from tests.conftest import SMALL_SPLITS
@@ -288,17 +288,20 @@ def test_self_sft_baseline_is_configuration(world: World) -> None:
 
 
 @pytest.mark.slow
-def test_swapped_negatives_are_configuration(world: World) -> None:
-    """`negatives: swapped` through the asset: each swapped rejected response is its chosen one with one segment
-    changed, and the metadata counts them."""
+def test_composed_chosen_and_swapped_negatives_are_configuration(world: World) -> None:
+    """`chosen: composed` + `negatives: swapped` through the asset: composed captions (sample number 3, one past
+    the round's 3 samples) are chosen where CLIP scores them best, and each swapped rejected response is its
+    chosen one with one segment changed; the metadata counts the swaps."""
     key, pairs_key = "round-0001", dg.AssetKey("verified_pairs")
     job = world.defs.resolve_implicit_job_def_def_for_assets([pairs_key])
-    config = {"ops": {"verified_pairs": {"config": {"negatives": "swapped"}}}}
+    config = {"ops": {"verified_pairs": {"config": {"negatives": "swapped", "chosen": "composed"}}}}
     result = job.execute_in_process(
         instance=world.instance, partition_key=key, asset_selection=[pairs_key], run_config=config
     )
     assert result.success
     pairs = result.output_for_node("verified_pairs")
+    composed = pairs.filter(pl.col("sample_positive") == 3)
+    assert composed.height > 0 and composed["h_positive"].is_null().all()
     swapped = pairs.filter(pl.col("rejected_source") == "swapped")
     assert latest(world.instance, "verified_pairs", key)["rejected_swapped"] == swapped.height > 0
     for chosen, rejected in swapped.select("chosen", "rejected").iter_rows():

@@ -12,6 +12,14 @@ from si_assets.collection.sampling import (
     plan_requests,
     stable_seed,
 )
+from si_assets.organization.composition import compose_by_verifier, composed_responses
+from si_assets.organization.segments import (
+    join_segments,
+    segment_positions,
+    segment_spans,
+    segment_votes,
+    swapped_responses,
+)
 from si_assets.organization.verification import (
     DISCARDED,
     KEPT,
@@ -20,9 +28,7 @@ from si_assets.organization.verification import (
     decide,
     decision_counts,
     organize_pairs,
-    segment_spans,
     swap_negatives,
-    swapped_responses,
     training_pairs,
 )
 
@@ -226,3 +232,76 @@ def test_swapped_negatives_through_the_rule() -> None:
     assert pairs["rejected_source"].to_list() == ["swapped", "swapped"]
     with pytest.raises(ValueError, match="needs verification='clip'"):
         PairRule(negatives="swapped", verification="none")
+
+
+TRUTH = {"img-0": {"a red circle", "a blue square"}, "img-1": {"a green star"}}
+
+
+def _segment_score(ids, texts) -> np.ndarray:
+    """A verifier stand-in that knows TRUTH: +1 per true segment, -1.5 per other, -0.1 per text."""
+    return np.array(
+        [
+            sum(1.0 if text[a:b] in TRUTH[i] else -1.5 for a, b in segment_spans(text)) - 0.1
+            for i, text in zip(ids, texts)
+        ]
+    )
+
+
+def test_segment_positions_and_join() -> None:
+    texts = ["a red circle, a green star and a blue square.", "a red circle and a blue square."]
+    assert segment_positions(texts) == {"a red circle": 0.0, "a green star": 1.0, "a blue square": 1.5}
+    assert join_segments(["a", "b", "c"]) == "a, b and c." and join_segments(["a"]) == "a." and join_segments([]) == ""
+
+
+def test_composition_adds_segments_while_the_score_rises() -> None:
+    pools = {
+        "img-0": segment_positions(["a red circle, a green star and a blue square.", "a yellow ring."]),
+        "img-1": segment_positions(["a yellow ring."]),  # nothing true to compose from
+    }
+    composed = compose_by_verifier(pools, _segment_score)
+    # img-0: the two true segments, in their sample order; the star and the ring lower the score and stay out
+    assert composed["img-0"] == "a red circle and a blue square."
+    # img-1: the best single segment is kept even when it scores below zero: every image gets a caption
+    assert composed["img-1"] == "a yellow ring."
+    # A bonus per segment above a false segment's cost lets it in: recall bought with precision
+    generous = compose_by_verifier(pools, _segment_score, bonus=2.0)
+    assert generous["img-0"] == "a red circle, a yellow ring, a green star and a blue square."  # mean positions
+
+
+def test_segment_votes_count_each_text_once() -> None:
+    samples = ["a green star and a green star.", "a green star.", "a blue square."]
+    assert segment_votes(samples) == {"a green star": 2, "a blue square": 1}
+
+
+def test_composed_chosen_through_the_rule() -> None:
+    responses = pl.DataFrame(
+        {
+            "image_id": ["img-0"] * 3,
+            "prompt": ["p"] * 3,
+            "role": [POSITIVE, POSITIVE, NEGATIVE],
+            "sample": [0, 1, 0],
+            "h": [0.0, 0.0, 0.4],
+            "seed": [1, 2, 1],
+            "response": ["a red circle and a green star.", "a blue square and a yellow ring.", "a green star."],
+        },
+        schema_overrides={"seed": pl.UInt64, "sample": pl.Int32},
+    )
+    scored = responses.with_columns(score=pl.Series(_segment_score(responses["image_id"], responses["response"])))
+    extra = composed_responses(scored.filter(pl.col("role") == POSITIVE), _segment_score)
+    assert extra.select("response", "sample", "h", "seed").row(0) == ("a red circle and a blue square.", 2, None, None)
+    assert extra["score"].to_list() == pytest.approx([1.9])
+    pairs = organize_pairs(scored, PairRule(chosen="composed"), _segment_score)
+    assert pairs.select("chosen", "rejected", "sample_positive", "decision").row(0) == (
+        "a red circle and a blue square.",
+        "a green star.",
+        2,
+        KEPT,
+    )
+    # Without composition the chosen one is a whole sample, hallucination included.
+    assert organize_pairs(scored, PairRule(), _segment_score)["chosen"].to_list() == ["a red circle and a green star."]
+    with pytest.raises(ValueError, match="chosen='composed' needs verification='clip'"):
+        PairRule(chosen="composed", verification="none")
+    with pytest.raises(ValueError, match="compose_bonus"):
+        PairRule(chosen="composed", compose_bonus=-0.1)
+    with pytest.raises(ValueError, match="chosen must be"):
+        PairRule(chosen="oracle")  # type: ignore[arg-type]

@@ -27,6 +27,7 @@ from si_assets.modeling.preflight import verifier_text_length
 from si_assets.organization.verification import (
     DISCARDED,
     REVERSED,
+    ChosenSource,
     NegativeSource,
     PairRule,
     clip_score_fn,
@@ -52,6 +53,12 @@ class VerificationConfig(dg.Config):
         "'swapped': the chosen response with one mention swapped for one of the hallucinated negative's",
     )
     pairs_per_image: int = Field(1, ge=1, description="k best positives meet the k worst negatives, by rank")
+    chosen: ChosenSource = Field(
+        "best",
+        description="'best': the CLIP-best sample; 'composed': CLIP also builds a caption from the samples' segments "
+        "(one added at a time while its score rises), which joins the candidates",
+    )
+    compose_bonus: float = Field(0.0, ge=0, description="added per segment while composing: recall for precision")
     seed: int = 0
     max_reverse_rate: float = Field(0.5, ge=0, le=1, description="the reverse_rate check warns above this")
     max_discard_rate: float = Field(0.5, ge=0, le=1, description="the discard_rate check warns above this")
@@ -108,7 +115,15 @@ def verified_pairs(
     """Chosen = CLIP-best positive, rejected = CLIP-worst negative; reversed when the negative scores higher,
     discarded when the two are closer than `margin`. Every score and decision stays on the row."""
     seed = round_seed_of(context, config.seed)
-    rule = PairRule(config.margin, config.verification, config.negatives, seed, config.pairs_per_image)
+    rule = PairRule(
+        margin=config.margin,
+        verification=config.verification,
+        negatives=config.negatives,
+        seed=seed,
+        pairs_per_image=config.pairs_per_image,
+        chosen=config.chosen,
+        compose_bonus=config.compose_bonus,
+    )
     started = time.perf_counter()
     verifier = config.verifier_source()
     scorer = clip.scorer(*verifier.load_args(bootstrap_clip.path))

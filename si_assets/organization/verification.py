@@ -8,7 +8,6 @@ discarded. Every score and decision stays on the row; training reads only kept a
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -17,13 +16,14 @@ import numpy as np
 import polars as pl
 
 from si_assets.collection.sampling import NEGATIVE, POSITIVE, stable_seed
+from si_assets.organization.composition import composed_responses
+from si_assets.organization.segments import swapped_responses
 
 KEPT, REVERSED, DISCARDED = "kept", "reversed", "discarded"
 Verification = Literal["clip", "none"]
 NegativeSource = Literal["hallucinated", "random", "own_samples", "swapped"]
 NEGATIVE_SOURCES = ("hallucinated", "random", "own_samples", "swapped")
-# Where one mention ends and the next begins: list separators and sentence ends.
-SEGMENT_BREAK = re.compile(r",\s*|\s+and\s+|(?<=[.!?])\s+")
+ChosenSource = Literal["best", "composed"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,10 @@ class PairRule:
     negatives: NegativeSource = "hallucinated"
     seed: int = 0  # for random negatives
     pairs_per_image: int = 1  # k: the k CLIP-best positives meet the k CLIP-worst negatives, in rank order
+    # "best": the CLIP-best sample; "composed": CLIP also composes a caption from the samples' segments, which
+    # joins the candidates (si_assets/organization/composition.py)
+    chosen: ChosenSource = "best"
+    compose_bonus: float = 0.0  # per segment while composing: > 0 lets more segments in (recall for precision)
 
     def __post_init__(self) -> None:
         if self.pairs_per_image < 1:
@@ -47,6 +51,12 @@ class PairRule:
             raise ValueError(f"negatives must be one of {NEGATIVE_SOURCES}, got {self.negatives!r}")
         if self.negatives in ("own_samples", "swapped") and self.verification != "clip":
             raise ValueError(f"negatives={self.negatives!r} needs verification='clip' (CLIP picks the negative)")
+        if self.chosen not in ("best", "composed"):
+            raise ValueError(f"chosen must be 'best' or 'composed', got {self.chosen!r}")
+        if self.compose_bonus < 0:
+            raise ValueError(f"compose_bonus must be >= 0, got {self.compose_bonus}")
+        if self.chosen == "composed" and self.verification != "clip":
+            raise ValueError("chosen='composed' needs verification='clip' (CLIP composes the caption)")
 
 
 def decide(score_positive: np.ndarray, score_negative: np.ndarray, margin: float) -> np.ndarray:
@@ -107,27 +117,6 @@ def random_negatives(
     )
 
 
-def segment_spans(text: str) -> list[tuple[int, int]]:
-    """(start, end) of each mention-sized segment: "a red circle, a blue square and a star." has three; the
-    final full stop belongs to no segment, so a swap keeps the sentence's punctuation."""
-    spans, start = [], 0
-    for separator in SEGMENT_BREAK.finditer(text):
-        spans.append((start, separator.start()))
-        start = separator.end()
-    spans.append((start, len(text)))
-    stripped = [(a, b - 1) if text[a:b].endswith((".", "!", "?")) else (a, b) for a, b in spans]
-    return [(a, b) for a, b in stripped if text[a:b].strip()]
-
-
-def swapped_responses(chosen: str, donor: str) -> list[str]:
-    """Every text that is `chosen` with one of its segments replaced by a segment of `donor` that `chosen`
-    does not contain: as long as `chosen`, different in one mention."""
-    own = {chosen[a:b].strip().lower() for a, b in segment_spans(chosen)}
-    inserts = dict.fromkeys(donor[a:b].strip() for a, b in segment_spans(donor))
-    inserts = [s for s in inserts if s.lower() not in own]
-    return list(dict.fromkeys(chosen[:a] + s + chosen[b:] for a, b in segment_spans(chosen) for s in inserts))
-
-
 def swap_negatives(pairs: pl.DataFrame, score: Callable[[Sequence[str], Sequence[str]], np.ndarray]) -> pl.DataFrame:
     """Rejected = the chosen response with one segment swapped for a segment of the rejected (hallucinated)
     one, the swap CLIP scores lowest. Chosen and rejected then differ in one mention, at equal length, so DPO
@@ -160,6 +149,9 @@ def organize_pairs(
 ) -> pl.DataFrame:
     """The verified pairs: chosen/rejected after the reverse/discard rule, with every score kept.
     `pair_id` is `<image_id>/<rank>`."""
+    if rule.chosen == "composed":
+        positives = scored.filter(pl.col("role") == POSITIVE)
+        scored = pl.concat([scored, composed_responses(positives, score, rule.compose_bonus)])
     candidates = select_candidates(scored, rule)
     candidates = candidates.with_columns(pair_id=pl.format("{}/{}", "image_id", "rank"))
     if rule.negatives == "random":

@@ -40,7 +40,8 @@ def compose_by_verifier(pools: dict[str, dict[str, float]], score: Score, bonus:
             break
         sizes = np.array([len(chosen[image_id]) + 1 for image_id in ids])
         table = pl.DataFrame({"image_id": ids, "segment": added, "value": score(ids, texts) + bonus * sizes})
-        top = table.sort("value", descending=True).group_by("image_id", maintain_order=True).first()
+        ranked = table.sort("value", descending=True, maintain_order=True)  # ties: the earlier segment wins
+        top = ranked.group_by("image_id", maintain_order=True).first()
         active = set()
         for image_id, segment, value in top.iter_rows():
             if value > best[image_id]:

@@ -133,7 +133,7 @@ def swap_negatives(pairs: pl.DataFrame, score: Callable[[Sequence[str], Sequence
     source = ["sampled"] * pairs.height
     if edits:
         scores = score(ids, edits)
-        edited = pl.DataFrame({"row": owners, "text": edits, "score": scores}).sort("row", "score")
+        edited = pl.DataFrame({"row": owners, "text": edits, "score": scores}).sort("row", "score", maintain_order=True)
         for row, text, value in edited.group_by("row", maintain_order=True).first().iter_rows():
             if value < pairs["score_chosen"][row]:
                 swapped[row], swapped_score[row], source[row] = text, value, "swapped"

@@ -294,7 +294,8 @@ def test_composed_chosen_and_swapped_negatives_are_configuration(world: World) -
     chosen one with one segment changed; the metadata counts the swaps."""
     key, pairs_key = "round-0001", dg.AssetKey("verified_pairs")
     job = world.defs.resolve_implicit_job_def_def_for_assets([pairs_key])
-    config = {"ops": {"verified_pairs": {"config": {"negatives": "swapped", "chosen": "composed"}}}}
+    composing = {"chosen": "composed", "compose_from_best": True}
+    config = {"ops": {"verified_pairs": {"config": {"negatives": "swapped", **composing}}}}
     result = job.execute_in_process(
         instance=world.instance, partition_key=key, asset_selection=[pairs_key], run_config=config
     )

@@ -273,6 +273,17 @@ def test_segment_votes_count_each_text_once() -> None:
     assert segment_votes(samples) == {"a green star": 2, "a blue square": 1}
 
 
+def test_composition_from_the_best_sample_can_drop_its_segments() -> None:
+    samples = ["a red circle, a blue square and a green star.", "a green star.", "a yellow ring."]
+    positives = pl.DataFrame(
+        {"image_id": ["img-0"] * 3, "sample": [0, 1, 2], "h": [0.0] * 3, "seed": [1, 2, 3], "response": samples},
+        schema_overrides={"seed": pl.UInt64, "sample": pl.Int32},
+    ).with_columns(score=pl.Series(_segment_score(["img-0"] * 3, samples)))
+    climbed = composed_responses(positives, _segment_score, from_best=True)
+    assert climbed["response"].to_list() == ["a red circle and a blue square."]  # the star dropped
+    assert climbed["score"].to_list() == pytest.approx([1.9])
+
+
 def test_composed_chosen_through_the_rule() -> None:
     responses = pl.DataFrame(
         {

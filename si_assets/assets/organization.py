@@ -59,6 +59,9 @@ class VerificationConfig(dg.Config):
         "(one added at a time while its score rises), which joins the candidates",
     )
     compose_bonus: float = Field(0.0, ge=0, description="added per segment while composing: recall for precision")
+    compose_from_best: bool = Field(
+        False, description="composing starts from the CLIP-best sample's segments and may also drop them"
+    )
     seed: int = 0
     max_reverse_rate: float = Field(0.5, ge=0, le=1, description="the reverse_rate check warns above this")
     max_discard_rate: float = Field(0.5, ge=0, le=1, description="the discard_rate check warns above this")
@@ -123,6 +126,7 @@ def verified_pairs(
         pairs_per_image=config.pairs_per_image,
         chosen=config.chosen,
         compose_bonus=config.compose_bonus,
+        compose_from_best=config.compose_from_best,
     )
     started = time.perf_counter()
     verifier = config.verifier_source()

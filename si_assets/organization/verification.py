@@ -39,6 +39,7 @@ class PairRule:
     # joins the candidates (si_assets/organization/composition.py)
     chosen: ChosenSource = "best"
     compose_bonus: float = 0.0  # per segment while composing: > 0 lets more segments in (recall for precision)
+    compose_from_best: bool = False  # composing starts from the CLIP-best sample (and may drop its segments)
 
     def __post_init__(self) -> None:
         if self.pairs_per_image < 1:
@@ -151,7 +152,8 @@ def organize_pairs(
     `pair_id` is `<image_id>/<rank>`."""
     if rule.chosen == "composed":
         positives = scored.filter(pl.col("role") == POSITIVE)
-        scored = pl.concat([scored, composed_responses(positives, score, rule.compose_bonus)])
+        composed = composed_responses(positives, score, rule.compose_bonus, rule.compose_from_best)
+        scored = pl.concat([scored, composed])
     candidates = select_candidates(scored, rule)
     candidates = candidates.with_columns(pair_id=pl.format("{}/{}", "image_id", "rank"))
     if rule.negatives == "random":

@@ -40,6 +40,7 @@ from si_assets.modeling.generation import generate_greedy  # noqa: E402
 from si_assets.modeling.mixed_decoding import SamplerSettings  # noqa: E402
 from si_assets.optimization.dpo import DPOSettings, train_dpo  # noqa: E402
 from si_assets.optimization.self_training import self_sft_pairs, sft_pairs  # noqa: E402
+from si_assets.organization.composition import extra_candidates  # noqa: E402
 from si_assets.organization.segments import join_segments, segment_positions, segment_votes  # noqa: E402
 from si_assets.organization.verification import (  # noqa: E402
     PairRule,
@@ -125,6 +126,7 @@ class Bench:
     eval_images: list
     improve_images: dict
     responses: dict[tuple, pl.DataFrame] = field(default_factory=dict)
+    greedy: dict[Path | None, dict[str, str]] = field(default_factory=dict)  # checkpoint -> image id -> caption
 
     def load_seed(self, checkpoint: Path | None = None):
         checkpoint = checkpoint or self.seed_dir
@@ -178,20 +180,14 @@ def responses_for(bench: Bench, variant: Variant, checkpoint: Path | None) -> pl
 
 def with_greedy_candidate(bench: Bench, responses: pl.DataFrame, checkpoint: Path | None) -> pl.DataFrame:
     """The responses plus one more positive per image: the model's greedy caption (sample number N)."""
-    key = ("greedy", checkpoint)
-    if key not in bench.responses:
+    if checkpoint not in bench.greedy:
         improve = bench.world["improve"]
         ids, prompts = improve["id"].to_list(), improve["prompt"].to_list()
         captions = generate_greedy(*bench.load_seed(checkpoint), [bench.improve_images[i] for i in ids], prompts)
-        bench.responses[key] = pl.DataFrame({"image_id": ids, "greedy": captions})
-    first = responses.filter((pl.col("role") == "positive") & (pl.col("sample") == 0))
-    greedy = first.join(bench.responses[key], on="image_id").with_columns(
-        response=pl.col("greedy"),
-        sample=pl.lit(int(responses["sample"].max()) + 1, dtype=pl.Int32),
-        h=pl.lit(0.0),
-        temperature=pl.lit(0.0),
-    )
-    return pl.concat([responses, greedy.select(responses.columns)])
+        bench.greedy[checkpoint] = dict(zip(ids, captions))
+    positives = responses.filter(pl.col("role") == "positive")
+    greedy = extra_candidates(positives, bench.greedy[checkpoint]).with_columns(temperature=pl.lit(0.0))
+    return pl.concat([responses, greedy])
 
 
 def consensus_response(samples: list[str], min_votes: int) -> str | None:
@@ -205,23 +201,15 @@ def consensus_response(samples: list[str], min_votes: int) -> str | None:
 def with_consensus_candidates(responses: pl.DataFrame, thresholds, truth, vocab) -> pl.DataFrame:
     """The responses plus, per image and vote threshold, the caption of the segments that many samples share."""
     positives = responses.filter(pl.col("role") == "positive")
-    first = positives.filter(pl.col("sample") == 0)
-    top = int(positives["sample"].max())
-    extra = []
-    for k, votes in enumerate(thresholds, start=1):
-        texts = {
-            image_id: consensus_response(group["response"].to_list(), votes) or ""
-            for (image_id,), group in positives.group_by("image_id")
-        }
-        made = first.with_columns(
-            response=pl.col("image_id").replace_strict(texts),
-            sample=pl.lit(top + k, dtype=pl.Int32),
-            h=pl.lit(0.0),
-        ).filter(pl.col("response") != "")
+    groups = {image_id: group["response"].to_list() for (image_id,), group in positives.group_by("image_id")}
+    for votes in thresholds:
+        texts = {image_id: consensus_response(samples, votes) for image_id, samples in groups.items()}
+        made = extra_candidates(positives, {i: t for i, t in texts.items() if t})
         s = caption_scores(made["response"].to_list(), [truth[i] for i in made["image_id"]], vocab)
-        print(f"consensus >= {votes} of {top + 1}: {made.height} captions, P {s.precision:.3f} R {s.recall:.3f}")
-        extra.append(made.select(responses.columns))
-    return pl.concat([responses, *extra])
+        print(f"consensus >= {votes}: {made.height} captions, P {s.precision:.3f} R {s.recall:.3f}")
+        positives = pl.concat([positives, made])  # the next threshold's captions get the next sample number
+        responses = pl.concat([responses, made])
+    return responses
 
 
 def labelled_chosen(kept: pl.DataFrame, responses: pl.DataFrame, mode: str, bench: Bench, truth: dict) -> pl.DataFrame:

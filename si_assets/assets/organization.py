@@ -156,7 +156,6 @@ def verified_pairs(
     pairs = organize_pairs(scored, rule, score)
     seconds = time.perf_counter() - started
     counts = decision_counts(pairs)
-    swapped = "rejected_source" in pairs.columns  # negatives: swapped
     context.log.info(f"pairs: {counts} in {seconds:.1f}s")
     total = max(1, pairs.height)
     rates = {"reverse_rate": counts[REVERSED] / total, "discard_rate": counts[DISCARDED] / total}
@@ -165,7 +164,11 @@ def verified_pairs(
         **counts,
         **rates,
         margin=config.margin,
-        **({"rejected_swapped": int((pairs["rejected_source"] == "swapped").sum())} if swapped else {}),
+        **(
+            {"rejected_swapped": int((pairs["rejected_source"] == "swapped").sum())}
+            if rule.negatives == "swapped"
+            else {}
+        ),
         verifier=verifier_version if verifier.model == BOOTSTRAP else f"{verifier_version} ({verifier.model})",
         texts_past_verifier_context=cut,
         mean_score_chosen=float(pairs["score_chosen"].mean()),

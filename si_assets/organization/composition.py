@@ -88,15 +88,19 @@ def composed_responses(
             top = group.sort("score", "sample", descending=[True, False])["response"][0]
             start[image_id] = list(dict.fromkeys(top[a:b].strip() for a, b in segment_spans(top)))
     texts = compose_by_verifier(pools, score, bonus, start if from_best else None)
-    if not texts:
-        return positives.clear()
-    rows = positives.unique("image_id", keep="first", maintain_order=True).filter(pl.col("image_id").is_in(texts))
-    ids = rows["image_id"].to_list()
-    composed = [texts[image_id] for image_id in ids]
+    rows = extra_candidates(positives, texts)
+    values = score(rows["image_id"].to_list(), rows["response"].to_list()) if rows.height else []
+    return rows.with_columns(score=pl.Series(values, dtype=pl.Float64))
+
+
+def extra_candidates(positives: pl.DataFrame, text_by_image: dict[str, str]) -> pl.DataFrame:
+    """Rows shaped like `positives` for responses that were not sampled, one per image in `text_by_image`:
+    sample number N (one past the last sample), no h, no sampler seed; other columns from the image's first row."""
+    rows = positives.unique("image_id", keep="first", maintain_order=True)
+    rows = rows.filter(pl.col("image_id").is_in(list(text_by_image)))
     return rows.with_columns(
-        response=pl.Series(composed, dtype=pl.String),
+        response=pl.col("image_id").replace_strict(text_by_image, return_dtype=pl.String),
         sample=pl.lit(int(positives["sample"].max()) + 1, dtype=positives.schema["sample"]),
         h=pl.lit(None, dtype=positives.schema["h"]),
         seed=pl.lit(None, dtype=positives.schema["seed"]),
-        score=pl.Series(score(ids, composed), dtype=pl.Float64),
     )

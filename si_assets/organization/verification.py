@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import polars as pl
@@ -22,7 +22,7 @@ from si_assets.organization.segments import swapped_responses
 KEPT, REVERSED, DISCARDED = "kept", "reversed", "discarded"
 Verification = Literal["clip", "none"]
 NegativeSource = Literal["hallucinated", "random", "own_samples", "swapped"]
-NEGATIVE_SOURCES = ("hallucinated", "random", "own_samples", "swapped")
+NEGATIVE_SOURCES = get_args(NegativeSource)
 ChosenSource = Literal["best", "composed"]
 
 
@@ -52,7 +52,7 @@ class PairRule:
             raise ValueError(f"negatives must be one of {NEGATIVE_SOURCES}, got {self.negatives!r}")
         if self.negatives in ("own_samples", "swapped") and self.verification != "clip":
             raise ValueError(f"negatives={self.negatives!r} needs verification='clip' (CLIP picks the negative)")
-        if self.chosen not in ("best", "composed"):
+        if self.chosen not in get_args(ChosenSource):
             raise ValueError(f"chosen must be 'best' or 'composed', got {self.chosen!r}")
         if self.compose_bonus < 0:
             raise ValueError(f"compose_bonus must be >= 0, got {self.compose_bonus}")

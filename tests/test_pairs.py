@@ -15,6 +15,7 @@ from si_assets.collection.sampling import (
 from si_assets.organization.composition import compose_by_verifier, composed_responses
 from si_assets.organization.segments import (
     join_segments,
+    omitted_responses,
     segment_positions,
     segment_spans,
     segment_votes,
@@ -28,6 +29,7 @@ from si_assets.organization.verification import (
     decide,
     decision_counts,
     organize_pairs,
+    score_responses,
     swap_negatives,
     training_pairs,
 )
@@ -235,6 +237,50 @@ def test_swapped_negatives_through_the_rule() -> None:
 
 
 TRUTH = {"img-0": {"a red circle", "a blue square"}, "img-1": {"a green star"}}
+
+
+def test_omitted_responses_leave_out_one_distinct_segment() -> None:
+    assert omitted_responses("a red circle, a blue square and a star.") == [
+        "a blue square and a star.",
+        "a red circle and a star.",
+        "a red circle and a blue square.",
+    ]
+    assert omitted_responses("a star.") == [] and omitted_responses("") == []
+    assert omitted_responses("a star, a ring and a star.") == ["a star and a star."]
+
+
+def test_omission_pairs_leave_out_what_the_verifier_is_surest_of() -> None:
+    # img-0: the chosen caption names both true objects and one false; leaving out the circle costs CLIP most
+    # (the stand-in weighs it higher). img-1: one segment only, so no omission pair.
+    rows = [
+        ("img-0", POSITIVE, "a red circle, a blue square and a yellow ring."),
+        ("img-0", NEGATIVE, "a red circle, a green cross and a yellow ring."),
+        ("img-1", POSITIVE, "a green star."),
+        ("img-1", NEGATIVE, "a red circle."),
+    ]
+
+    def score(ids, texts) -> np.ndarray:
+        # float32, as CLIP's scores are
+        return (_segment_score(ids, texts) + np.array([0.3 * ("a red circle" in t) for t in texts])).astype(np.float32)
+
+    scored = pl.DataFrame(
+        [{"image_id": i, "prompt": "p", "role": r, "sample": 0, "h": 0.1, "seed": 0, "response": t} for i, r, t in rows],
+        schema_overrides={"seed": pl.UInt64, "sample": pl.Int32},
+    )
+    scored = score_responses(scored, score)
+    pairs = organize_pairs(scored, PairRule(omission_pairs=True, pairs_per_image=1), score)
+    assert pairs["pair_id"].to_list() == ["img-0/0", "img-0/1", "img-1/0"]
+    assert pairs["rejected_source"].to_list() == ["sampled", "omitted", "sampled"]
+    omission = pairs.row(1, named=True)
+    assert omission["chosen"] == "a red circle, a blue square and a yellow ring."
+    assert omission["rejected"] == "a blue square and a yellow ring."
+    assert omission["score_rejected"] == pytest.approx(omission["score_chosen"] - 1.3)
+    assert omission["decision"] == KEPT and omission["h_negative"] is None
+    # A margin wider than any omission's cost keeps none; the sampled pairs are untouched.
+    wide = organize_pairs(scored, PairRule(omission_pairs=True, margin=2.0), score)
+    assert "omitted" not in wide["rejected_source"].to_list() and wide.height == 2
+    with pytest.raises(ValueError, match="omission_pairs needs verification='clip'"):
+        PairRule(omission_pairs=True, verification="none")
 
 
 def _segment_score(ids, texts) -> np.ndarray:

@@ -40,7 +40,8 @@ from si_assets.storage.chunks import run_in_chunks
 from si_assets.storage.memo import config_key
 from si_assets.verifier.clip import BOOTSTRAP, VerifierSource
 
-VERIFY_CODE_VERSION = "verify-2"
+VERIFY_CODE_VERSION = "verify-3"  # the pairs' code; verify-3: rejected_source on every row, omission pairs
+SCORING_VERSION = "verify-2"  # the stored CLIP scores' code: unchanged scores are reused across pair rules
 
 
 class VerificationConfig(dg.Config):
@@ -61,6 +62,11 @@ class VerificationConfig(dg.Config):
     compose_bonus: float = Field(0.0, ge=0, description="added per segment while composing: recall for precision")
     compose_from_best: bool = Field(
         False, description="composing starts from the CLIP-best sample's segments and may also drop them"
+    )
+    omission_pairs: bool = Field(
+        False,
+        description="one more pair per image: the chosen response against itself without the mention CLIP is surest "
+        "of, so training also learns to keep naming what is there",
     )
     seed: int = 0
     max_reverse_rate: float = Field(0.5, ge=0, le=1, description="the reverse_rate check warns above this")
@@ -127,6 +133,7 @@ def verified_pairs(
         chosen=config.chosen,
         compose_bonus=config.compose_bonus,
         compose_from_best=config.compose_from_best,
+        omission_pairs=config.omission_pairs,
     )
     started = time.perf_counter()
     verifier = config.verifier_source()
@@ -141,7 +148,7 @@ def verified_pairs(
         )
     image_by_id = decode_images(unlabeled_images)
     score = clip_score_fn(scorer, image_by_id, unlabeled_images["id"].to_list(), config.score_mode)
-    scoring = (config.score_mode, clip.device_name(), VERIFY_CODE_VERSION)
+    scoring = (config.score_mode, clip.device_name(), SCORING_VERSION)
     verifier_version = verifier.identity(bootstrap_clip.version)
     key = config_key(verifier_version, data_version(unlabeled_images), *scoring)
     scored, chunks = run_in_chunks(
@@ -164,11 +171,7 @@ def verified_pairs(
         **counts,
         **rates,
         margin=config.margin,
-        **(
-            {"rejected_swapped": int((pairs["rejected_source"] == "swapped").sum())}
-            if rule.negatives == "swapped"
-            else {}
-        ),
+        rejected_sources=dict(pairs.group_by("rejected_source").len().sort("rejected_source").iter_rows()),
         verifier=verifier_version if verifier.model == BOOTSTRAP else f"{verifier_version} ({verifier.model})",
         texts_past_verifier_context=cut,
         mean_score_chosen=float(pairs["score_chosen"].mean()),

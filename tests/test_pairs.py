@@ -264,7 +264,7 @@ def test_omission_pairs_leave_out_what_the_verifier_is_surest_of() -> None:
         return (_segment_score(ids, texts) + np.array([0.3 * ("a red circle" in t) for t in texts])).astype(np.float32)
 
     scored = pl.DataFrame(
-        [{"image_id": i, "prompt": "p", "role": r, "sample": 0, "h": 0.1, "seed": 0, "response": t} for i, r, t in rows],
+        [dict(image_id=i, prompt="p", role=r, sample=0, h=0.1, seed=0, response=t) for i, r, t in rows],
         schema_overrides={"seed": pl.UInt64, "sample": pl.Int32},
     )
     scored = score_responses(scored, score)

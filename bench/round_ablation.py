@@ -31,6 +31,7 @@ from pydantic import BaseModel  # noqa: E402
 from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
 
 from si_assets.assets.bootstrap import bootstrap_clip, bootstrap_seed_model  # noqa: E402
+from si_assets.assets.organization import VerificationConfig  # noqa: E402
 from si_assets.assets.world import world_splits  # noqa: E402
 from si_assets.collection.sampling import HallucinationRatios, decode_plan, plan_requests  # noqa: E402
 from si_assets.definitions import build_resources  # noqa: E402
@@ -38,6 +39,7 @@ from si_assets.evaluation.evaluate import evaluate_model  # noqa: E402
 from si_assets.evaluation.metrics import ObjectVocabulary, caption_scores  # noqa: E402
 from si_assets.modeling.generation import generate_greedy  # noqa: E402
 from si_assets.modeling.mixed_decoding import SamplerSettings  # noqa: E402
+from si_assets.optimization.dpo import LANGUAGE_MODEL_PROJECTIONS as LM_LORA  # noqa: E402
 from si_assets.optimization.dpo import DPOSettings, train_dpo  # noqa: E402
 from si_assets.optimization.self_training import self_sft_pairs, sft_pairs  # noqa: E402
 from si_assets.organization.composition import extra_candidates  # noqa: E402
@@ -70,7 +72,7 @@ class Variant:
     n_negatives: int = 4
     ratios: HallucinationRatios = HallucinationRatios()
     sampler: SamplerSettings = SamplerSettings()
-    rule: PairRule = PairRule()
+    rule: PairRule = PairRule()  # the variants below say which
     training: DPOSettings = DPOSettings()
     data: str = "pairs"  # "pairs" | "self_sft" (seed's greedy captions) | "supervised" (seed_train labels)
     # "clip" (the loop) | diagnosis only, reads the labels: "oracle_pick" (the most precise of the same samples)
@@ -82,23 +84,36 @@ class Variant:
 
 
 DEFAULT = DPOSettings()
-SFT_ONLY = DPOSettings(objective="sft")
+LOOP_RULE = VerificationConfig().pair_rule(seed=0)  # the `verified_pairs` defaults
+PLAIN_RULE = PairRule()  # CLIP-best sample vs CLIP-worst negative, one pair per image
+EARLIER_TRAINING = DEFAULT.model_copy(update={"lora_targets": LM_LORA, "epochs": 2.0})  # the defaults until stop 17
+# One SFT target per image: as many epochs as the loop has pairs per image give the same optimizer steps.
+SFT_ONLY = DPOSettings(objective="sft", epochs=DEFAULT.epochs * LOOP_RULE.pairs_per_image)
 VARIANTS = {
     v.name: v
     for v in [
-        Variant("loop", note="CLIP best-of-N chosen, CLIP-worst negative, DPO + SFT term (the defaults)"),
-        Variant("literal", n_samples=1, n_negatives=1, training=DEFAULT.model_copy(update={"rpo_alpha": 0.0}),
+        Variant("loop", rule=LOOP_RULE,
+                note="the defaults: CLIP composes the chosen caption from the best sample's segments and the others'; "
+                     "2 best candidates vs 2 CLIP-worst negatives; DPO + SFT term, LoRA on every linear layer"),
+        Variant("best_of_n", rule=PLAIN_RULE, training=EARLIER_TRAINING,
+                note="the earlier defaults: CLIP-best of the samples vs the CLIP-worst negative, language-model "
+                     "LoRA, 2 epochs"),
+        Variant("literal", n_samples=1, n_negatives=1, rule=PLAIN_RULE,
+                training=DEFAULT.model_copy(update={"rpo_alpha": 0.0}),
                 note="1 sample, CLIP swap/discard, plain DPO (the paper's recipe)"),
-        Variant("literal_sft", n_samples=1, n_negatives=1, note="1 sample, CLIP swap/discard, DPO + SFT term"),
-        Variant("no_verification", rule=PairRule(verification="none"), note="pairs as generated"),
-        Variant("random_negatives", rule=PairRule(negatives="random"), note="negative = another image's response"),
+        Variant("literal_sft", n_samples=1, n_negatives=1, rule=PLAIN_RULE,
+                note="1 sample, CLIP swap/discard, DPO + SFT term"),
+        Variant("no_verification", rule=VerificationConfig(verification="none").pair_rule(seed=0),
+                note="pairs as generated"),
+        Variant("random_negatives", rule=replace(LOOP_RULE, negatives="random"),
+                note="negative = another image's response"),
         Variant("self_sft", data="self_sft", training=SFT_ONLY,
                 note="label-free self-training on the seed's greedy captions, same trainer and steps"),
         Variant("supervised", data="supervised", training=SFT_ONLY,
                 note="REFERENCE ONLY (reads labels): SFT on seed_train captions, same steps"),
-        Variant("oracle_pick", chosen="oracle_pick",
+        Variant("oracle_pick", rule=PLAIN_RULE, chosen="oracle_pick",
                 note="DIAGNOSIS ONLY (reads labels): chosen = the most precise of the same samples"),
-        Variant("true_caption", chosen="true_caption",
+        Variant("true_caption", rule=PLAIN_RULE, chosen="true_caption",
                 note="DIAGNOSIS ONLY (reads labels): chosen = the image's clean caption"),
     ]
 }  # fmt: skip
@@ -352,7 +367,13 @@ def main() -> None:
         nargs="+",
         default=[],
         metavar="NAME=JSON",
-        help='extra variants of "loop", e.g. neg35=\'{"ratios": {"mu_neg": 0.35}, "training": {"ld_alpha": 0.5}}\'',
+        help='extra variants of --base, e.g. neg35=\'{"ratios": {"mu_neg": 0.35}, "training": {"ld_alpha": 0.5}}\'',
+    )
+    parser.add_argument(
+        "--base",
+        default="loop",
+        choices=list(VARIANTS),
+        help="the variant --derive changes ('best_of_n': the earlier defaults, as docs/round_experiments.md §1-§9 ran)",
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--images", type=int, default=1500, help="unlabeled images used (the improve split's head)")
@@ -372,7 +393,7 @@ def main() -> None:
     variants = [VARIANTS[v] for v in args.variants]
     for spec in args.derive:
         name, overrides = spec.split("=", 1)
-        variants.append(derive(VARIANTS["loop"], name, json.loads(overrides)))
+        variants.append(derive(VARIANTS[args.base], name, json.loads(overrides)))
     results = run(
         variants,
         args.seeds,

@@ -9,7 +9,13 @@ from transformers import AutoModelForImageTextToText
 
 from si_assets.modeling.bootstrap import tokenizer_corpus
 from si_assets.modeling.tiny_vlm import TinyVLMSpec, build_model, build_processor, build_tokenizer
-from si_assets.optimization.dpo import DPOSettings, compute_reference, save_trained, train_dpo
+from si_assets.optimization.dpo import (
+    LANGUAGE_MODEL_PROJECTIONS,
+    DPOSettings,
+    compute_reference,
+    save_trained,
+    train_dpo,
+)
 from si_assets.optimization.self_training import sft_pairs
 from si_assets.world import WorldSpec, decode_png, generate_split
 
@@ -87,11 +93,15 @@ def test_reference_matches_trl_live_reference(world, tmp_path: Path) -> None:
     assert (reference["ref_chosen_logps"] < 0).all() and (reference["ref_rejected_logps"] < 0).all()
 
 
-def test_saved_model_loads_with_plain_from_pretrained(world, tmp_path: Path) -> None:
+@pytest.mark.parametrize("targets", ["all-linear", LANGUAGE_MODEL_PROJECTIONS], ids=["all-linear", "language-model"])
+def test_saved_model_loads_with_plain_from_pretrained(world, tmp_path: Path, targets: str) -> None:
+    """The merged checkpoint carries the adapter wherever it was: every linear layer by default (the vision tower
+    too), or only the language model's projections."""
     tok, pairs, images = world
     model, processor = _fresh_model(tok)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    peft_model, _, _ = train_dpo(model, processor, pairs, images, SETTINGS, tmp_path / "w")
+    settings = SETTINGS.model_copy(update={"lora_targets": targets})
+    peft_model, _, _ = train_dpo(model, processor, pairs, images, settings, tmp_path / "w")
     save_trained(peft_model, processor, tmp_path / "merged", tmp_path / "merged" / "adapter")
     assert (tmp_path / "merged" / "model.safetensors").is_file()
     assert (tmp_path / "merged" / "adapter" / "adapter_model.safetensors").is_file()
@@ -99,7 +109,8 @@ def test_saved_model_loads_with_plain_from_pretrained(world, tmp_path: Path) -> 
     after = reloaded.state_dict()
     changed = [k for k in before if "language_model" in k and not torch.equal(before[k], after[k])]
     assert changed, "the merged adapter should change the language model's projections"
-    assert all(torch.equal(before[k], after[k]) for k in before if "vision_tower" in k)  # LoRA targets the LM only
+    vision_unchanged = all(torch.equal(before[k], after[k]) for k in before if "vision_tower" in k)
+    assert vision_unchanged == (targets == LANGUAGE_MODEL_PROJECTIONS)
 
 
 def test_no_pairs_and_missing_reference_rows_are_clear_errors(world, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from si_assets.assets.organization import VerificationConfig
 from si_assets.collection.sampling import (
     NEGATIVE,
     POSITIVE,
@@ -15,7 +16,6 @@ from si_assets.collection.sampling import (
 from si_assets.organization.composition import compose_by_verifier, composed_responses
 from si_assets.organization.segments import (
     join_segments,
-    omitted_responses,
     segment_positions,
     segment_spans,
     segment_votes,
@@ -29,7 +29,6 @@ from si_assets.organization.verification import (
     decide,
     decision_counts,
     organize_pairs,
-    score_responses,
     swap_negatives,
     training_pairs,
 )
@@ -128,6 +127,8 @@ def test_baselines_without_verification_and_with_random_negatives() -> None:
     # each image's negative is the other image's chosen positive, scored against this image
     assert shuffled["response_negative"].to_list() == ["b-positive-1", "a-positive-1"]
     assert shuffled["score_negative"].to_list() == [0.05, 0.05]
+    # every pair says where its rejected response came from
+    assert set(unverified["rejected_source"]) == {"sampled"} and set(shuffled["rejected_source"]) == {"random"}
 
 
 def test_bad_rules_are_refused() -> None:
@@ -239,50 +240,6 @@ def test_swapped_negatives_through_the_rule() -> None:
 TRUTH = {"img-0": {"a red circle", "a blue square"}, "img-1": {"a green star"}}
 
 
-def test_omitted_responses_leave_out_one_distinct_segment() -> None:
-    assert omitted_responses("a red circle, a blue square and a star.") == [
-        "a blue square and a star.",
-        "a red circle and a star.",
-        "a red circle and a blue square.",
-    ]
-    assert omitted_responses("a star.") == [] and omitted_responses("") == []
-    assert omitted_responses("a star, a ring and a star.") == ["a star and a star."]
-
-
-def test_omission_pairs_leave_out_what_the_verifier_is_surest_of() -> None:
-    # img-0: the chosen caption names both true objects and one false; leaving out the circle costs CLIP most
-    # (the stand-in weighs it higher). img-1: one segment only, so no omission pair.
-    rows = [
-        ("img-0", POSITIVE, "a red circle, a blue square and a yellow ring."),
-        ("img-0", NEGATIVE, "a red circle, a green cross and a yellow ring."),
-        ("img-1", POSITIVE, "a green star."),
-        ("img-1", NEGATIVE, "a red circle."),
-    ]
-
-    def score(ids, texts) -> np.ndarray:
-        # float32, as CLIP's scores are
-        return (_segment_score(ids, texts) + np.array([0.3 * ("a red circle" in t) for t in texts])).astype(np.float32)
-
-    scored = pl.DataFrame(
-        [dict(image_id=i, prompt="p", role=r, sample=0, h=0.1, seed=0, response=t) for i, r, t in rows],
-        schema_overrides={"seed": pl.UInt64, "sample": pl.Int32},
-    )
-    scored = score_responses(scored, score)
-    pairs = organize_pairs(scored, PairRule(omission_pairs=True, pairs_per_image=1), score)
-    assert pairs["pair_id"].to_list() == ["img-0/0", "img-0/1", "img-1/0"]
-    assert pairs["rejected_source"].to_list() == ["sampled", "omitted", "sampled"]
-    omission = pairs.row(1, named=True)
-    assert omission["chosen"] == "a red circle, a blue square and a yellow ring."
-    assert omission["rejected"] == "a blue square and a yellow ring."
-    assert omission["score_rejected"] == pytest.approx(omission["score_chosen"] - 1.3)
-    assert omission["decision"] == KEPT and omission["h_negative"] is None
-    # A margin wider than any omission's cost keeps none; the sampled pairs are untouched.
-    wide = organize_pairs(scored, PairRule(omission_pairs=True, margin=2.0), score)
-    assert "omitted" not in wide["rejected_source"].to_list() and wide.height == 2
-    with pytest.raises(ValueError, match="omission_pairs needs verification='clip'"):
-        PairRule(omission_pairs=True, verification="none")
-
-
 def _segment_score(ids, texts) -> np.ndarray:
     """A verifier stand-in that knows TRUTH: +1 per true segment, -1.5 per other, -0.1 per text."""
     return np.array(
@@ -362,3 +319,14 @@ def test_composed_chosen_through_the_rule() -> None:
         PairRule(chosen="composed", compose_bonus=-0.1)
     with pytest.raises(ValueError, match="chosen must be"):
         PairRule(chosen="oracle")  # type: ignore[arg-type]
+
+
+def test_verified_pairs_config_defaults_and_the_unverified_baseline() -> None:
+    """The asset's defaults compose the chosen caption from the best sample, two pairs per image; the baseline
+    `verification: none` has no verifier to compose with, so it pairs the samples as generated."""
+    rule = VerificationConfig().pair_rule(seed=5)
+    assert (rule.chosen, rule.compose_from_best, rule.pairs_per_image, rule.seed) == ("composed", True, 2, 5)
+    unverified = VerificationConfig(verification="none").pair_rule(seed=0)
+    assert (unverified.chosen, unverified.compose_from_best, unverified.verification) == ("best", False, "none")
+    with pytest.raises(ValueError, match="needs verification='clip'"):
+        VerificationConfig(verification="none", negatives="swapped").pair_rule(seed=0)

@@ -46,13 +46,18 @@ class DPOSettings(BaseModel):
     rpo_alpha: float = Field(1.0, ge=0, description="weight of the SFT term on the chosen response; 0 = plain DPO")
     ld_alpha: float | None = Field(None, ge=0, le=1, description="LD-DPO weight of tokens past the shorter response")
     learning_rate: float = Field(1e-3, gt=0)
-    epochs: float = Field(2.0, gt=0)
+    epochs: float = Field(3.0, gt=0)
     batch_size: int = Field(16, ge=1)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.0, ge=0, lt=1)
-    lora_targets: str = Field(LANGUAGE_MODEL_PROJECTIONS, description="regex over module names, or 'all-linear'")
+    # every linear layer, vision tower and projector included: the adapter can then also learn to see the objects
+    # the chosen captions name, which keeps recall (docs/round_experiments.md §10)
+    lora_targets: str = Field(
+        "all-linear",
+        description=f"regex over module names (language model only: {LANGUAGE_MODEL_PROJECTIONS!r}), or 'all-linear'",
+    )
     max_length: int | None = Field(None, description="prompt (image tokens included) + response; None: no cut")
     seed: int = 0
     logging_steps: int = Field(10, ge=1)

@@ -34,16 +34,6 @@ def swapped_responses(chosen: str, donor: str) -> list[str]:
     return list(dict.fromkeys(chosen[:a] + s + chosen[b:] for a, b in segment_spans(chosen) for s in inserts))
 
 
-def omitted_responses(chosen: str) -> list[str]:
-    """Every text that is `chosen` with one of its segments left out, the rest in list form (`join_segments`),
-    in the order of the left-out segment; none when `chosen` has fewer than two segments. A repeated segment is
-    not left out (one copy gone would name nothing less)."""
-    segments = [chosen[a:b].strip() for a, b in segment_spans(chosen)]
-    if len(segments) < 2:
-        return []
-    return [join_segments(segments[:k] + segments[k + 1 :]) for k, s in enumerate(segments) if segments.count(s) == 1]
-
-
 def join_segments(segments: Sequence[str]) -> str:
     """The list form that segments are split from: a, b and c."""
     if not segments:

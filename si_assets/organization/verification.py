@@ -17,7 +17,7 @@ import polars as pl
 
 from si_assets.collection.sampling import NEGATIVE, POSITIVE, stable_seed
 from si_assets.organization.composition import composed_responses
-from si_assets.organization.segments import omitted_responses, swapped_responses
+from si_assets.organization.segments import swapped_responses
 
 KEPT, REVERSED, DISCARDED = "kept", "reversed", "discarded"
 Verification = Literal["clip", "none"]
@@ -40,9 +40,6 @@ class PairRule:
     chosen: ChosenSource = "best"
     compose_bonus: float = 0.0  # per segment while composing: > 0 lets more segments in (recall for precision)
     compose_from_best: bool = False  # composing starts from the CLIP-best sample (and may drop its segments)
-    # one more pair per image: the chosen response against itself without the segment CLIP misses most, so
-    # DPO also learns to name what the verifier sees, not only to name less (`omission_pairs`)
-    omission_pairs: bool = False
 
     def __post_init__(self) -> None:
         if self.pairs_per_image < 1:
@@ -61,8 +58,6 @@ class PairRule:
             raise ValueError(f"compose_bonus must be >= 0, got {self.compose_bonus}")
         if self.chosen == "composed" and self.verification != "clip":
             raise ValueError("chosen='composed' needs verification='clip' (CLIP composes the caption)")
-        if self.omission_pairs and self.verification != "clip":
-            raise ValueError("omission_pairs needs verification='clip' (CLIP picks the omitted segment)")
 
 
 def decide(score_positive: np.ndarray, score_negative: np.ndarray, margin: float) -> np.ndarray:
@@ -150,40 +145,6 @@ def swap_negatives(pairs: pl.DataFrame, score: Callable[[Sequence[str], Sequence
     )
 
 
-def omission_pairs(
-    pairs: pl.DataFrame, score: Callable[[Sequence[str], Sequence[str]], np.ndarray], rank: int, margin: float
-) -> pl.DataFrame:
-    """Per image whose first pair was kept, one more pair at `rank`: the chosen response against itself with
-    the segment left out whose absence lowers CLIP's score most (the object it is surest of). The other pairs
-    teach what not to name, and with a shorter chosen response also to name less; this one teaches to go on
-    naming what CLIP sees. Kept only when the omission scores at least `margin` below the chosen response."""
-    base = pairs.filter((pl.col("rank") == 0) & (pl.col("decision") == KEPT))
-    ids, texts, owners = [], [], []
-    for row, (image_id, chosen) in enumerate(base.select("image_id", "chosen").iter_rows()):
-        for text in omitted_responses(chosen):
-            ids.append(image_id)
-            texts.append(text)
-            owners.append(row)
-    if not texts:
-        return pairs.clear()
-    table = pl.DataFrame({"row": owners, "text": texts, "score": score(ids, texts)})
-    worst = table.sort("row", "score", maintain_order=True).group_by("row", maintain_order=True).first()
-    omitted = base[worst["row"].to_list()].with_columns(
-        rejected=worst["text"], score_rejected=worst["score"].cast(pairs.schema["score_rejected"])
-    )
-    omitted = omitted.filter(pl.col("score_chosen") - pl.col("score_rejected") >= max(margin, 1e-12))
-    return omitted.with_columns(
-        rank=pl.lit(rank, dtype=pairs.schema["rank"]),
-        pair_id=pl.format("{}/{}", "image_id", pl.lit(rank)),
-        response_negative=pl.col("rejected"),
-        score_negative=pl.col("score_rejected"),
-        h_negative=pl.lit(None, dtype=pairs.schema["h_negative"]),
-        sample_negative=pl.lit(None, dtype=pairs.schema["sample_negative"]),
-        seed_negative=pl.lit(None, dtype=pairs.schema["seed_negative"]),
-        rejected_source=pl.lit("omitted"),
-    )
-
-
 def organize_pairs(
     scored: pl.DataFrame, rule: PairRule, score: Callable[[Sequence[str], Sequence[str]], np.ndarray]
 ) -> pl.DataFrame:
@@ -212,9 +173,6 @@ def organize_pairs(
     )
     if rule.negatives == "swapped":
         pairs = swap_negatives(pairs, score)
-    if rule.omission_pairs:
-        pairs = pl.concat([pairs, omission_pairs(pairs, score, rule.pairs_per_image, rule.margin)])
-        pairs = pairs.sort("image_id", "rank", maintain_order=True)
     return pairs
 
 

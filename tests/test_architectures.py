@@ -6,14 +6,13 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from si_assets.automation.runner import run_bootstrap, run_round
 from si_assets.definitions import build_definitions, build_resources
 from si_assets.modeling.chat import user_prompt
 from tests.test_graph import BOOTSTRAP_CONFIG, REFUSE_GATE, latest, round_config
-from tests.tiny_architectures import ARCHITECTURES, build_checkpoint
+from tests.tiny_architectures import ARCHITECTURES, assert_merged_lora, build_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -56,10 +55,6 @@ def test_a_round_runs_on_each_architecture(
     model = AutoModelForImageTextToText.from_pretrained(trained_dir, use_safetensors=True)
     seed = AutoModelForImageTextToText.from_pretrained(base, use_safetensors=True)
     assert type(model) is type(seed)
-    changed = [n for n, p in model.named_parameters() if not torch.equal(p, seed.get_parameter(n))]
-    # LoRA on every linear layer (the default): merged into linear weights only, the language model's among them;
-    # embeddings, norms, biases and the output head stay as they were
-    assert any(("language_model" in n or "text_model" in n) for n in changed)
-    assert all(n.endswith(".weight") and "embed" not in n and "norm" not in n and "lm_head" not in n for n in changed)
+    assert_merged_lora(model, seed)
     processor = AutoProcessor.from_pretrained(trained_dir)
     assert user_prompt(processor, "Describe.") == user_prompt(AutoProcessor.from_pretrained(base), "Describe.")

@@ -12,7 +12,6 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
-import torch
 import yaml
 from transformers import AutoModelForImageTextToText
 
@@ -20,6 +19,7 @@ from si_assets.automation.executors import all_ops, executor_from_env, gpu_ops, 
 from si_assets.automation.runner import run_bootstrap, run_round, stored_table
 from si_assets.definitions import all_assets, build_definitions, build_resources
 from tests.test_graph import BOOTSTRAP_CONFIG, PASS_GATE, latest, round_config
+from tests.tiny_architectures import assert_merged_lora
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -52,8 +52,7 @@ def test_dpo_runs_data_parallel_in_two_gloo_processes_through_pipes(home: tuple[
     assert any("DPO on 2 processes (gloo)" in m for m in logs)  # rank 0's log reached the run log over Pipes
     model = AutoModelForImageTextToText.from_pretrained(trained["path"], use_safetensors=True)
     before = AutoModelForImageTextToText.from_pretrained(seed["path"], use_safetensors=True)
-    changed = [n for n, p in model.named_parameters() if not torch.equal(p, before.get_parameter(n))]
-    assert changed and all("language_model" in n for n in changed)
+    assert_merged_lora(model, before)
     assert (Path(trained["path"]) / "adapter" / "adapter_config.json").is_file()
 
 

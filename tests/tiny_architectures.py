@@ -187,3 +187,11 @@ def build_checkpoint(architecture: str, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     ARCHITECTURES[architecture](folder)
     return folder
+
+
+def assert_merged_lora(trained: torch.nn.Module, base: torch.nn.Module) -> None:
+    """A merged LoRA on every linear layer (the default) changed linear weights only, the language model's among
+    them; embeddings, norms, biases and the output head stay as they were."""
+    changed = [n for n, p in trained.named_parameters() if not torch.equal(p, base.get_parameter(n))]
+    assert any(("language_model" in n or "text_model" in n) for n in changed), changed
+    assert all(n.endswith(".weight") and "embed" not in n and "norm" not in n and "lm_head" not in n for n in changed)

@@ -171,9 +171,7 @@ def organize_pairs(
         score_rejected=pl.when(reversed_).then("score_positive").otherwise("score_negative"),
         rejected_source=pl.lit("random" if rule.negatives == "random" else "sampled"),
     )
-    if rule.negatives == "swapped":
-        pairs = swap_negatives(pairs, score)
-    return pairs
+    return swap_negatives(pairs, score) if rule.negatives == "swapped" else pairs
 
 
 def decision_counts(pairs: pl.DataFrame) -> dict[str, int]:

@@ -40,7 +40,7 @@ from si_assets.evaluation.metrics import ObjectVocabulary, caption_scores  # noq
 from si_assets.modeling.generation import generate_greedy  # noqa: E402
 from si_assets.modeling.mixed_decoding import SamplerSettings  # noqa: E402
 from si_assets.optimization.dpo import LANGUAGE_MODEL_PROJECTIONS as LM_LORA  # noqa: E402
-from si_assets.optimization.dpo import DPOSettings, train_dpo  # noqa: E402
+from si_assets.optimization.dpo import DPOResult, DPOSettings, train_dpo  # noqa: E402
 from si_assets.optimization.self_training import self_sft_pairs, sft_pairs  # noqa: E402
 from si_assets.organization.composition import extra_candidates  # noqa: E402
 from si_assets.organization.segments import join_segments, segment_positions, segment_votes  # noqa: E402
@@ -330,11 +330,21 @@ def run(
                     rows.append({"variant": label, "seed": seed, "steps": result.steps, "seconds": seconds, **metrics})
                     shown = " ".join(f"{m} {metrics[m]:.3f}" for m in METRICS)
                     print(f"{label} seed {seed}: {shown} ({result.steps} steps, {seconds:.0f}s)", flush=True)
+                    if settings.objective == "dpo":
+                        print(f"{label} seed {seed} curve: {curve_note(result)}", flush=True)
                     if round_ < rounds:
                         checkpoint = Path(chain) / f"round{round_}"
                         merged.save_pretrained(checkpoint)
                         processor.save_pretrained(checkpoint)
     return pl.DataFrame(rows)
+
+
+def curve_note(result: DPOResult) -> str:
+    """The preference accuracy and reward margin early, midway and at the end: does the DPO term saturate?"""
+    curve = result.curve_table()
+    picks = sorted({0, curve.height // 4, curve.height // 2, curve.height - 1})
+    rows = curve.select("step", "rewards/accuracies", "rewards/margins").rows()
+    return " | ".join(f"step {rows[i][0]:.0f}: acc {rows[i][1]:.2f} margin {rows[i][2]:.2f}" for i in picks)
 
 
 def summary(results: pl.DataFrame) -> pl.DataFrame:

@@ -342,6 +342,8 @@ def run(
 def curve_note(result: DPOResult) -> str:
     """The preference accuracy and reward margin early, midway and at the end: does the DPO term saturate?"""
     curve = result.curve_table()
+    if curve.height == 0:
+        return "(no logged steps)"
     picks = sorted({0, curve.height // 4, curve.height // 2, curve.height - 1})
     rows = curve.select("step", "rewards/accuracies", "rewards/margins").rows()
     return " | ".join(f"step {rows[i][0]:.0f}: acc {rows[i][1]:.2f} margin {rows[i][2]:.2f}" for i in picks)

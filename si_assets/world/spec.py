@@ -43,8 +43,8 @@ class WorldSpec(BaseModel):
         le=1.0,
         description="share of seed_train captions that name an absent partner object, as web captions do",
     )
-    # paired by default: only then can the image-free stream voice the partner habit the seed's errors come from,
-    # and controlled-hallucination negatives beat another image's caption (docs/round_experiments.md §11)
+    # paired by default: captions name objects as people write them, and in this world the controlled-hallucination
+    # negatives beat another image's caption; in kind order they tie (docs/round_experiments.md §11)
     caption_order: Literal["kind", "paired"] = Field(
         "paired",
         description="kind: objects in a fixed kind order; paired: a random order per caption in which co-occurring "

@@ -43,6 +43,7 @@ from si_assets.optimization.dpo import LANGUAGE_MODEL_PROJECTIONS as LM_LORA  # 
 from si_assets.optimization.dpo import DPOResult, DPOSettings, train_dpo  # noqa: E402
 from si_assets.optimization.self_training import self_sft_pairs, sft_pairs  # noqa: E402
 from si_assets.organization.composition import extra_candidates  # noqa: E402
+from si_assets.organization.probes import PROBE, YES  # noqa: E402
 from si_assets.organization.segments import join_segments, segment_positions, segment_votes  # noqa: E402
 from si_assets.organization.verification import (  # noqa: E402
     PairRule,
@@ -281,8 +282,25 @@ def pairs_for(
         "rejected": scores(kept["rejected"], kept["image_id"]),
         "chosen_words": float(kept["chosen"].str.split(" ").list.len().mean()),
         "rejected_words": float(kept["rejected"].str.split(" ").list.len().mean()),
+        **probe_diagnostics(kept, truth),
     }
     return kept, diagnostics
+
+
+def probe_diagnostics(pairs: pl.DataFrame, truth: dict) -> dict:
+    """How many yes/no probes, and how often their winning answer agrees with the labels (diagnosis only)."""
+    probes = pairs.filter(pl.col("task") == PROBE) if "task" in pairs.columns else pairs.clear()
+    if probes.height == 0:
+        return {}
+    said_yes = probes["answer"] == YES
+    right = [(a == YES) == (o in truth[i]) for i, o, a in probes.select("image_id", "object", "answer").iter_rows()]
+    right = pl.Series(right)
+    return {
+        "probes_yes": int(said_yes.sum()),
+        "probes_no": int((~said_yes).sum()),
+        "probe_yes_right": round(float(right.filter(said_yes).mean() or 0), 3),
+        "probe_no_right": round(float(right.filter(~said_yes).mean() or 0), 3),
+    }
 
 
 def run(

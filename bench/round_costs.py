@@ -30,8 +30,7 @@ import torch  # noqa: E402
 from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
 
 from si_assets.collection.sampling import HallucinationRatios, draw_ratios, stable_seed  # noqa: E402
-from si_assets.evaluation.evaluate import POPE_PROMPT  # noqa: E402
-from si_assets.evaluation.metrics import ObjectVocabulary  # noqa: E402
+from si_assets.evaluation.metrics import POPE_PROMPT, ObjectVocabulary  # noqa: E402
 from si_assets.modeling.chat import user_prompt  # noqa: E402
 from si_assets.modeling.generation import generate_greedy  # noqa: E402
 from si_assets.modeling.mixed_decoding import MixedRequest, MixtureSampler, SamplerSettings, decode_mixed  # noqa: E402

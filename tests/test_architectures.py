@@ -45,7 +45,8 @@ def test_a_round_runs_on_each_architecture(
     pairs = latest(instance, "verified_pairs", key)
     assert pairs["kept"] + pairs["reversed"] > 0
     trained = latest(instance, "trained_model", key)
-    assert trained["steps"] > 0 and trained["training_pairs"] == pairs["kept"] + pairs["reversed"]
+    assert trained["steps"] > 0
+    assert trained["training_pairs"] == pairs["kept"] + pairs["reversed"] + pairs["probe_pairs"]
     scores = latest(instance, "eval_scores", key)
     for metric in ("precision", "recall", "pope_f1"):
         assert 0.0 <= scores[f"trained/{metric}"] <= 1.0

@@ -13,7 +13,7 @@ import pytest
 
 from si_assets.automation.runner import run_bootstrap, run_round
 from si_assets.definitions import build_definitions, build_resources
-from tests.test_graph import BOOTSTRAP_CONFIG, round_config
+from tests.test_graph import BOOTSTRAP_CONFIG, PASS_GATE, round_config
 
 REPO = Path(__file__).resolve().parents[1]
 SECONDS_TO_WAIT = 300  # a generous bound on a busy CI machine; the test measures nothing with it
@@ -56,7 +56,7 @@ def test_daemon_rematerializes_downstream_of_a_margin_change(tmp_path: Path) -> 
     with dg.DagsterInstance.from_config(str(home)) as instance:
         defs = build_definitions(build_resources(str(store), device="cpu"))
         run_bootstrap(defs, instance, BOOTSTRAP_CONFIG)
-        run_round(defs, instance, key, round_config({"min_precision_gain": -1.0, "recall_tolerance": 1.0}))
+        run_round(defs, instance, key, round_config(PASS_GATE))
 
         log = tmp_path / "daemon.log"
         with open(log, "w") as out:

@@ -31,7 +31,8 @@ BOOTSTRAP_CONFIG = {
     }
 }
 TRAINING = {"epochs": 1, "batch_size": 8}
-PASS_GATE = {"min_precision_gain": -1.0, "recall_tolerance": 1.0}  # the tiny models: force each outcome
+# the tiny models: force each outcome
+PASS_GATE = {"min_precision_gain": -1.0, "recall_tolerance": 1.0, "pope_tolerance": 1.0}
 REFUSE_GATE = {"min_precision_gain": 1.0}
 
 
@@ -140,7 +141,9 @@ def test_round_promotes_and_repeats_exactly(world: World) -> None:
     assert trained_meta["input/seed_checkpoint"] == seed["input/seed"]
     assert pairs_version in scores["lineage"] and trained_meta["path"].rsplit("/", 1)[-1] in scores["lineage"]
     assert sum(pairs_meta[d] for d in ("kept", "reversed", "discarded")) == n_images
-    assert trained_meta["training_pairs"] == n_images - pairs_meta["discarded"]
+    # the caption pairs that train, and their yes/no probes (one per object they name)
+    assert pairs_meta["probe_pairs"] == sum(pairs_meta["probe_answers"].values())
+    assert trained_meta["training_pairs"] == n_images - pairs_meta["discarded"] + pairs_meta["probe_pairs"]
     assert trained_meta["reference_pairs_computed"] == trained_meta["training_pairs"]
     assert trained_meta["reference_pairs_reused"] == 0
 

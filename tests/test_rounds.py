@@ -42,26 +42,41 @@ def test_round_seed_is_stable_and_differs_between_rounds() -> None:
     assert round_seed(1, "round-0001") != round_seed(0, "round-0001")
 
 
-SEED = {"precision": 0.75, "recall": 0.86}
+SEED = {"precision": 0.75, "recall": 0.86, "pope_f1": 0.85}
 
 
 @pytest.mark.parametrize(
     ("trained", "base", "passed", "reason"),
     [
-        ({"precision": 0.78, "recall": 0.84}, SEED, True, None),
-        ({"precision": 0.755, "recall": 0.86}, SEED, False, "precision gain +0.005 < +0.010"),
-        ({"precision": 0.76, "recall": 0.86}, SEED, True, None),  # exactly the minimum gain passes
-        ({"precision": 0.80, "recall": 0.82}, SEED, False, "recall fell 0.040 below the seed"),
+        ({"precision": 0.78, "recall": 0.84, "pope_f1": 0.83}, SEED, True, None),
+        ({"precision": 0.755, "recall": 0.86, "pope_f1": 0.85}, SEED, False, "precision gain +0.005 < +0.010"),
+        ({"precision": 0.76, "recall": 0.86, "pope_f1": 0.85}, SEED, True, None),  # exactly the minimum gain passes
+        ({"precision": 0.80, "recall": 0.82, "pope_f1": 0.85}, SEED, False, "recall fell 0.040 below the seed"),
         # Within tolerance of this round's seed, but the chain has drifted too far from the base model.
-        ({"precision": 0.80, "recall": 0.84}, {"precision": 0.7, "recall": 0.88}, False, "below the base model"),
-        ({"precision": 0.70, "recall": 0.80}, SEED, False, "precision gain -0.050"),
+        (
+            {"precision": 0.80, "recall": 0.84, "pope_f1": 0.85},
+            {**SEED, "precision": 0.7, "recall": 0.88},
+            False,
+            "recall fell 0.040 below the base model",
+        ),
+        ({"precision": 0.70, "recall": 0.80, "pope_f1": 0.85}, SEED, False, "precision gain -0.050"),
+        # Fewer hallucinated mentions, but now it answers yes to every question about an object.
+        ({"precision": 0.84, "recall": 0.86, "pope_f1": 0.66}, SEED, False, "POPE F1 fell 0.190 below the seed"),
+        (
+            {"precision": 0.80, "recall": 0.86, "pope_f1": 0.84},
+            {**SEED, "pope_f1": 0.88},
+            False,
+            "POPE F1 fell 0.040 below the base model",
+        ),
     ],
 )
 def test_gate_decision(trained: dict, base: dict, passed: bool, reason: str | None) -> None:
-    decision = gate_decision(SEED, trained, base, GatePolicy(min_precision_gain=0.01, recall_tolerance=0.03))
+    policy = GatePolicy(min_precision_gain=0.01, recall_tolerance=0.03, pope_tolerance=0.03)
+    decision = gate_decision(SEED, trained, base, policy)
     assert decision.passed is passed
     assert decision.precision_gain == pytest.approx(trained["precision"] - SEED["precision"])
     assert decision.recall_change_vs_base == pytest.approx(trained["recall"] - base["recall"])
+    assert decision.pope_f1_change_vs_seed == pytest.approx(trained["pope_f1"] - SEED["pope_f1"])
     if reason:
         assert any(reason in r for r in decision.reasons), decision.reasons
         assert decision.summary().endswith("refused: " + "; ".join(decision.reasons))
@@ -72,8 +87,12 @@ def test_gate_decision(trained: dict, base: dict, passed: bool, reason: str | No
 def test_gate_rejects_bad_policy_and_missing_metrics() -> None:
     with pytest.raises(ValueError, match="recall_tolerance"):
         GatePolicy(recall_tolerance=-0.1)
+    with pytest.raises(ValueError, match="pope_tolerance"):
+        GatePolicy(pope_tolerance=1.5)
     with pytest.raises(KeyError, match="trained metrics lack"):
         gate_decision(SEED, {"precision": 0.9}, SEED, GatePolicy())
+    with pytest.raises(KeyError, match="pope_f1"):
+        gate_decision(SEED, {"precision": 0.9, "recall": 0.9}, SEED, GatePolicy())
 
 
 def _stored_checkpoint(store: ArtifactStore, tmp_path: Path, name: str) -> tuple[str, str, str]:

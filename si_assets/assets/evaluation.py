@@ -61,10 +61,11 @@ class EvalConfig(dg.Config):
     seed: int = Field(0, description="POPE question sampling; the same in every round, so rounds compare")
     min_precision_gain: float = Field(0.01, description="promotion gate: trained precision − seed precision")
     recall_tolerance: float = Field(0.03, description="promotion gate: largest recall loss vs seed and vs base")
+    pope_tolerance: float = Field(0.03, description="promotion gate: largest POPE F1 loss vs seed and vs base")
 
     def metrics_key(self) -> str:
         """What determines the metrics of a checkpoint besides the data (the gate settings do not)."""
-        return self.model_dump_json(exclude={"batch_size", "min_precision_gain", "recall_tolerance"})
+        return self.model_dump_json(exclude={"batch_size", "min_precision_gain", "recall_tolerance", "pope_tolerance"})
 
     def data(self, world_eval: pl.DataFrame) -> EvalData:
         if self.source == "world":
@@ -159,7 +160,8 @@ def eval_scores(
         )
     base_m = champion.base_metrics if champion is not None else seed_m
     table = metrics_table({"base": base_m, "seed": seed_m, "trained": trained_m})
-    gate = gate_decision(seed_m, trained_m, base_m, GatePolicy(config.min_precision_gain, config.recall_tolerance))
+    policy = GatePolicy(config.min_precision_gain, config.recall_tolerance, config.pope_tolerance)
+    gate = gate_decision(seed_m, trained_m, base_m, policy)
     headline = table.filter(pl.col("metric").is_in(HEADLINE))
     context.log.info(f"evaluation on held-out images:\n{headline}\npromotion gate: {gate.summary()}")
     side_by_side = seed_captions.select("id", "objects", seed="caption").join(
@@ -196,8 +198,11 @@ def eval_scores(
             "precision_gain": gate.precision_gain,
             "recall_change_vs_seed": gate.recall_change_vs_seed,
             "recall_change_vs_base": gate.recall_change_vs_base,
+            "pope_f1_change_vs_seed": gate.pope_f1_change_vs_seed,
+            "pope_f1_change_vs_base": gate.pope_f1_change_vs_base,
             "min_precision_gain": config.min_precision_gain,
             "recall_tolerance": config.recall_tolerance,
+            "pope_tolerance": config.pope_tolerance,
         },
     )
 

@@ -24,6 +24,7 @@ from si_assets.assets.common import (
     versioned,
 )
 from si_assets.modeling.preflight import verifier_text_length
+from si_assets.organization.probes import PROBE
 from si_assets.organization.verification import (
     DISCARDED,
     REVERSED,
@@ -40,7 +41,7 @@ from si_assets.storage.chunks import run_in_chunks
 from si_assets.storage.memo import config_key
 from si_assets.verifier.clip import BOOTSTRAP, VerifierSource
 
-VERIFY_CODE_VERSION = "verify-3"  # the pairs' code; verify-3: rejected_source on every row
+VERIFY_CODE_VERSION = "verify-4"  # the pairs' code; verify-4: yes/no probes and a `task` column
 SCORING_VERSION = "verify-2"  # the stored CLIP scores' code: unchanged scores are reused across pair rules
 
 
@@ -66,6 +67,12 @@ class VerificationConfig(dg.Config):
     compose_bonus: float = Field(0.0, ge=0, description="added per segment while composing: recall for precision")
     compose_from_best: bool = Field(
         True, description="composing starts from the CLIP-best sample's segments and may also drop them"
+    )
+    probes: bool = Field(
+        True,
+        description="also train yes/no questions ('Is there a X in the image?'): 'yes.' for each object the chosen "
+        "responses name, 'no.' for each only the rejected ones name; without them the round teaches the model to "
+        "answer yes to everything",
     )
     seed: int = 0
     max_reverse_rate: float = Field(0.5, ge=0, le=1, description="the reverse_rate check warns above this")
@@ -100,6 +107,7 @@ class VerificationConfig(dg.Config):
             chosen=self.chosen if composing else "best",
             compose_bonus=self.compose_bonus,
             compose_from_best=self.compose_from_best and composing,
+            probes=self.probes,
         )
 
     def verifier_source(self) -> VerifierSource:
@@ -171,13 +179,16 @@ def verified_pairs(
     seconds = time.perf_counter() - started
     counts = decision_counts(pairs)
     context.log.info(f"pairs: {counts} in {seconds:.1f}s")
-    total = max(1, pairs.height)
+    total = max(1, sum(counts.values()))  # caption pairs: the rule decided those
+    probes = pairs.filter(pl.col("task") == PROBE)
     rates = {"reverse_rate": counts[REVERSED] / total, "discard_rate": counts[DISCARDED] / total}
     yield versioned(
         pairs,
         **counts,
         **rates,
         margin=config.margin,
+        probe_pairs=probes.height,
+        probe_answers=dict(probes.group_by("answer").len().sort("answer").iter_rows()),
         rejected_sources=dict(pairs.group_by("rejected_source").len().sort("rejected_source").iter_rows()),
         verifier=verifier_version if verifier.model == BOOTSTRAP else f"{verifier_version} ({verifier.model})",
         texts_past_verifier_context=cut,
@@ -190,7 +201,9 @@ def verified_pairs(
         seed_checkpoint_version=dg.MetadataValue.text(
             str(sampled_responses["model_version"][0]) if sampled_responses.height else ""
         ),
-        preview=preview(pairs.select("image_id", "decision", "score_chosen", "score_rejected", "chosen", "rejected")),
+        preview=preview(
+            pairs.select("image_id", "task", "decision", "score_chosen", "score_rejected", "prompt", "chosen")
+        ),
         **consumed(
             bootstrap_clip=bootstrap_clip,
             sampled_responses=sampled_responses,

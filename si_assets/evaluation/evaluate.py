@@ -9,6 +9,7 @@ import polars as pl
 from PIL import Image
 
 from si_assets.evaluation.metrics import (
+    POPE_PROMPT,
     POPE_STRATEGIES,
     ObjectVocabulary,
     PopeQuestion,
@@ -18,8 +19,6 @@ from si_assets.evaluation.metrics import (
     pope_scores,
 )
 from si_assets.modeling.generation import generate_greedy
-
-POPE_PROMPT = "Is there a {object} in the image?"
 
 
 @dataclass

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 _WORD = re.compile(r"[a-z]+")
+POPE_PROMPT = "Is there a {object} in the image?"  # POPE's question (Li et al. 2023)
 
 
 def _singular(word: str) -> str:
@@ -26,6 +27,11 @@ def _singular(word: str) -> str:
     return word
 
 
+def singular_words(text: str) -> list[str]:
+    """The text's words, lower case, plurals folded to the singular."""
+    return [_singular(w) for w in _WORD.findall(text.lower())]
+
+
 class ObjectVocabulary:
     """Maps surface forms ('disc', 'dining table', 'knives') to canonical objects."""
 
@@ -34,7 +40,7 @@ class ObjectVocabulary:
         self._forms: dict[tuple[str, ...], str] = {}
         for canonical, forms in synonyms.items():
             for form in [canonical, *forms]:
-                key = tuple(_singular(w) for w in _WORD.findall(form.lower()))
+                key = tuple(singular_words(form))
                 if not key:
                     raise ValueError(f"empty synonym for {canonical!r}")
                 owner = self._forms.setdefault(key, canonical)
@@ -48,7 +54,7 @@ class ObjectVocabulary:
 
     def mentions(self, text: str) -> list[str]:
         """Canonical objects mentioned, in order of first mention, each once."""
-        words = [_singular(w) for w in _WORD.findall(text.lower())]
+        words = singular_words(text)
         found: list[str] = []
         i = 0
         while i < len(words):

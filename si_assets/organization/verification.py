@@ -17,9 +17,11 @@ import polars as pl
 
 from si_assets.collection.sampling import NEGATIVE, POSITIVE, stable_seed
 from si_assets.organization.composition import composed_responses
+from si_assets.organization.probes import PROBE, probe_pairs
 from si_assets.organization.segments import swapped_responses
 
 KEPT, REVERSED, DISCARDED = "kept", "reversed", "discarded"
+CAPTION = "caption"  # a pair's `task`: a caption pair, or a yes/no probe restating one (PROBE)
 Verification = Literal["clip", "none"]
 NegativeSource = Literal["hallucinated", "random", "own_samples", "swapped"]
 NEGATIVE_SOURCES = get_args(NegativeSource)
@@ -40,6 +42,8 @@ class PairRule:
     chosen: ChosenSource = "best"
     compose_bonus: float = 0.0  # per segment while composing: > 0 lets more segments in (recall for precision)
     compose_from_best: bool = False  # composing starts from the CLIP-best sample (and may drop its segments)
+    # the training caption pairs restated as yes/no questions, one per object (si_assets/organization/probes.py)
+    probes: bool = False
 
     def __post_init__(self) -> None:
         if self.pairs_per_image < 1:
@@ -149,7 +153,7 @@ def organize_pairs(
     scored: pl.DataFrame, rule: PairRule, score: Callable[[Sequence[str], Sequence[str]], np.ndarray]
 ) -> pl.DataFrame:
     """The verified pairs: chosen/rejected after the reverse/discard rule, with every score kept.
-    `pair_id` is `<image_id>/<rank>`."""
+    `pair_id` is `<image_id>/<rank>`; with `rule.probes`, the yes/no probes follow (`task` says which)."""
     if rule.chosen == "composed":
         positives = scored.filter(pl.col("role") == POSITIVE)
         composed = composed_responses(positives, score, rule.compose_bonus, rule.compose_from_best)
@@ -170,12 +174,21 @@ def organize_pairs(
         score_chosen=pl.when(reversed_).then("score_negative").otherwise("score_positive"),
         score_rejected=pl.when(reversed_).then("score_positive").otherwise("score_negative"),
         rejected_source=pl.lit("random" if rule.negatives == "random" else "sampled"),
+        task=pl.lit(CAPTION),
     )
-    return swap_negatives(pairs, score) if rule.negatives == "swapped" else pairs
+    if rule.negatives == "swapped":
+        pairs = swap_negatives(pairs, score)
+    if rule.probes:
+        probes = probe_pairs(training_pairs(pairs))
+        probes = probes.with_columns(decision=pl.lit(KEPT), rejected_source=pl.lit(PROBE), task=pl.lit(PROBE))
+        pairs = pl.concat([pairs, probes], how="diagonal_relaxed")
+    return pairs
 
 
 def decision_counts(pairs: pl.DataFrame) -> dict[str, int]:
-    counts = dict(pairs.group_by("decision").len().iter_rows())
+    """kept / reversed / discarded among the caption pairs (the rule decides those; probes restate them)."""
+    captions = pairs.filter(pl.col("task") == CAPTION) if "task" in pairs.columns else pairs  # verify-3 had no task
+    counts = dict(captions.group_by("decision").len().iter_rows())
     return {d: int(counts.get(d, 0)) for d in (KEPT, REVERSED, DISCARDED)}
 
 

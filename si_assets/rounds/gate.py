@@ -1,4 +1,5 @@
-"""The promotion gate: a trained model replaces its seed only if it hallucinates less without losing recall."""
+"""The promotion gate: a trained model replaces its seed only if it hallucinates less in its captions without
+losing recall, and answers yes/no questions about objects (POPE) no worse."""
 
 from __future__ import annotations
 
@@ -14,10 +15,14 @@ class GatePolicy:
     # Recall may fall at most this far below the round's seed AND below the original base model, so no chain
     # of rounds can trade recall away a little at a time.
     recall_tolerance: float = 0.03
+    # POPE F1, likewise against the seed and the base: fewer hallucinated mentions in captions do not make a better
+    # model if it now answers "yes" to every question about an object
+    pope_tolerance: float = 0.03
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.recall_tolerance <= 1.0:
-            raise ValueError(f"recall_tolerance must lie in [0, 1], got {self.recall_tolerance}")
+        for name in ("recall_tolerance", "pope_tolerance"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if not -1.0 <= self.min_precision_gain <= 1.0:
             raise ValueError(f"min_precision_gain must lie in [-1, 1], got {self.min_precision_gain}")
 
@@ -28,28 +33,33 @@ class GateDecision:
     precision_gain: float
     recall_change_vs_seed: float
     recall_change_vs_base: float
+    pope_f1_change_vs_seed: float
+    pope_f1_change_vs_base: float
     reasons: tuple[str, ...]
 
     def summary(self) -> str:
         verdict = "passed" if self.passed else "refused: " + "; ".join(self.reasons)
         return (
             f"precision {self.precision_gain:+.3f}, recall {self.recall_change_vs_seed:+.3f} vs seed, "
-            f"{self.recall_change_vs_base:+.3f} vs base: {verdict}"
+            f"{self.recall_change_vs_base:+.3f} vs base, POPE F1 {self.pope_f1_change_vs_seed:+.3f} vs seed, "
+            f"{self.pope_f1_change_vs_base:+.3f} vs base: {verdict}"
         )
 
 
 def gate_decision(
     seed: Mapping[str, float], trained: Mapping[str, float], base: Mapping[str, float], policy: GatePolicy
 ) -> GateDecision:
-    """`seed`, `trained`, `base`: eval metrics (`precision`, `recall`) of the round's seed, its trained model
-    and the model the first round started from (the same as `seed` in round 1)."""
+    """`seed`, `trained`, `base`: eval metrics (`precision`, `recall`, `pope_f1`) of the round's seed, its trained
+    model and the model the first round started from (the same as `seed` in round 1)."""
     for name, metrics in (("seed", seed), ("trained", trained), ("base", base)):
-        missing = {"precision", "recall"} - set(metrics)
+        missing = {"precision", "recall", "pope_f1"} - set(metrics)
         if missing:
             raise KeyError(f"{name} metrics lack {sorted(missing)}")
     gain = trained["precision"] - seed["precision"]
     vs_seed = trained["recall"] - seed["recall"]
     vs_base = trained["recall"] - base["recall"]
+    pope_vs_seed = trained["pope_f1"] - seed["pope_f1"]
+    pope_vs_base = trained["pope_f1"] - base["pope_f1"]
     reasons = []
     if gain < policy.min_precision_gain:
         reasons.append(f"precision gain {gain:+.3f} < {policy.min_precision_gain:+.3f}")
@@ -57,4 +67,7 @@ def gate_decision(
         reasons.append(f"recall fell {-vs_seed:.3f} below the seed (tolerance {policy.recall_tolerance:.3f})")
     if vs_base < -policy.recall_tolerance:
         reasons.append(f"recall fell {-vs_base:.3f} below the base model (tolerance {policy.recall_tolerance:.3f})")
-    return GateDecision(not reasons, gain, vs_seed, vs_base, tuple(reasons))
+    for change, against in ((pope_vs_seed, "the seed"), (pope_vs_base, "the base model")):
+        if change < -policy.pope_tolerance:
+            reasons.append(f"POPE F1 fell {-change:.3f} below {against} (tolerance {policy.pope_tolerance:.3f})")
+    return GateDecision(not reasons, gain, vs_seed, vs_base, pope_vs_seed, pope_vs_base, tuple(reasons))

@@ -1,0 +1,81 @@
+"""Yes/no probe pairs: caption pairs restated per object, judge-free."""
+
+import polars as pl
+
+from si_assets.organization.probes import NO, YES, mentioned_objects, probe_pairs
+from si_assets.organization.verification import (
+    DISCARDED,
+    KEPT,
+    REVERSED,
+    PairRule,
+    decision_counts,
+    organize_pairs,
+    training_pairs,
+)
+
+
+def test_objects_are_the_head_nouns_of_noun_phrase_segments() -> None:
+    assert mentioned_objects("a red circle, two blue squares and a star.") == ["circle", "square", "star"]
+    assert mentioned_objects("a circle and a red circle.") == ["circle"]  # each object once
+    # a clause is not a mention: it asks nothing (free prose is out of reach of this rule)
+    assert mentioned_objects("the picture shows a man riding a horse on a beach.") == []
+    assert mentioned_objects("") == []
+
+
+def test_chosen_objects_answer_yes_and_objects_only_the_rejected_name_answer_no() -> None:
+    pairs = pl.DataFrame(
+        {
+            "image_id": ["a", "a", "b"],
+            "chosen": ["a red circle and a star.", "a red circle.", "a cross."],
+            # image a: the square only the rejected responses name; the star the chosen one names wins over them
+            "rejected": ["a red circle and a square.", "a star and a green square.", "a cross and a ring."],
+        }
+    )
+    probes = probe_pairs(pairs)
+    got = {(i, o): (c, r) for i, o, c, r in probes.select("image_id", "object", "chosen", "rejected").iter_rows()}
+    assert got == {
+        ("a", "circle"): (YES, NO),
+        ("a", "star"): (YES, NO),
+        ("a", "square"): (NO, YES),
+        ("b", "cross"): (YES, NO),
+        ("b", "ring"): (NO, YES),
+    }
+    assert probes.filter(pl.col("object") == "ring")["prompt"].item() == "Is there a ring in the image?"
+    assert probes["pair_id"].n_unique() == probes.height
+    assert probes.filter(pl.col("image_id") == "a")["pair_id"].to_list() == [
+        "a/probe/circle",
+        "a/probe/star",
+        "a/probe/square",
+    ]
+    assert probes["answer"].to_list() == probes["chosen"].to_list()
+
+
+def _scored() -> pl.DataFrame:
+    """Two images, one positive and one negative each; image b's pair falls inside the margin."""
+    rows = [
+        ("a", "positive", "a red circle and a star.", 0.40),
+        ("a", "negative", "a red circle and a square.", 0.10),
+        ("b", "positive", "a cross.", 0.20),
+        ("b", "negative", "a cross and a ring.", 0.19),
+    ]
+    return pl.DataFrame(
+        [
+            {"image_id": i, "prompt": "Describe the image.", "role": r, "sample": 0, "h": 0.1, "seed": 0, "response": t,
+             "score": s}
+            for i, r, t, s in rows
+        ],
+        schema_overrides={"seed": pl.UInt64, "sample": pl.Int32},
+    )  # fmt: skip
+
+
+def test_probes_follow_the_caption_pairs_that_train_and_leave_the_rule_counts_alone() -> None:
+    pairs = organize_pairs(_scored(), PairRule(margin=0.05, probes=True), lambda ids, texts: [0.0] * len(texts))
+    assert decision_counts(pairs) == {KEPT: 1, REVERSED: 0, DISCARDED: 1}
+    probes = pairs.filter(pl.col("task") == "probe")
+    # b's caption pair was discarded: nothing of it is restated
+    assert set(probes["image_id"]) == {"a"} and probes["object"].to_list() == ["circle", "star", "square"]
+    assert set(probes["decision"]) == {KEPT} and set(probes["rejected_source"]) == {"probe"}
+    assert training_pairs(pairs).height == 1 + 3
+    without = organize_pairs(_scored(), PairRule(margin=0.05), lambda ids, texts: [0.0] * len(texts))
+    assert set(without["task"]) == {"caption"}
+    assert without.drop("task").equals(pairs.filter(pl.col("task") == "caption").select(without.drop("task").columns))

@@ -1,6 +1,7 @@
 """Yes/no probe pairs: caption pairs restated per object, judge-free."""
 
 import polars as pl
+import pytest
 
 from si_assets.organization.probes import NO, YES, mentioned_objects, probe_pairs
 from si_assets.organization.verification import (
@@ -22,16 +23,20 @@ def test_objects_are_the_head_nouns_of_noun_phrase_segments() -> None:
     assert mentioned_objects("") == []
 
 
-def test_chosen_objects_answer_yes_and_objects_only_the_rejected_name_answer_no() -> None:
-    pairs = pl.DataFrame(
+def _pairs() -> pl.DataFrame:
+    return pl.DataFrame(
         {
             "image_id": ["a", "a", "b"],
             "chosen": ["a red circle and a star.", "a red circle.", "a cross."],
-            # image a: the square only the rejected responses name; the star the chosen one names wins over them
+            "score_chosen": [0.4, 0.3, 0.2],
+            # image a: only the rejected responses name a square; the star a chosen one names is not asked with 'no.'
             "rejected": ["a red circle and a square.", "a star and a green square.", "a cross and a ring."],
         }
     )
-    probes = probe_pairs(pairs)
+
+
+def test_the_best_chosen_objects_answer_yes_and_objects_only_the_rejected_name_answer_no() -> None:
+    probes = probe_pairs(_pairs(), per_answer=5)
     got = {(i, o): (c, r) for i, o, c, r in probes.select("image_id", "object", "chosen", "rejected").iter_rows()}
     assert got == {
         ("a", "circle"): (YES, NO),
@@ -48,6 +53,17 @@ def test_chosen_objects_answer_yes_and_objects_only_the_rejected_name_answer_no(
         "a/probe/square",
     ]
     assert probes["answer"].to_list() == probes["chosen"].to_list()
+
+
+def test_per_answer_caps_each_answer_per_image_with_a_seeded_draw() -> None:
+    one = probe_pairs(_pairs(), per_answer=1, seed=3)
+    counts = one.group_by("image_id", "answer").len()
+    assert counts["len"].to_list() == [1] * 4  # a: one yes, one no; b: one yes, one no
+    assert set(one.filter((pl.col("image_id") == "a") & (pl.col("answer") == YES))["object"]) <= {"circle", "star"}
+    assert one.equals(probe_pairs(_pairs(), per_answer=1, seed=3))
+    drawn = {tuple(probe_pairs(_pairs(), per_answer=1, seed=s)["object"]) for s in range(20)}
+    assert len(drawn) == 2  # a's yes is circle or star, depending on the seed
+    assert probe_pairs(_pairs(), per_answer=0).height == 0
 
 
 def _scored() -> pl.DataFrame:
@@ -69,13 +85,15 @@ def _scored() -> pl.DataFrame:
 
 
 def test_probes_follow_the_caption_pairs_that_train_and_leave_the_rule_counts_alone() -> None:
-    pairs = organize_pairs(_scored(), PairRule(margin=0.05, probes=True), lambda ids, texts: [0.0] * len(texts))
+    pairs = organize_pairs(_scored(), PairRule(margin=0.05, probes_per_answer=2), lambda ids, texts: [0.0] * len(texts))
     assert decision_counts(pairs) == {KEPT: 1, REVERSED: 0, DISCARDED: 1}
     probes = pairs.filter(pl.col("task") == "probe")
     # b's caption pair was discarded: nothing of it is restated
-    assert set(probes["image_id"]) == {"a"} and probes["object"].to_list() == ["circle", "star", "square"]
+    assert set(probes["image_id"]) == {"a"} and sorted(probes["object"]) == ["circle", "square", "star"]
     assert set(probes["decision"]) == {KEPT} and set(probes["rejected_source"]) == {"probe"}
     assert training_pairs(pairs).height == 1 + 3
     without = organize_pairs(_scored(), PairRule(margin=0.05), lambda ids, texts: [0.0] * len(texts))
     assert set(without["task"]) == {"caption"}
+    with pytest.raises(ValueError, match="probes_per_answer"):
+        PairRule(probes_per_answer=-1)
     assert without.drop("task").equals(pairs.filter(pl.col("task") == "caption").select(without.drop("task").columns))

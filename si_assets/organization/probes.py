@@ -2,9 +2,11 @@
 
 A round that trains on captions alone also moves how the model answers "Is there a X in the image?": every DPO
 variant ended up answering yes to nearly every question (docs/round_experiments.md §12). The caption pairs already
-say which mentions the verifier accepted, so they are restated per object: an object the image's chosen responses
-name gets the pair ('yes.' over 'no.'); an object only its rejected responses name gets ('no.' over 'yes.'). No
-labels and no judge: the answers are the CLIP-verified captions' own mentions.
+say which mentions the verifier accepted, so they are restated per object: an object the image's CLIP-best chosen
+response names gets the pair ('yes.' over 'no.'); an object only its rejected responses name gets ('no.' over
+'yes.'). No labels and no judge: the answers are the CLIP-verified captions' own mentions. A few per image suffice
+(each costs a training step's share, like a caption pair): `per_answer` of each answer, as many of both as the
+image has.
 
 An object is a segment's head noun: its last word, singular ("a red circle" -> "circle"). Like composition this
 is meant for list-like captions; segments longer than a noun phrase (free prose) ask nothing.
@@ -12,8 +14,10 @@ is meant for list-like captions; segments longer than a noun phrase (free prose)
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
+from si_assets.collection.sampling import stable_seed
 from si_assets.evaluation.metrics import POPE_PROMPT, singular_words
 from si_assets.organization.segments import segment_spans
 
@@ -32,16 +36,22 @@ def mentioned_objects(text: str) -> list[str]:
     return list(found)
 
 
-def probe_pairs(pairs: pl.DataFrame, prompt: str = POPE_PROMPT) -> pl.DataFrame:
-    """Per image of the training `pairs` (image_id, chosen, rejected): one yes/no pair per object its chosen
-    responses name (chosen 'yes.') and per object only its rejected responses name (chosen 'no.').
-    `pair_id` is `<image_id>/probe/<object>`; `object` and `answer` say what was asked and which answer won."""
+def probe_pairs(pairs: pl.DataFrame, per_answer: int, seed: int = 0, prompt: str = POPE_PROMPT) -> pl.DataFrame:
+    """Per image of the training `pairs` (image_id, chosen, rejected, score_chosen): up to `per_answer` objects
+    its CLIP-best chosen response names, each asked with 'yes.' winning, and up to `per_answer` objects that only
+    its rejected responses name (no chosen one does), with 'no.' winning; drawn at random (per image and `seed`)
+    when there are more. `pair_id` is `<image_id>/probe/<object>`; `object` and `answer` say what was asked and
+    which answer won."""
     rows: list[tuple[str, str, str, str, str]] = []
     for (image_id,), group in pairs.group_by("image_id", maintain_order=True):
-        present = dict.fromkeys(o for text in group["chosen"] for o in mentioned_objects(text))
-        absent = dict.fromkeys(o for text in group["rejected"] for o in mentioned_objects(text) if o not in present)
-        rows += [(image_id, o, YES, NO, YES) for o in present]
-        rows += [(image_id, o, NO, YES, NO) for o in absent]
+        best = group.sort("score_chosen", descending=True, maintain_order=True)["chosen"][0]
+        named = {o for text in group["chosen"] for o in mentioned_objects(text)}
+        present = mentioned_objects(best)
+        absent = list(dict.fromkeys(o for t in group["rejected"] for o in mentioned_objects(t) if o not in named))
+        rng = np.random.default_rng(stable_seed("probes", seed, image_id))
+        for objects, (chosen, rejected) in ((present, (YES, NO)), (absent, (NO, YES))):
+            picked = sorted(rng.choice(len(objects), size=min(per_answer, len(objects)), replace=False))
+            rows += [(image_id, objects[i], chosen, rejected, chosen) for i in picked]
     schema = dict.fromkeys(("image_id", "object", "chosen", "rejected", "answer"), pl.String)
     probes = pl.DataFrame(rows, schema=schema, orient="row")
     return probes.with_columns(

@@ -46,6 +46,7 @@ from si_assets.organization.composition import extra_candidates  # noqa: E402
 from si_assets.organization.probes import PROBE, YES  # noqa: E402
 from si_assets.organization.segments import join_segments, segment_positions, segment_votes  # noqa: E402
 from si_assets.organization.verification import (  # noqa: E402
+    CAPTION,
     PairRule,
     clip_score_fn,
     decision_counts,
@@ -248,7 +249,8 @@ def labelled_chosen(kept: pl.DataFrame, responses: pl.DataFrame, mode: str, benc
         }
     else:
         raise ValueError(f"unknown chosen {mode!r}; use 'clip', 'oracle_pick' or 'true_caption'")
-    return kept.with_columns(chosen=pl.col("image_id").replace_strict(better))
+    relabelled = pl.col("image_id").replace_strict(better)
+    return kept.with_columns(chosen=pl.when(pl.col("task") == CAPTION).then(relabelled).otherwise("chosen"))  # probes
 
 
 def pairs_for(
@@ -275,13 +277,14 @@ def pairs_for(
         return f"P {s.precision:.3f} R {s.recall:.3f}"
 
     greedy = responses.filter((pl.col("role") == "positive") & (pl.col("sample") == 0))
+    captions = kept.filter(pl.col("task") == CAPTION)
     diagnostics = {
         **decision_counts(pairs),
         "positive_0": scores(greedy["response"], greedy["image_id"]),
-        "chosen": scores(kept["chosen"], kept["image_id"]),
-        "rejected": scores(kept["rejected"], kept["image_id"]),
-        "chosen_words": float(kept["chosen"].str.split(" ").list.len().mean()),
-        "rejected_words": float(kept["rejected"].str.split(" ").list.len().mean()),
+        "chosen": scores(captions["chosen"], captions["image_id"]),
+        "rejected": scores(captions["rejected"], captions["image_id"]),
+        "chosen_words": float(captions["chosen"].str.split(" ").list.len().mean()),
+        "rejected_words": float(captions["rejected"].str.split(" ").list.len().mean()),
         **probe_diagnostics(kept, truth),
     }
     return kept, diagnostics
@@ -289,7 +292,7 @@ def pairs_for(
 
 def probe_diagnostics(pairs: pl.DataFrame, truth: dict) -> dict:
     """How many yes/no probes, and how often their winning answer agrees with the labels (diagnosis only)."""
-    probes = pairs.filter(pl.col("task") == PROBE) if "task" in pairs.columns else pairs.clear()
+    probes = pairs.filter(pl.col("task") == PROBE)
     if probes.height == 0:
         return {}
     said_yes = probes["answer"] == YES

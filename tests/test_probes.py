@@ -36,7 +36,7 @@ def _pairs() -> pl.DataFrame:
 
 
 def test_the_best_chosen_objects_answer_yes_and_objects_only_the_rejected_name_answer_no() -> None:
-    probes = probe_pairs(_pairs(), per_answer=5)
+    probes = probe_pairs(_pairs(), per_image=5)
     got = {(i, o): (c, r) for i, o, c, r in probes.select("image_id", "object", "chosen", "rejected").iter_rows()}
     assert got == {
         ("a", "circle"): (YES, NO),
@@ -46,24 +46,26 @@ def test_the_best_chosen_objects_answer_yes_and_objects_only_the_rejected_name_a
         ("b", "ring"): (NO, YES),
     }
     assert probes.filter(pl.col("object") == "ring")["prompt"].item() == "Is there a ring in the image?"
-    assert probes["pair_id"].n_unique() == probes.height
-    assert probes.filter(pl.col("image_id") == "a")["pair_id"].to_list() == [
+    assert set(probes["pair_id"]) == {
         "a/probe/circle",
         "a/probe/star",
         "a/probe/square",
-    ]
+        "b/probe/cross",
+        "b/probe/ring",
+    }
     assert probes["answer"].to_list() == probes["chosen"].to_list()
 
 
-def test_per_answer_caps_each_answer_per_image_with_a_seeded_draw() -> None:
-    one = probe_pairs(_pairs(), per_answer=1, seed=3)
-    counts = one.group_by("image_id", "answer").len()
-    assert counts["len"].to_list() == [1] * 4  # a: one yes, one no; b: one yes, one no
-    assert set(one.filter((pl.col("image_id") == "a") & (pl.col("answer") == YES))["object"]) <= {"circle", "star"}
-    assert one.equals(probe_pairs(_pairs(), per_answer=1, seed=3))
-    drawn = {tuple(probe_pairs(_pairs(), per_answer=1, seed=s)["object"]) for s in range(20)}
-    assert len(drawn) == 2  # a's yes is circle or star, depending on the seed
-    assert probe_pairs(_pairs(), per_answer=0).height == 0
+def test_per_image_caps_the_questions_alternating_answers_with_a_seeded_draw() -> None:
+    for seed in range(20):
+        two = probe_pairs(_pairs(), per_image=2, seed=seed)
+        assert two.group_by("image_id", "answer").len()["len"].to_list() == [1] * 4  # one yes, one no per image
+        one = probe_pairs(_pairs(), per_image=1, seed=seed)
+        assert one["image_id"].to_list() == ["a", "b"]
+        assert one.equals(probe_pairs(_pairs(), per_image=1, seed=seed))  # the same seed, the same draw
+    drawn = {tuple(probe_pairs(_pairs(), per_image=1, seed=s)["object"]) for s in range(20)}
+    assert {o for objects in drawn for o in objects} == {"circle", "star", "square", "cross", "ring"}
+    assert probe_pairs(_pairs(), per_image=0).height == 0
 
 
 def _scored() -> pl.DataFrame:
@@ -85,7 +87,7 @@ def _scored() -> pl.DataFrame:
 
 
 def test_probes_follow_the_caption_pairs_that_train_and_leave_the_rule_counts_alone() -> None:
-    pairs = organize_pairs(_scored(), PairRule(margin=0.05, probes_per_answer=2), lambda ids, texts: [0.0] * len(texts))
+    pairs = organize_pairs(_scored(), PairRule(margin=0.05, probes_per_image=3), lambda ids, texts: [0.0] * len(texts))
     assert decision_counts(pairs) == {KEPT: 1, REVERSED: 0, DISCARDED: 1}
     probes = pairs.filter(pl.col("task") == "probe")
     # b's caption pair was discarded: nothing of it is restated
@@ -94,6 +96,6 @@ def test_probes_follow_the_caption_pairs_that_train_and_leave_the_rule_counts_al
     assert training_pairs(pairs).height == 1 + 3
     without = organize_pairs(_scored(), PairRule(margin=0.05), lambda ids, texts: [0.0] * len(texts))
     assert set(without["task"]) == {"caption"}
-    with pytest.raises(ValueError, match="probes_per_answer"):
-        PairRule(probes_per_answer=-1)
+    with pytest.raises(ValueError, match="probes_per_image"):
+        PairRule(probes_per_image=-1)
     assert without.drop("task").equals(pairs.filter(pl.col("task") == "caption").select(without.drop("task").columns))

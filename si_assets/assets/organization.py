@@ -68,12 +68,12 @@ class VerificationConfig(dg.Config):
     compose_from_best: bool = Field(
         True, description="composing starts from the CLIP-best sample's segments and may also drop them"
     )
-    probes_per_answer: int = Field(
+    probes_per_image: int = Field(
         1,
         ge=0,
-        description="yes/no questions ('Is there a X in the image?') trained beside the captions, per image and "
-        "answer: 'yes.' for objects the CLIP-best chosen response names, 'no.' for objects only rejected ones name; "
-        "0: none (the round then teaches the model to answer yes to everything)",
+        description="yes/no questions ('Is there a X in the image?') trained beside the captions, per image: "
+        "'yes.' for objects the CLIP-best chosen response names, 'no.' for objects only rejected ones name, "
+        "alternating; 0: none (the round then teaches the model to answer yes to everything)",
     )
     seed: int = 0
     max_reverse_rate: float = Field(0.5, ge=0, le=1, description="the reverse_rate check warns above this")
@@ -108,7 +108,7 @@ class VerificationConfig(dg.Config):
             chosen=self.chosen if composing else "best",
             compose_bonus=self.compose_bonus,
             compose_from_best=self.compose_from_best and composing,
-            probes_per_answer=self.probes_per_answer,
+            probes_per_image=self.probes_per_image,
         )
 
     def verifier_source(self) -> VerifierSource:

@@ -5,14 +5,16 @@ variant ended up answering yes to nearly every question (docs/round_experiments.
 say which mentions the verifier accepted, so they are restated per object: an object the image's CLIP-best chosen
 response names gets the pair ('yes.' over 'no.'); an object only its rejected responses name gets ('no.' over
 'yes.'). No labels and no judge: the answers are the CLIP-verified captions' own mentions. A few per image suffice
-(each costs a training step's share, like a caption pair): `per_answer` of each answer, as many of both as the
-image has.
+(each costs a training step's share, like a caption pair), as balanced between the two answers as the image
+allows.
 
 An object is a segment's head noun: its last word, singular ("a red circle" -> "circle"). Like composition this
 is meant for list-like captions; segments longer than a noun phrase (free prose) ask nothing.
 """
 
 from __future__ import annotations
+
+from itertools import zip_longest
 
 import numpy as np
 import polars as pl
@@ -36,12 +38,12 @@ def mentioned_objects(text: str) -> list[str]:
     return list(found)
 
 
-def probe_pairs(pairs: pl.DataFrame, per_answer: int, seed: int = 0, prompt: str = POPE_PROMPT) -> pl.DataFrame:
-    """Per image of the training `pairs` (image_id, chosen, rejected, score_chosen): up to `per_answer` objects
-    its CLIP-best chosen response names, each asked with 'yes.' winning, and up to `per_answer` objects that only
-    its rejected responses name (no chosen one does), with 'no.' winning; drawn at random (per image and `seed`)
-    when there are more. `pair_id` is `<image_id>/probe/<object>`; `object` and `answer` say what was asked and
-    which answer won."""
+def probe_pairs(pairs: pl.DataFrame, per_image: int, seed: int = 0, prompt: str = POPE_PROMPT) -> pl.DataFrame:
+    """Per image of the training `pairs` (image_id, chosen, rejected, score_chosen), up to `per_image` questions:
+    objects its CLIP-best chosen response names, asked with 'yes.' winning, and objects that only its rejected
+    responses name (no chosen one does), with 'no.' winning. Answers alternate while the image has both, the first
+    by a coin; objects are drawn at random (per image and `seed`). `pair_id` is `<image_id>/probe/<object>`;
+    `object` and `answer` say what was asked and which answer won."""
     rows: list[tuple[str, str, str, str, str]] = []
     for (image_id,), group in pairs.group_by("image_id", maintain_order=True):
         best = group.sort("score_chosen", descending=True, maintain_order=True)["chosen"][0]
@@ -49,9 +51,11 @@ def probe_pairs(pairs: pl.DataFrame, per_answer: int, seed: int = 0, prompt: str
         present = mentioned_objects(best)
         absent = list(dict.fromkeys(o for t in group["rejected"] for o in mentioned_objects(t) if o not in named))
         rng = np.random.default_rng(stable_seed("probes", seed, image_id))
-        for objects, (chosen, rejected) in ((present, (YES, NO)), (absent, (NO, YES))):
-            picked = sorted(rng.choice(len(objects), size=min(per_answer, len(objects)), replace=False))
-            rows += [(image_id, objects[i], chosen, rejected, chosen) for i in picked]
+        yes = [(o, YES, NO) for o in rng.permutation(present).tolist()] if present else []
+        no = [(o, NO, YES) for o in rng.permutation(absent).tolist()] if absent else []
+        first, second = (yes, no) if rng.random() < 0.5 else (no, yes)
+        alternating = [q for both in zip_longest(first, second) for q in both if q is not None]
+        rows += [(image_id, o, chosen, rejected, chosen) for o, chosen, rejected in alternating[:per_image]]
     schema = dict.fromkeys(("image_id", "object", "chosen", "rejected", "answer"), pl.String)
     probes = pl.DataFrame(rows, schema=schema, orient="row")
     return probes.with_columns(

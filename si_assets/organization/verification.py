@@ -42,15 +42,15 @@ class PairRule:
     chosen: ChosenSource = "best"
     compose_bonus: float = 0.0  # per segment while composing: > 0 lets more segments in (recall for precision)
     compose_from_best: bool = False  # composing starts from the CLIP-best sample (and may drop its segments)
-    # up to this many yes and this many no questions per image restating its training caption pairs
+    # up to this many yes/no questions per image restating its training caption pairs
     # (si_assets/organization/probes.py); 0: none
-    probes_per_answer: int = 0
+    probes_per_image: int = 0
 
     def __post_init__(self) -> None:
         if self.pairs_per_image < 1:
             raise ValueError(f"pairs_per_image must be >= 1, got {self.pairs_per_image}")
-        if self.probes_per_answer < 0:
-            raise ValueError(f"probes_per_answer must be >= 0, got {self.probes_per_answer}")
+        if self.probes_per_image < 0:
+            raise ValueError(f"probes_per_image must be >= 0, got {self.probes_per_image}")
         if self.margin < 0:
             raise ValueError(f"margin must be >= 0, got {self.margin}")
         if self.verification not in ("clip", "none"):
@@ -156,7 +156,7 @@ def organize_pairs(
     scored: pl.DataFrame, rule: PairRule, score: Callable[[Sequence[str], Sequence[str]], np.ndarray]
 ) -> pl.DataFrame:
     """The verified pairs: chosen/rejected after the reverse/discard rule, with every score kept.
-    `pair_id` is `<image_id>/<rank>`; with `rule.probes_per_answer`, the yes/no probes follow (`task` says which)."""
+    `pair_id` is `<image_id>/<rank>`; with `rule.probes_per_image`, the yes/no probes follow (`task` says which)."""
     if rule.chosen == "composed":
         positives = scored.filter(pl.col("role") == POSITIVE)
         composed = composed_responses(positives, score, rule.compose_bonus, rule.compose_from_best)
@@ -181,8 +181,8 @@ def organize_pairs(
     )
     if rule.negatives == "swapped":
         pairs = swap_negatives(pairs, score)
-    if rule.probes_per_answer:
-        probes = probe_pairs(training_pairs(pairs), rule.probes_per_answer, rule.seed)
+    if rule.probes_per_image:
+        probes = probe_pairs(training_pairs(pairs), rule.probes_per_image, rule.seed)
         probes = probes.with_columns(decision=pl.lit(KEPT), rejected_source=pl.lit(PROBE), task=pl.lit(PROBE))
         pairs = pl.concat([pairs, probes], how="diagonal_relaxed")
     return pairs

@@ -28,7 +28,7 @@ def _pairs() -> pl.DataFrame:
         {
             "image_id": ["a", "a", "b"],
             "chosen": ["a red circle and a star.", "a red circle.", "a cross."],
-            "score_chosen": [0.4, 0.3, 0.2],
+            "rank": [0, 1, 0],
             # image a: only the rejected responses name a square; the star a chosen one names is not asked with 'no.'
             "rejected": ["a red circle and a square.", "a star and a green square.", "a cross and a ring."],
         }

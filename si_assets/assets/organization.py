@@ -72,7 +72,7 @@ class VerificationConfig(dg.Config):
         1,
         ge=0,
         description="yes/no questions ('Is there a X in the image?') trained beside the captions, per image: "
-        "'yes.' for objects the CLIP-best chosen response names, 'no.' for objects only rejected ones name, "
+        "'yes.' for objects the best chosen response names, 'no.' for objects only rejected ones name, "
         "alternating; 0: none (the round then teaches the model to answer yes to everything)",
     )
     seed: int = 0

@@ -2,7 +2,7 @@
 
 A round that trains on captions alone also moves how the model answers "Is there a X in the image?": every DPO
 variant ended up answering yes to nearly every question (docs/round_experiments.md §12). The caption pairs already
-say which mentions the verifier accepted, so they are restated per object: an object the image's CLIP-best chosen
+say which mentions the verifier accepted, so they are restated per object: an object the image's best chosen
 response names gets the pair ('yes.' over 'no.'); an object only its rejected responses name gets ('no.' over
 'yes.'). No labels and no judge: the answers are the CLIP-verified captions' own mentions. A few per image suffice
 (each costs a training step's share, like a caption pair), as balanced between the two answers as the image
@@ -39,14 +39,14 @@ def mentioned_objects(text: str) -> list[str]:
 
 
 def probe_pairs(pairs: pl.DataFrame, per_image: int, seed: int = 0, prompt: str = POPE_PROMPT) -> pl.DataFrame:
-    """Per image of the training `pairs` (image_id, chosen, rejected, score_chosen), up to `per_image` questions:
-    objects its CLIP-best chosen response names, asked with 'yes.' winning, and objects that only its rejected
-    responses name (no chosen one does), with 'no.' winning. Answers alternate while the image has both, the first
-    by a coin; objects are drawn at random (per image and `seed`). `pair_id` is `<image_id>/probe/<object>`;
-    `object` and `answer` say what was asked and which answer won."""
+    """Per image of the training `pairs` (image_id, rank, chosen, rejected), up to `per_image` questions: objects
+    the chosen response of its first-ranked pair names (with CLIP, the best-scored candidate), asked with 'yes.'
+    winning, and objects that only its rejected responses name (no chosen one does), with 'no.' winning. Answers
+    alternate while the image has both, the first by a coin; objects are drawn at random (per image and `seed`).
+    `pair_id` is `<image_id>/probe/<object>`; `object` and `answer` say what was asked and which answer won."""
     rows: list[tuple[str, str, str, str, str]] = []
     for (image_id,), group in pairs.group_by("image_id", maintain_order=True):
-        best = group.sort("score_chosen", descending=True, maintain_order=True)["chosen"][0]
+        best = group.sort("rank", maintain_order=True)["chosen"][0]
         named = {o for text in group["chosen"] for o in mentioned_objects(text)}
         present = mentioned_objects(best)
         absent = list(dict.fromkeys(o for t in group["rejected"] for o in mentioned_objects(t) if o not in named))

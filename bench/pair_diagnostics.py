@@ -145,6 +145,8 @@ def main() -> None:
     samples = table("sampled_responses", args.round)
     negatives = table("hallucinated_negatives", args.round)
     pairs = table("verified_pairs", args.round).filter(pl.col("decision") != "discarded")
+    if "task" in pairs.columns:  # the caption pairs; the yes/no probes restate them
+        pairs = pairs.filter(pl.col("task") == "caption")
     clip_dir = args.clip or Path(store.local_checkpoint(store.head("bootstrap_clip")).path)
     improve = table("world_improve")
     images = {i: decode_png(b) for i, b in zip(improve["id"], improve["image_png"])}

@@ -72,9 +72,11 @@ def main(argv: list[str] | None = None) -> int:
             run_bootstrap(defs, instance)
             for number in range(1, args.rounds + 1):
                 run = run_round(defs, instance, round_key(number), run_config)
-                counts = decision_counts(stored_table(defs, instance, "verified_pairs", run.key))
+                pairs = stored_table(defs, instance, "verified_pairs", run.key)
+                counts = decision_counts(pairs)
                 scores = stored_table(defs, instance, "eval_scores", run.key)
-                print(f"\n{run.key}: verified pairs " + ", ".join(f"{n} {d}" for d, n in counts.items()))
+                decided = ", ".join(f"{n} {d}" for d, n in counts.items())
+                print(f"\n{run.key}: verified pairs {decided}; {pairs.height - sum(counts.values())} yes/no probes")
                 print("held-out evaluation (precision = 1 - CHAIR_i; POPE averaged over strategies):")
                 print(scores.filter(pl.col("metric").is_in(HEADLINE)))
                 print(f"{run.key}: promotion gate " + ("REFUSED: the seed stays champion" if run.refused else "passed"))
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         summary: pl.DataFrame = refresh_summary(defs, instance).output_for_node("rounds_summary")
         shown = ["round", "kept", "reversed", "discarded", "seed_precision", "trained_precision"]
-        shown += ["seed_recall", "trained_recall", "gate_passed", "promoted"]
+        shown += ["seed_recall", "trained_recall", "seed_pope_f1", "trained_pope_f1", "gate_passed", "promoted"]
         print("\nrounds so far:")
         print(summary.select([c for c in shown if c in summary.columns]))
     print("every metric, POPE per strategy, the lineage and plots: the assets in the UI")

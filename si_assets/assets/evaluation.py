@@ -296,13 +296,13 @@ SUMMARY_AUTOMATION = (
 
 @dg.asset(
     group_name=EVALUATION,
-    code_version="summary-1",
+    code_version="summary-2",
     deps=[eval_scores, champion, "verified_pairs"],
     automation_condition=SUMMARY_AUTOMATION,
 )
 def rounds_summary(context: dg.AssetExecutionContext, store: ArtifactStoreResource) -> dg.Output[pl.DataFrame]:
-    """One row per round: pairs kept / reversed / discarded, seed vs trained metrics, the gate, whether it was
-    promoted; and a plot of the metrics across rounds."""
+    """One row per round: pairs kept / reversed / discarded, yes/no probes, seed vs trained metrics, the gate,
+    whether it was promoted; and a plot of the metrics across rounds."""
     registry = ChampionRegistry(store.get())
     promoted = {p.round: p.version for p in registry.history()}
     rows = []
@@ -310,7 +310,7 @@ def rounds_summary(context: dg.AssetExecutionContext, store: ArtifactStoreResour
         pairs = latest_metadata(context, "verified_pairs", key)
         scores = latest_metadata(context, "eval_scores", key)
         row: dict = {"round": key}
-        for name in ("kept", "reversed", "discarded", "reverse_rate", "discard_rate", "margin"):
+        for name in ("kept", "reversed", "discarded", "probe_pairs", "reverse_rate", "discard_rate", "margin"):
             row[name] = pairs.get(name)
         for model in ("seed", "trained"):
             for metric in PLOTTED:

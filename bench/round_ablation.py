@@ -316,6 +316,7 @@ def run(
     seed_model: dict,
     clip_dir: Path | None = None,
     rounds: int = 1,
+    out: Path | None = None,
 ) -> pl.DataFrame:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     bench = build_bench(images, world, clip, seed_model)
@@ -349,6 +350,8 @@ def run(
                     metrics = bench.evaluate(merged, processor)
                     seconds = time.perf_counter() - started
                     rows.append({"variant": label, "seed": seed, "steps": result.steps, "seconds": seconds, **metrics})
+                    if out:  # after every run, so a stopped benchmark keeps what it measured
+                        pl.DataFrame(rows).write_csv(out)
                     shown = " ".join(f"{m} {metrics[m]:.3f}" for m in METRICS)
                     print(f"{label} seed {seed}: {shown} ({result.steps} steps, {seconds:.0f}s)", flush=True)
                     if settings.objective == "dpo":
@@ -423,6 +426,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="rounds per training seed (pair-based variants)")
     parser.add_argument("--out", type=Path, help="write the per-seed results as CSV here")
     args = parser.parse_args()
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
     variants = [VARIANTS[v] for v in args.variants]
     for spec in args.derive:
         name, overrides = spec.split("=", 1)
@@ -437,14 +442,12 @@ def main() -> None:
         args.seed_model,
         args.clip_dir,
         args.rounds,
+        args.out,
     )
     table = summary(results)
     with pl.Config(tbl_rows=50, tbl_cols=20, float_precision=3, tbl_width_chars=200):
         print(results.filter(pl.col("variant") == "seed").select("variant", *METRICS))
         print(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        results.write_csv(args.out)
     print(f"spread of the per-seed precision, mean over variants: {float(table['precision_spread'].mean()):.3f}")
 
 

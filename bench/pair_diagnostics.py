@@ -25,7 +25,7 @@ import polars as pl  # noqa: E402
 
 from si_assets.evaluation.metrics import ObjectVocabulary  # noqa: E402
 from si_assets.organization.segments import join_segments, segment_spans  # noqa: E402
-from si_assets.organization.verification import clip_score_fn  # noqa: E402
+from si_assets.organization.verification import CAPTION, clip_score_fn  # noqa: E402
 from si_assets.storage import ArtifactStore  # noqa: E402
 from si_assets.verifier.clip import ClipScorer, load_clip  # noqa: E402
 from si_assets.world import WorldSpec, decode_png, improve_ground_truth  # noqa: E402
@@ -146,7 +146,7 @@ def main() -> None:
     negatives = table("hallucinated_negatives", args.round)
     pairs = table("verified_pairs", args.round).filter(pl.col("decision") != "discarded")
     if "task" in pairs.columns:  # the caption pairs; the yes/no probes restate them
-        pairs = pairs.filter(pl.col("task") == "caption")
+        pairs = pairs.filter(pl.col("task") == CAPTION)
     clip_dir = args.clip or Path(store.local_checkpoint(store.head("bootstrap_clip")).path)
     improve = table("world_improve")
     images = {i: decode_png(b) for i, b in zip(improve["id"], improve["image_png"])}

@@ -296,8 +296,8 @@ def probe_diagnostics(pairs: pl.DataFrame, truth: dict) -> dict:
     if probes.height == 0:
         return {}
     said_yes = probes["answer"] == YES
-    right = [(a == YES) == (o in truth[i]) for i, o, a in probes.select("image_id", "object", "answer").iter_rows()]
-    right = pl.Series(right)
+    rows = probes.select("image_id", "object", "answer").iter_rows()
+    right = pl.Series([(a == YES) == (o in truth[i]) for i, o, a in rows])
     return {
         "probes_yes": int(said_yes.sum()),
         "probes_no": int((~said_yes).sum()),

@@ -40,7 +40,7 @@ from si_assets.evaluation.metrics import ObjectVocabulary, caption_scores  # noq
 from si_assets.modeling.generation import generate_greedy  # noqa: E402
 from si_assets.modeling.mixed_decoding import SamplerSettings  # noqa: E402
 from si_assets.optimization.dpo import LANGUAGE_MODEL_PROJECTIONS as LM_LORA  # noqa: E402
-from si_assets.optimization.dpo import DPOResult, DPOSettings, train_dpo  # noqa: E402
+from si_assets.optimization.dpo import DPOResult, DPOSettings, as_trained, train_dpo  # noqa: E402
 from si_assets.optimization.self_training import self_sft_pairs, sft_pairs  # noqa: E402
 from si_assets.organization.composition import extra_candidates  # noqa: E402
 from si_assets.organization.probes import PROBE, YES  # noqa: E402
@@ -343,8 +343,9 @@ def run(
                     started = time.perf_counter()
                     with tempfile.TemporaryDirectory() as work:
                         settings = updated(variant.training, seed=seed)
+                        trained_pairs = as_trained(round_pairs, settings)
                         trained, _, result = train_dpo(
-                            model, processor, round_pairs, bench.improve_images, settings, Path(work)
+                            model, processor, trained_pairs, bench.improve_images, settings, Path(work)
                         )
                     merged = trained.merge_and_unload().eval()
                     metrics = bench.evaluate(merged, processor)

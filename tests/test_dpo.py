@@ -12,11 +12,13 @@ from si_assets.modeling.tiny_vlm import TinyVLMSpec, build_model, build_processo
 from si_assets.optimization.dpo import (
     LANGUAGE_MODEL_PROJECTIONS,
     DPOSettings,
+    as_trained,
     compute_reference,
     save_trained,
     train_dpo,
 )
 from si_assets.optimization.self_training import sft_pairs
+from si_assets.organization.probes import PROBE
 from si_assets.world import WorldSpec, decode_png, generate_split
 
 SETTINGS = DPOSettings(epochs=2, batch_size=4, learning_rate=5e-3, logging_steps=1)
@@ -135,3 +137,33 @@ def test_sft_objective_trains_on_chosen_only(world, tmp_path: Path) -> None:
     _, _, result = train_dpo(model, processor, data, images, settings, tmp_path)
     losses = [e["loss"] for e in result.curve]
     assert len(losses) == 8 and losses[-1] < losses[0]
+
+
+def test_sft_probes_train_only_their_answer(world, tmp_path: Path) -> None:
+    """probe_loss='sft': a probe's sides become equal, whose preference term is constant, so DPO + SFT term
+    trains exactly like the SFT term alone; caption pairs are left as they are."""
+    tok, pairs, images = world
+    mixed = pairs.with_columns(task=pl.Series(["caption"] * 4 + [PROBE] * 4))
+    sft_probes = SETTINGS.model_copy(update={"probe_loss": "sft"})
+    trained_rows = as_trained(mixed, sft_probes)
+    assert trained_rows.head(4).equals(mixed.head(4))
+    assert (trained_rows.tail(4)["rejected"] == mixed.tail(4)["chosen"]).all()
+    assert as_trained(mixed, SETTINGS).equals(mixed)
+    assert as_trained(pairs, sft_probes).equals(pairs)  # tables without tasks (the SFT baselines' pairs)
+
+    def adapter(rows: pl.DataFrame, objective: str) -> torch.Tensor:
+        model, processor = _fresh_model(tok)
+        settings = sft_probes.model_copy(update={"objective": objective, "learning_rate": 2e-2})
+        peft_model, _, _ = train_dpo(model, processor, rows, images, settings, tmp_path / objective)
+        return torch.cat([p.detach().flatten() for k, p in peft_model.named_parameters() if "lora_" in k])
+
+    as_probes, sft_alone = adapter(trained_rows.tail(4), "dpo"), adapter(trained_rows.tail(4), "sft")
+    with_preference = adapter(mixed.tail(4), "dpo")  # the same rows with their other answer losing
+    # equal up to float noise (which Adam scales up where gradients are near zero); a real preference moves far more
+    noise = float((as_probes - sft_alone).abs().max())
+    assert noise < 1e-3 < float((with_preference - sft_alone).abs().max()) / 10
+
+
+def test_sft_probes_need_the_sft_term() -> None:
+    with pytest.raises(ValueError, match="rpo_alpha > 0"):
+        DPOSettings(probe_loss="sft", rpo_alpha=0.0)

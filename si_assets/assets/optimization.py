@@ -27,6 +27,7 @@ from si_assets.optimization.distributed import prepare_job, result_of, torchrun_
 from si_assets.optimization.dpo import (
     DPOResult,
     DPOSettings,
+    as_trained,
     compute_reference,
     save_trained,
     train_dpo,
@@ -93,7 +94,7 @@ def trained_model(
     if config.optimization == "self_sft":
         pairs = self_sft_pairs(model, processor, unlabeled_images, image_by_id, context.log.info)
     else:
-        pairs = training_pairs(verified_pairs)
+        pairs = as_trained(training_pairs(verified_pairs), settings)
     with preflight("trained_model"):
         image_tokens_fit(
             processor,

@@ -20,12 +20,13 @@ import polars as pl
 import torch
 from peft import LoraConfig
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.utils.data import DataLoader
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 from trl import DPOConfig, DPOTrainer
 
+from si_assets.organization.probes import PROBE
 from si_assets.progress import progress
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
@@ -34,6 +35,7 @@ LANGUAGE_MODEL_PROJECTIONS = (
     r".*(language_model|text_model).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 )
 Objective = Literal["dpo", "sft"]
+ProbeLoss = Literal["dpo", "sft"]
 
 
 class DPOSettings(BaseModel):
@@ -45,6 +47,11 @@ class DPOSettings(BaseModel):
     beta: float = Field(0.1, gt=0)
     rpo_alpha: float = Field(1.0, ge=0, description="weight of the SFT term on the chosen response; 0 = plain DPO")
     ld_alpha: float | None = Field(None, ge=0, le=1, description="LD-DPO weight of tokens past the shorter response")
+    probe_loss: ProbeLoss = Field(
+        "dpo",
+        description="'sft': yes/no probe pairs train only the SFT term on their answer (their preference term is "
+        "made constant; the logged preference accuracy then counts them as ties)",
+    )
     learning_rate: float = Field(1e-3, gt=0)
     epochs: float = Field(3.0, gt=0)
     batch_size: int = Field(16, ge=1)
@@ -61,6 +68,12 @@ class DPOSettings(BaseModel):
     max_length: int | None = Field(None, description="prompt (image tokens included) + response; None: no cut")
     seed: int = 0
     logging_steps: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _probes_learn_something(self) -> DPOSettings:
+        if self.probe_loss == "sft" and self.objective == "dpo" and self.rpo_alpha == 0:
+            raise ValueError("probe_loss='sft' needs rpo_alpha > 0: with plain DPO the probe pairs would train nothing")
+        return self
 
     def losses(self) -> tuple[list[str], list[float]]:
         if self.objective == "sft":
@@ -82,6 +95,15 @@ class DPOResult:
         wanted = ("step", "epoch", "loss", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected")
         table = pl.DataFrame(self.curve)
         return table.select([c for c in wanted if c in table.columns])
+
+
+def as_trained(pairs: pl.DataFrame, settings: DPOSettings) -> pl.DataFrame:
+    """The pairs as the trainer sees them. With `probe_loss='sft'` a probe's rejected answer becomes its chosen
+    one: a pair with equal sides has a constant preference term (no gradient), so only the SFT term learns from it.
+    Applied before the reference log-probs are looked up, so the cache holds what was trained."""
+    if settings.probe_loss == "dpo" or "task" not in pairs.columns:
+        return pairs
+    return pairs.with_columns(rejected=pl.when(pl.col("task") == PROBE).then("chosen").otherwise("rejected"))
 
 
 def preference_dataset(

@@ -144,11 +144,11 @@ def test_sft_probes_train_only_their_answer(world, tmp_path: Path) -> None:
     trains exactly like the SFT term alone; caption pairs are left as they are."""
     tok, pairs, images = world
     mixed = pairs.with_columns(task=pl.Series(["caption"] * 4 + [PROBE] * 4))
-    sft_probes = SETTINGS.model_copy(update={"probe_loss": "sft"})
+    sft_probes = SETTINGS  # probe_loss 'sft' is the default
     trained_rows = as_trained(mixed, sft_probes)
     assert trained_rows.head(4).equals(mixed.head(4))
     assert (trained_rows.tail(4)["rejected"] == mixed.tail(4)["chosen"]).all()
-    assert as_trained(mixed, SETTINGS).equals(mixed)
+    assert as_trained(mixed, SETTINGS.model_copy(update={"probe_loss": "dpo"})).equals(mixed)
     assert as_trained(pairs, sft_probes).equals(pairs)  # tables without tasks (the SFT baselines' pairs)
 
     def adapter(rows: pl.DataFrame, objective: str) -> torch.Tensor:
@@ -164,6 +164,11 @@ def test_sft_probes_train_only_their_answer(world, tmp_path: Path) -> None:
     assert noise < 1e-3 < float((with_preference - sft_alone).abs().max()) / 10
 
 
-def test_sft_probes_need_the_sft_term() -> None:
-    with pytest.raises(ValueError, match="rpo_alpha > 0"):
-        DPOSettings(probe_loss="sft", rpo_alpha=0.0)
+def test_sft_probes_without_the_sft_term_are_refused(world) -> None:
+    _, pairs, _ = world
+    probes = pairs.with_columns(task=pl.lit(PROBE))
+    plain_dpo = DPOSettings(rpo_alpha=0.0)  # probe_loss 'sft' by default
+    with pytest.raises(ValueError, match="train nothing on the 8 probe pairs"):
+        as_trained(probes, plain_dpo)
+    assert as_trained(pairs, plain_dpo).equals(pairs)  # no probes, nothing to refuse
+    assert as_trained(probes, plain_dpo.model_copy(update={"probe_loss": "dpo"})).equals(probes)

@@ -1,5 +1,7 @@
 """The controlled-hallucination decoder: mixing math, the h = 0 / h = 1 limits, determinism."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -82,6 +84,19 @@ def test_h1_ignores_the_image(random_llava) -> None:
     assert mixed == [text_only] * len(images)
 
 
+def test_prior_delay_decodes_its_first_tokens_from_the_image(random_llava) -> None:
+    """With h = 1 the first `prior_delay` tokens are the image-conditioned ones, the rest follow the prior."""
+    model, processor, images = random_llava
+    prompt = "Describe the image."
+    grounded = decode_mixed(model, processor, [MixedRequest(im, prompt, 0.0, 1) for im in images], GREEDY)
+    prior = [MixedRequest(im, prompt, 1.0, 1) for im in images]
+    assert decode_mixed(model, processor, prior, replace(GREEDY, prior_delay=GREEDY.max_new_tokens)) == grounded
+    delayed = decode_mixed(model, processor, prior, replace(GREEDY, prior_delay=3))
+    ids = processor.tokenizer
+    assert all(ids.encode(d)[:3] == ids.encode(g)[:3] for d, g in zip(delayed, grounded))
+    assert delayed != grounded and delayed != decode_mixed(model, processor, prior, GREEDY)
+
+
 def test_sampling_depends_only_on_the_request(random_llava) -> None:
     """Same seed → identical response, whatever the batch size and neighbours; other seeds differ."""
     model, processor, images = random_llava
@@ -103,6 +118,8 @@ def test_bad_settings_are_refused() -> None:
         SamplerSettings(top_p=0)
     with pytest.raises(ValueError, match="mix_space"):
         SamplerSettings(mix_space="tokens")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="prior_delay"):
+        SamplerSettings(prior_delay=-1)
     with pytest.raises(ValueError, match="hallucination ratio"):
         MixedRequest(None, "x", 1.5, 0)  # type: ignore[arg-type]
 

@@ -66,7 +66,7 @@ def train_through_pipes(
 
 @dg.asset(
     group_name=OPTIMIZATION,
-    code_version="train-2",
+    code_version="train-3",
     partitions_def=ROUNDS,
     automation_condition=ROUND_AUTOMATION,
     pool=GPU_POOL,

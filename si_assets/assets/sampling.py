@@ -55,6 +55,7 @@ class SamplingConfig(dg.Config):
     top_p: float = 1.0
     max_new_tokens: int = 32
     mix_space: MixSpace = "probs"
+    prior_delay: int = Field(0, ge=0, description="tokens decoded from the image alone before mixing starts")
     seed: int = 0
     batch_size: int = Field(64, ge=1, description="requests per generate call (each is two rows)")
     chunk_size: int = Field(1024, ge=1, description="requests per stored chunk: a killed run resumes after the last")
@@ -73,7 +74,9 @@ def collect(
     """The shard's chunks of the round's request plan, decoded or read back. The model is loaded only when a
     chunk is missing, so a merge after finished shards reads tables only."""
     ratios = HallucinationRatios(config.mu_pos, config.sd_pos, config.mu_neg, config.sd_neg)
-    settings = SamplerSettings(config.temperature, config.top_p, config.max_new_tokens, config.mix_space)
+    settings = SamplerSettings(
+        config.temperature, config.top_p, config.max_new_tokens, config.mix_space, config.prior_delay
+    )
     plan = plan_requests(
         unlabeled_images, config.n_samples, config.n_negatives, ratios, round_seed_of(context, config.seed)
     )

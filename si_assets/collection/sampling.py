@@ -101,5 +101,6 @@ def decode_plan(
         top_p=pl.lit(settings.top_p),
         max_new_tokens=pl.lit(settings.max_new_tokens),
         mix_space=pl.lit(settings.mix_space),
+        prior_delay=pl.lit(settings.prior_delay),
         model_version=pl.lit(model_version),
     )

@@ -30,6 +30,9 @@ class SamplerSettings:
     top_p: float = 1.0
     max_new_tokens: int = 32
     mix_space: MixSpace = "probs"
+    # tokens decoded from the image-conditioned distribution alone before the mixture starts: the response then
+    # begins grounded and the language prior takes over mid-caption, where co-occurrence hallucinations arise
+    prior_delay: int = 0
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -38,6 +41,8 @@ class SamplerSettings:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.mix_space not in ("probs", "logits"):
             raise ValueError(f"mix_space must be 'probs' or 'logits', got {self.mix_space!r}")
+        if self.prior_delay < 0:
+            raise ValueError(f"prior_delay must be >= 0, got {self.prior_delay}")
 
 
 @dataclass(frozen=True)
@@ -88,14 +93,15 @@ class MixtureSampler(LogitsProcessor):
         self.h = torch.tensor(list(h), dtype=torch.float32)
         self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
         self.settings = settings
+        self.step = 0  # tokens emitted so far: generate calls the processor once per new token
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         n = len(self.generators)
         if scores.shape[0] != 2 * n:
             raise ValueError(f"expected {2 * n} rows (with and without image), got {scores.shape[0]}")
-        log_mix = mix_log_probs(
-            scores[:n].float(), scores[n:].float(), self.h.to(scores.device), **self._mix_kwargs()
-        ).cpu()
+        h = self.h if self.step >= self.settings.prior_delay else torch.zeros_like(self.h)
+        self.step += 1
+        log_mix = mix_log_probs(scores[:n].float(), scores[n:].float(), h.to(scores.device), **self._mix_kwargs()).cpu()
         if self.settings.temperature == 0:
             tokens = log_mix.argmax(dim=-1)
         else:

@@ -20,7 +20,7 @@ import polars as pl
 import torch
 from peft import LoraConfig
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import DataLoader
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
@@ -47,10 +47,12 @@ class DPOSettings(BaseModel):
     beta: float = Field(0.1, gt=0)
     rpo_alpha: float = Field(1.0, ge=0, description="weight of the SFT term on the chosen response; 0 = plain DPO")
     ld_alpha: float | None = Field(None, ge=0, le=1, description="LD-DPO weight of tokens past the shorter response")
+    # 'sft' (the default): a probe's answer is the verifier's restatement, right 84-92% of the time; the SFT term
+    # anchors it without a margin growing on a one-token answer (docs/round_experiments.md §13)
     probe_loss: ProbeLoss = Field(
-        "dpo",
+        "sft",
         description="'sft': yes/no probe pairs train only the SFT term on their answer (their preference term is "
-        "made constant; the logged preference accuracy then counts them as ties)",
+        "made constant, and the logged preference accuracy counts them as ties); 'dpo': the full DPO loss",
     )
     learning_rate: float = Field(1e-3, gt=0)
     epochs: float = Field(3.0, gt=0)
@@ -68,12 +70,6 @@ class DPOSettings(BaseModel):
     max_length: int | None = Field(None, description="prompt (image tokens included) + response; None: no cut")
     seed: int = 0
     logging_steps: int = Field(10, ge=1)
-
-    @model_validator(mode="after")
-    def _probes_learn_something(self) -> DPOSettings:
-        if self.probe_loss == "sft" and self.objective == "dpo" and self.rpo_alpha == 0:
-            raise ValueError("probe_loss='sft' needs rpo_alpha > 0: with plain DPO the probe pairs would train nothing")
-        return self
 
     def losses(self) -> tuple[list[str], list[float]]:
         if self.objective == "sft":
@@ -103,6 +99,12 @@ def as_trained(pairs: pl.DataFrame, settings: DPOSettings) -> pl.DataFrame:
     Applied before the reference log-probs are looked up, so the cache holds what was trained."""
     if settings.probe_loss == "dpo" or "task" not in pairs.columns:
         return pairs
+    probes = pairs.filter(pl.col("task") == PROBE).height
+    if probes and settings.objective == "dpo" and settings.rpo_alpha == 0:
+        raise ValueError(
+            f"probe_loss='sft' with rpo_alpha=0 would train nothing on the {probes} probe pairs: "
+            "set probe_loss='dpo', or rpo_alpha > 0, or probes_per_image=0 in verified_pairs"
+        )
     return pairs.with_columns(rejected=pl.when(pl.col("task") == PROBE).then("chosen").otherwise("rejected"))
 
 

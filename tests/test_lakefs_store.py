@@ -169,6 +169,7 @@ def test_a_round_through_dagster_on_lakefs(lake: FakeLakeFS, tmp_path: Path) -> 
     """The demo graph (small world) with the lakeFS backend: each materialization one commit carrying its run,
     asset and partition; the round on its branch; the champion merged into main and tagged."""
     from resources import ContentAddressedIOManager
+    from si_assets.assets.optimization import TRAIN_CODE_VERSION
     from si_assets.definitions import build_definitions, build_resources
     from tests.test_graph import small_round
 
@@ -186,7 +187,8 @@ def test_a_round_through_dagster_on_lakefs(lake: FakeLakeFS, tmp_path: Path) -> 
     assert meta["lakefs/url"] == f"http://lakefs.test/repositories/repo/commits/{meta['lakefs/commit']}"
     merged = lake.commits[meta["lakefs/commit"]]["metadata"]
     assert merged["dagster/run_id"] == run.result.run_id and merged["dagster/partition"] == "round-0001"
-    assert merged["dagster/asset_key"] == "trained_model" and merged["dagster/code_version"] == "train-2"
+    assert merged["dagster/asset_key"] == "trained_model"
+    assert merged["dagster/code_version"] == TRAIN_CODE_VERSION
     assert lake.tags["champion-round-0001"] in lake._ancestors(lake.branches["main"]["head"])
     assert set(lake.branches) == {"main", "round-0001"}  # no ephemeral branch left behind
     champion = ChampionRegistry(store.get()).current()

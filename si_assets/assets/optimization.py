@@ -39,6 +39,7 @@ from si_assets.storage import Checkpoint
 from si_assets.storage.memo import config_key
 
 REFERENCE_CODE_VERSION = "reference-logps-2"
+TRAIN_CODE_VERSION = "train-3"  # train-3: yes/no probes train their answer only (probe_loss 'sft')
 
 
 class TrainingConfig(dg.Config, DPOSettings):
@@ -66,7 +67,7 @@ def train_through_pipes(
 
 @dg.asset(
     group_name=OPTIMIZATION,
-    code_version="train-3",
+    code_version=TRAIN_CODE_VERSION,
     partitions_def=ROUNDS,
     automation_condition=ROUND_AUTOMATION,
     pool=GPU_POOL,

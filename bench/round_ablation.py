@@ -19,6 +19,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -37,7 +38,7 @@ from si_assets.collection.sampling import HallucinationRatios, decode_plan, plan
 from si_assets.definitions import build_resources  # noqa: E402
 from si_assets.evaluation.evaluate import evaluate_model  # noqa: E402
 from si_assets.evaluation.metrics import ObjectVocabulary, caption_scores  # noqa: E402
-from si_assets.modeling.generation import generate_greedy  # noqa: E402
+from si_assets.modeling.generation import continue_without_image, generate_greedy  # noqa: E402
 from si_assets.modeling.mixed_decoding import SamplerSettings  # noqa: E402
 from si_assets.optimization.dpo import LANGUAGE_MODEL_PROJECTIONS as LM_LORA  # noqa: E402
 from si_assets.optimization.dpo import DPOResult, DPOSettings, as_trained, train_dpo  # noqa: E402
@@ -269,7 +270,11 @@ def pairs_for(
     if variant.consensus:
         responses = with_consensus_candidates(responses, variant.consensus, truth, bench.vocab)
     score = clip_score_fn(scorer, bench.improve_images, improve["id"].to_list(), "sentence_mean")
-    pairs = organize_pairs(score_responses(responses, score), variant.rule, score)
+    continue_ = None
+    if variant.rule.negatives == "prior_swapped":
+        model, processor = bench.load_seed(checkpoint)
+        continue_ = partial(continue_without_image, model, processor)
+    pairs = organize_pairs(score_responses(responses, score), variant.rule, score, continue_)
     kept = labelled_chosen(training_pairs(pairs), responses, variant.chosen, bench, truth)
 
     def scores(texts: pl.Series, ids: pl.Series) -> str:

@@ -8,7 +8,7 @@ import torch
 
 from si_assets.modeling.bootstrap import tokenizer_corpus
 from si_assets.modeling.chat import user_prompt
-from si_assets.modeling.generation import generate_greedy
+from si_assets.modeling.generation import continue_without_image, generate_greedy
 from si_assets.modeling.mixed_decoding import (
     MixedRequest,
     SamplerSettings,
@@ -95,6 +95,21 @@ def test_prior_delay_decodes_its_first_tokens_from_the_image(random_llava) -> No
     ids = processor.tokenizer
     assert all(ids.encode(d)[:3] == ids.encode(g)[:3] for d, g in zip(delayed, grounded))
     assert delayed != grounded and delayed != decode_mixed(model, processor, prior, GREEDY)
+
+
+def test_prior_continuation_is_the_image_free_greedy_text(random_llava) -> None:
+    model, processor, images = random_llava
+    prompt = "Describe the image."
+    enc = processor(text=[user_prompt(processor, prompt, with_image=False)], return_tensors="pt")
+    out = model.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id)
+    text_only = processor.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)[0]
+    assert continue_without_image(model, processor, [prompt], [""], max_new_tokens=8) == [text_only]
+    prefixes = ["", "a red circle,", "a blue star and"]
+    batched = continue_without_image(model, processor, [prompt] * 3, prefixes, max_new_tokens=8)
+    singles = [continue_without_image(model, processor, [prompt], [p], max_new_tokens=8)[0] for p in prefixes]
+    assert batched == singles and len(set(batched)) > 1  # left padding keeps each row its own
+    with pytest.raises(ValueError, match="1 prompts but 2 prefixes"):
+        continue_without_image(model, processor, [prompt], ["", ""])
 
 
 def test_sampling_depends_only_on_the_request(random_llava) -> None:

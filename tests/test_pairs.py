@@ -1,10 +1,12 @@
 """Collection plan and pair organization: ratios, seeds, the reverse/discard rule, baselines."""
 
+from typing import get_args
+
 import numpy as np
 import polars as pl
 import pytest
 
-from si_assets.assets.organization import VerificationConfig
+from si_assets.assets.organization import AssetNegativeSource, VerificationConfig
 from si_assets.collection.sampling import (
     NEGATIVE,
     POSITIVE,
@@ -14,7 +16,10 @@ from si_assets.collection.sampling import (
     stable_seed,
 )
 from si_assets.organization.composition import compose_by_verifier, composed_responses
+from si_assets.organization.prior_swaps import prior_swap_edits, prior_swapped_responses
+from si_assets.organization.probes import mentioned_objects
 from si_assets.organization.segments import (
+    continuation_points,
     join_segments,
     segment_positions,
     segment_spans,
@@ -24,6 +29,7 @@ from si_assets.organization.segments import (
 from si_assets.organization.verification import (
     DISCARDED,
     KEPT,
+    NEGATIVE_SOURCES,
     REVERSED,
     PairRule,
     decide,
@@ -330,3 +336,52 @@ def test_verified_pairs_config_defaults_and_the_unverified_baseline() -> None:
     assert (unverified.chosen, unverified.compose_from_best, unverified.verification) == ("best", False, "none")
     with pytest.raises(ValueError, match="needs verification='clip'"):
         VerificationConfig(verification="none", negatives="swapped").pair_rule(seed=0)
+    # every negative source but the one that needs the seed model inside verification (a benchmark variant)
+    assert set(get_args(AssetNegativeSource)) == set(NEGATIVE_SOURCES) - {"prior_swapped"}
+    with pytest.raises(ValueError, match="negatives"):
+        VerificationConfig(negatives="prior_swapped")
+
+
+def test_continuation_points_are_the_prefixes_before_each_later_mention() -> None:
+    text = "a red circle, a blue star and a green ring."
+    assert continuation_points(text) == [("a red circle,", (14, 25)), ("a red circle, a blue star and", (30, 42))]
+    assert continuation_points("a star.") == []
+
+
+def test_prior_swaps_put_the_priors_next_mention_in_place() -> None:
+    text = "a red circle, a blue star and a green ring."
+    # the prior's mention replaces the one at its place; cut continuations and named kinds are no edit
+    assert prior_swapped_responses(text, [" a purple hexagon and", " a gr"]) == [
+        "a red circle, a purple hexagon and a green ring."
+    ]
+    assert prior_swapped_responses(text, [" a yellow star, a", " a grey square."]) == [
+        "a red circle, a blue star and a grey square."
+    ]
+    assert prior_swapped_responses(text, [" ", " a red circle"]) == []
+    asked: list[list[str]] = []
+
+    def continue_(prompts, prefixes):
+        asked.append(list(prefixes))
+        return [" a grey square," for _ in prefixes]
+
+    same = "a red circle and a blue star."
+    edits = prior_swap_edits([same, same, "a star."], ["p", "p", "p"], continue_)
+    assert edits == [["a red circle and a grey square."]] * 2 + [[]]
+    assert asked == [["a red circle and"]]  # one question per distinct (prompt, prefix)
+
+
+def test_prior_swapped_negatives_through_the_rule() -> None:
+    captions = {"a": "a red circle and a blue star.", "b": "a green ring."}  # b has no later mention to swap
+    scored = _scored().with_columns(response=pl.col("image_id").replace_strict(captions))
+
+    def score(ids, texts):  # a verifier stand-in: image a holds a circle and a star; -1 per other kind
+        return np.array([-sum(o not in {"circle", "star"} for o in mentioned_objects(t)) for t in texts], float)
+
+    def prior(prompts, prefixes):  # a language prior that follows a circle with a square
+        return [" a grey square." if prefix == "a red circle and" else " a cross," for prefix in prefixes]
+
+    pairs = organize_pairs(scored, PairRule(negatives="prior_swapped"), score, prior)
+    assert pairs["rejected"].to_list() == ["a red circle and a grey square.", "a green ring."]
+    assert pairs["rejected_source"].to_list() == ["prior_swapped", "sampled"]
+    with pytest.raises(ValueError, match="needs the seed model"):
+        organize_pairs(scored, PairRule(negatives="prior_swapped"), score)

@@ -29,7 +29,6 @@ from si_assets.organization.verification import (
     DISCARDED,
     REVERSED,
     ChosenSource,
-    NegativeSource,
     PairRule,
     clip_score_fn,
     decision_counts,
@@ -45,13 +44,18 @@ VERIFY_CODE_VERSION = "verify-4"  # the pairs' code; verify-4: yes/no probes and
 SCORING_VERSION = "verify-2"  # the stored CLIP scores' code: unchanged scores are reused across pair rules
 
 
+# Every NegativeSource but 'prior_swapped', which asks the seed model inside verification: measured (and no better)
+# in bench/round_ablation.py only, docs/round_experiments.md §13
+AssetNegativeSource = Literal["hallucinated", "random", "own_samples", "swapped"]
+
+
 class VerificationConfig(dg.Config):
     margin: float = Field(0.0, ge=0, description="pairs whose CLIP scores differ by less are discarded")
     score_mode: Literal["sentence_mean", "truncate"] = "sentence_mean"
     verification: Literal["clip", "none"] = Field(
         "clip", description="'none': pairs as generated (baseline; nothing is composed)"
     )
-    negatives: NegativeSource = Field(
+    negatives: AssetNegativeSource = Field(
         "hallucinated",
         description="'random': another image's response (baseline); 'own_samples': the CLIP-worst low-h sample; "
         "'swapped': the chosen response with one mention swapped for one of the hallucinated negative's",

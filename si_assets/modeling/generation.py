@@ -44,3 +44,33 @@ def generate_greedy(
             out.extend(t.strip() for t in processor.batch_decode(new_tokens, skip_special_tokens=True))
             bar.update(len(texts))
     return out
+
+
+@torch.no_grad()
+def continue_without_image(
+    model,
+    processor,
+    prompts: Sequence[str],
+    prefixes: Sequence[str],
+    max_new_tokens: int = 12,
+    batch_size: int = 64,
+    log: Callable[[str], None] | None = None,
+) -> list[str]:
+    """The image-free stream's greedy continuation of each response prefix: what the language prior alone says
+    next after (prompt, prefix). Prefixes should not end in whitespace (tokenizers attach it to the next word)."""
+    if len(prompts) != len(prefixes):
+        raise ValueError(f"{len(prompts)} prompts but {len(prefixes)} prefixes")
+    model.eval()
+    device = next(model.parameters()).device
+    out: list[str] = []
+    with progress(len(prompts), "prior continuations", log) as bar:
+        for start in range(0, len(prompts), batch_size):
+            chunk = zip(prompts[start : start + batch_size], prefixes[start : start + batch_size])
+            texts = [user_prompt(processor, p, with_image=False) + prefix for p, prefix in chunk]
+            enc = processor(text=texts, return_tensors="pt", padding=True).to(device)
+            generated = model.generate(
+                **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id
+            )
+            out.extend(processor.batch_decode(generated[:, enc["input_ids"].shape[1] :], skip_special_tokens=True))
+            bar.update(len(texts))
+    return out

@@ -17,13 +17,14 @@ import polars as pl
 
 from si_assets.collection.sampling import NEGATIVE, POSITIVE, stable_seed
 from si_assets.organization.composition import composed_responses
+from si_assets.organization.prior_swaps import Continue, prior_swap_edits
 from si_assets.organization.probes import PROBE, probe_pairs
 from si_assets.organization.segments import swapped_responses
 
 KEPT, REVERSED, DISCARDED = "kept", "reversed", "discarded"
 CAPTION = "caption"  # a pair's `task`: a caption pair, or a yes/no probe restating one (PROBE)
 Verification = Literal["clip", "none"]
-NegativeSource = Literal["hallucinated", "random", "own_samples", "swapped"]
+NegativeSource = Literal["hallucinated", "random", "own_samples", "swapped", "prior_swapped"]
 NEGATIVE_SOURCES = get_args(NegativeSource)
 ChosenSource = Literal["best", "composed"]
 
@@ -34,6 +35,7 @@ class PairRule:
     verification: Verification = "clip"  # "none": pairs as generated (positive 0 vs negative 0), a baseline
     # "random": another image's response (a baseline); "own_samples": the CLIP-worst low-h positive (on-policy);
     # "swapped": the chosen response with one segment replaced by one of the hallucinated negative's (a minimal edit)
+    # "prior_swapped": ... replaced by what the image-free stream says at that place (prior_swaps.py; needs the model)
     negatives: NegativeSource = "hallucinated"
     seed: int = 0  # for random negatives and the probes' draw
     pairs_per_image: int = 1  # k: the k CLIP-best positives meet the k CLIP-worst negatives, in rank order
@@ -57,7 +59,7 @@ class PairRule:
             raise ValueError(f"verification must be 'clip' or 'none', got {self.verification!r}")
         if self.negatives not in NEGATIVE_SOURCES:
             raise ValueError(f"negatives must be one of {NEGATIVE_SOURCES}, got {self.negatives!r}")
-        if self.negatives in ("own_samples", "swapped") and self.verification != "clip":
+        if self.negatives in ("own_samples", "swapped", "prior_swapped") and self.verification != "clip":
             raise ValueError(f"negatives={self.negatives!r} needs verification='clip' (CLIP picks the negative)")
         if self.chosen not in get_args(ChosenSource):
             raise ValueError(f"chosen must be 'best' or 'composed', got {self.chosen!r}")
@@ -128,35 +130,53 @@ def random_negatives(
 def swap_negatives(pairs: pl.DataFrame, score: Callable[[Sequence[str], Sequence[str]], np.ndarray]) -> pl.DataFrame:
     """Rejected = the chosen response with one segment swapped for a segment of the rejected (hallucinated)
     one, the swap CLIP scores lowest. Chosen and rejected then differ in one mention, at equal length, so DPO
-    learns which object to name rather than when to stop (the shared rest of the response cancels out). A
-    pair keeps its sampled rejected response when no swap scores below the chosen one (CLIP sees no error)."""
-    ids, edits, owners = [], [], []
-    for row, (image_id, chosen, rejected) in enumerate(pairs.select("image_id", "chosen", "rejected").iter_rows()):
-        for text in swapped_responses(chosen, rejected):
-            ids.append(image_id)
-            edits.append(text)
-            owners.append(row)
-    swapped = pairs["rejected"].to_list()
-    swapped_score = pairs["score_rejected"].to_list()
-    source = ["sampled"] * pairs.height
-    if edits:
-        scores = score(ids, edits)
-        edited = pl.DataFrame({"row": owners, "text": edits, "score": scores}).sort("row", "score", maintain_order=True)
-        for row, text, value in edited.group_by("row", maintain_order=True).first().iter_rows():
+    learns which object to name rather than when to stop (the shared rest of the response cancels out)."""
+    edits = [swapped_responses(c, r) for c, r in pairs.select("chosen", "rejected").iter_rows()]
+    return edited_negatives(pairs, edits, score, "swapped")
+
+
+def edited_negatives(
+    pairs: pl.DataFrame,
+    edits: Sequence[Sequence[str]],
+    score: Callable[[Sequence[str], Sequence[str]], np.ndarray],
+    source: str,
+) -> pl.DataFrame:
+    """Per pair, the edit of its chosen response (`edits[row]`) that CLIP scores lowest becomes the rejected
+    response, tagged `source`. A pair keeps its rejected response when no edit scores below the chosen one (CLIP
+    sees no error)."""
+    ids, texts, owners = [], [], []
+    for row, (image_id, row_edits) in enumerate(zip(pairs["image_id"], edits, strict=True)):
+        ids += [image_id] * len(row_edits)
+        texts += row_edits
+        owners += [row] * len(row_edits)
+    rejected = pairs["rejected"].to_list()
+    rejected_score = pairs["score_rejected"].to_list()
+    has_source = "rejected_source" in pairs.columns
+    rejected_source = pairs["rejected_source"].to_list() if has_source else ["sampled"] * pairs.height
+    if texts:
+        scored = pl.DataFrame({"row": owners, "text": texts, "score": score(ids, texts)})
+        lowest = scored.sort("row", "score", maintain_order=True).group_by("row", maintain_order=True).first()
+        for row, text, value in lowest.iter_rows():
             if value < pairs["score_chosen"][row]:
-                swapped[row], swapped_score[row], source[row] = text, value, "swapped"
+                rejected[row], rejected_score[row], rejected_source[row] = text, value, source
     return pairs.with_columns(
-        rejected=pl.Series(swapped, dtype=pl.String),
-        score_rejected=pl.Series(swapped_score, dtype=pl.Float64),
-        rejected_source=pl.Series(source, dtype=pl.String),
+        rejected=pl.Series(rejected, dtype=pl.String),
+        score_rejected=pl.Series(rejected_score, dtype=pl.Float64),
+        rejected_source=pl.Series(rejected_source, dtype=pl.String),
     )
 
 
 def organize_pairs(
-    scored: pl.DataFrame, rule: PairRule, score: Callable[[Sequence[str], Sequence[str]], np.ndarray]
+    scored: pl.DataFrame,
+    rule: PairRule,
+    score: Callable[[Sequence[str], Sequence[str]], np.ndarray],
+    continue_: Continue | None = None,
 ) -> pl.DataFrame:
     """The verified pairs: chosen/rejected after the reverse/discard rule, with every score kept.
-    `pair_id` is `<image_id>/<rank>`; with `rule.probes_per_image`, the yes/no probes follow (`task` says which)."""
+    `pair_id` is `<image_id>/<rank>`; with `rule.probes_per_image`, the yes/no probes follow (`task` says which).
+    `continue_` is the seed's image-free continuation, which `negatives: prior_swapped` needs."""
+    if rule.negatives == "prior_swapped" and continue_ is None:
+        raise ValueError("negatives='prior_swapped' needs the seed model's image-free continuation (continue_)")
     if rule.chosen == "composed":
         positives = scored.filter(pl.col("role") == POSITIVE)
         composed = composed_responses(positives, score, rule.compose_bonus, rule.compose_from_best)
@@ -181,6 +201,9 @@ def organize_pairs(
     )
     if rule.negatives == "swapped":
         pairs = swap_negatives(pairs, score)
+    elif rule.negatives == "prior_swapped":
+        edits = prior_swap_edits(pairs["chosen"].to_list(), pairs["prompt"].to_list(), continue_)
+        pairs = edited_negatives(pairs, edits, score, "prior_swapped")
     if rule.probes_per_image:
         probes = probe_pairs(training_pairs(pairs), rule.probes_per_image, rule.seed)
         probes = probes.with_columns(decision=pl.lit(KEPT), rejected_source=pl.lit(PROBE), task=pl.lit(PROBE))

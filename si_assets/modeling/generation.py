@@ -11,7 +11,6 @@ from si_assets.modeling.chat import user_prompt
 from si_assets.progress import progress
 
 
-@torch.no_grad()
 def generate_greedy(
     model,
     processor,
@@ -25,28 +24,15 @@ def generate_greedy(
     """One response per (image, prompt); left padding (set by the processor) keeps the batch aligned."""
     if len(images) != len(prompts):
         raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
-    model.eval()
-    device = next(model.parameters()).device
-    out: list[str] = []
-    with progress(len(images), desc, log) as bar:
-        for start in range(0, len(images), batch_size):
-            texts = [user_prompt(processor, p) for p in prompts[start : start + batch_size]]
-            enc = processor(
-                images=list(images[start : start + batch_size]), text=texts, return_tensors="pt", padding=True
-            ).to(device)
-            generated = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=processor.tokenizer.pad_token_id,
-            )
-            new_tokens = generated[:, enc["input_ids"].shape[1] :]
-            out.extend(t.strip() for t in processor.batch_decode(new_tokens, skip_special_tokens=True))
-            bar.update(len(texts))
-    return out
+
+    def encode(batch: slice):
+        texts = [user_prompt(processor, p) for p in prompts[batch]]
+        return processor(images=list(images[batch]), text=texts, return_tensors="pt", padding=True)
+
+    texts = _greedy_batches(model, processor, len(prompts), encode, max_new_tokens, batch_size, log, desc)
+    return [t.strip() for t in texts]
 
 
-@torch.no_grad()
 def continue_without_image(
     model,
     processor,
@@ -60,17 +46,38 @@ def continue_without_image(
     next after (prompt, prefix). Prefixes should not end in whitespace (tokenizers attach it to the next word)."""
     if len(prompts) != len(prefixes):
         raise ValueError(f"{len(prompts)} prompts but {len(prefixes)} prefixes")
+
+    def encode(batch: slice):
+        texts = [user_prompt(processor, p, with_image=False) + x for p, x in zip(prompts[batch], prefixes[batch])]
+        return processor(text=texts, return_tensors="pt", padding=True)
+
+    return _greedy_batches(
+        model, processor, len(prompts), encode, max_new_tokens, batch_size, log, "prior continuations"
+    )
+
+
+@torch.no_grad()
+def _greedy_batches(
+    model,
+    processor,
+    count: int,
+    encode: Callable[[slice], dict],
+    max_new_tokens: int,
+    batch_size: int,
+    log: Callable[[str], None] | None,
+    desc: str,
+) -> list[str]:
+    """The new text of greedy `generate` over `count` inputs, `encode(batch)` giving each batch's processor output."""
     model.eval()
     device = next(model.parameters()).device
     out: list[str] = []
-    with progress(len(prompts), "prior continuations", log) as bar:
-        for start in range(0, len(prompts), batch_size):
-            chunk = zip(prompts[start : start + batch_size], prefixes[start : start + batch_size])
-            texts = [user_prompt(processor, p, with_image=False) + prefix for p, prefix in chunk]
-            enc = processor(text=texts, return_tensors="pt", padding=True).to(device)
+    with progress(count, desc, log) as bar:
+        for start in range(0, count, batch_size):
+            batch = slice(start, min(start + batch_size, count))
+            enc = encode(batch).to(device)
             generated = model.generate(
                 **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id
             )
             out.extend(processor.batch_decode(generated[:, enc["input_ids"].shape[1] :], skip_special_tokens=True))
-            bar.update(len(texts))
+            bar.update(batch.stop - batch.start)
     return out

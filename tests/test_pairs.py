@@ -385,3 +385,14 @@ def test_prior_swapped_negatives_through_the_rule() -> None:
     assert pairs["rejected_source"].to_list() == ["prior_swapped", "sampled"]
     with pytest.raises(ValueError, match="needs the seed model"):
         organize_pairs(scored, PairRule(negatives="prior_swapped"), score)
+
+
+def test_random_negatives_never_come_from_the_same_image() -> None:
+    # two pairs per image: a shift by one row would hand an image its own other-rank positive (2 of 3 shifts do)
+    for seed in range(12):
+        pairs = organize_pairs(_scored(), PairRule(negatives="random", pairs_per_image=2, seed=seed), _score_by_lookup)
+        donors = [text.split("-")[0] for text in pairs["response_negative"]]
+        assert all(donor != image for donor, image in zip(donors, pairs["image_id"], strict=True))
+    one_image = _scored().filter(pl.col("image_id") == "a")
+    with pytest.raises(ValueError, match="two images"):
+        organize_pairs(one_image, PairRule(negatives="random", pairs_per_image=2), _score_by_lookup)

@@ -110,13 +110,23 @@ def select_candidates(scored: pl.DataFrame, rule: PairRule) -> pl.DataFrame:
 def random_negatives(
     candidates: pl.DataFrame, score: Callable[[Sequence[str], Sequence[str]], np.ndarray], seed: int
 ) -> pl.DataFrame:
-    """Baseline: the negative is another image's positive (a derangement), scored against this image."""
+    """Baseline: the negative is another image's positive (a cyclic shift of the rows that moves every pair to
+    another image), scored against this image."""
     n = candidates.height
-    if n < 2:
+    images = candidates["image_id"].to_numpy()
+    if candidates["image_id"].n_unique() < 2:
         raise ValueError("random negatives need at least two images")
     rng = np.random.default_rng(stable_seed("random-negatives", seed))
-    shift = rng.integers(1, n)  # a cyclic shift by 1..n-1 never maps an image to itself
-    donors = (np.arange(n) + shift) % n
+    drawn = int(rng.integers(1, n))
+    # With several pairs per image, shifting by a few rows can land on the same image's other rank: take the next
+    # shift that moves every row off its image (rows are grouped by image; while no image holds more than half the
+    # rows, a shift by the largest image's row count is one).
+    for shift in (1 + (drawn - 1 + k) % (n - 1) for k in range(n - 1)):
+        donors = (np.arange(n) + shift) % n
+        if not (images[donors] == images).any():
+            break
+    else:
+        raise ValueError("random negatives: no shift of the pairs moves every one to another image")
     texts = candidates["response_positive"].gather(donors)
     return candidates.with_columns(
         response_negative=texts,

@@ -7,7 +7,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from si_assets.modeling.bootstrap import tokenizer_corpus
 from si_assets.modeling.chat import user_prompt
 from si_assets.modeling.generation import generate_greedy
-from si_assets.modeling.sft import SFTConfig, build_examples, collate, encode_examples
+from si_assets.modeling.sft import EarlyStopping, SFTConfig, build_examples, collate, encode_examples
 from si_assets.modeling.tiny_vlm import IMAGE_TOKEN, TinyVLMSpec, build_model, build_processor, build_tokenizer
 from si_assets.world import WorldSpec, decode_png, generate_split
 
@@ -96,3 +96,28 @@ def test_further_training_continues_from_the_given_weights(small_spec: WorldSpec
     assert result.steps == 6 and [c["step"] for c in result.curve] == [2, 4, 6]  # no early stop
     assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
     assert not model.training  # handed back ready for evaluation
+
+
+# The default seed's validation curve (steps 100..1,100, from its training log), rounded to 4 decimals.
+SEED_VAL_CURVE = [0.8212, 0.6275, 0.5145, 0.4865, 0.4712, 0.4679, 0.4375, 0.4373, 0.4289, 0.4354, 0.4558]
+
+
+def _stop_on(curve: list[float], stopping: EarlyStopping) -> tuple[int, int]:
+    """(step it stops at, best step) when evaluating every 100 steps."""
+    step = 0
+    for step, loss in zip(range(100, 100 * len(curve) + 1, 100), curve, strict=True):
+        stopping.update(step, loss)
+        if stopping.should_stop:
+            break
+    return step, stopping.best_step
+
+
+def test_early_stopping_keeps_the_best_evaluation() -> None:
+    defaults = SFTConfig()
+    # the defaults stop at the first rise, with the weights of step 900, as patience 2 and 5 did later
+    assert _stop_on(SEED_VAL_CURVE, EarlyStopping(defaults.patience, defaults.min_improvement)) == (1000, 900)
+    assert _stop_on(SEED_VAL_CURVE, EarlyStopping(2, 0.002)) == (1100, 900)
+    # a required improvement turns step 800's 0.0002 into a miss: with patience 1 that would stop at step 700
+    assert _stop_on(SEED_VAL_CURVE, EarlyStopping(1, 0.002)) == (800, 700)
+    never = EarlyStopping(patience=100, min_improvement=-np.inf)  # continue_training: keep the last weights
+    assert _stop_on(SEED_VAL_CURVE, never) == (1100, 1100)

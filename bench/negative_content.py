@@ -1,9 +1,9 @@
 """What the controlled-hallucination negatives hold, per decoding setting: do they hallucinate the language prior?
 
 A hallucinated mention is a "partner" when it names the usual companion of an object in the image (what the
-world's caption noise teaches the prior), else "other". For each setting (mix space, mean negative ratio
-mu_neg, prior delay) the round's responses are decoded on the head of `improve` and the positives and negatives
-are counted against the labels (diagnosis only: the loop never reads them). Reuses the world and bootstrap
+world's caption noise teaches the prior), else "other". For each setting (mix space, negative ratio
+mu_neg and sd_neg, prior delay) the round's responses are decoded on the head of `improve` and the positives and
+negatives are counted against the labels (diagnosis only: the loop never reads them). Reuses the world and bootstrap
 models of `make demo`.
 
     .venv/bin/python bench/negative_content.py [--images 300] [--grid JSON]
@@ -23,13 +23,14 @@ from si_assets.collection.sampling import NEGATIVE, POSITIVE, HallucinationRatio
 from si_assets.modeling.mixed_decoding import SamplerSettings
 
 GRID = [
-    {"mix_space": "probs", "mu_neg": 0.35, "prior_delay": 0},  # the default
-    {"mix_space": "logits", "mu_neg": 0.35, "prior_delay": 0},
-    {"mix_space": "logits", "mu_neg": 0.6, "prior_delay": 0},
-    {"mix_space": "logits", "mu_neg": 0.8, "prior_delay": 0},
-    {"mix_space": "probs", "mu_neg": 0.35, "prior_delay": 4},  # 4 tokens: "a red circle," is decoded grounded
-    {"mix_space": "probs", "mu_neg": 0.6, "prior_delay": 4},
-    {"mix_space": "probs", "mu_neg": 0.6, "prior_delay": 8},
+    {"mix_space": "probs", "mu_neg": 0.15, "sd_neg": 0.05, "prior_delay": 0},  # the default
+    {"mix_space": "probs", "mu_neg": 0.35, "sd_neg": 0.1, "prior_delay": 0},  # the default until stop 21
+    {"mix_space": "logits", "mu_neg": 0.35, "sd_neg": 0.1, "prior_delay": 0},
+    {"mix_space": "logits", "mu_neg": 0.6, "sd_neg": 0.1, "prior_delay": 0},
+    {"mix_space": "logits", "mu_neg": 0.8, "sd_neg": 0.1, "prior_delay": 0},
+    {"mix_space": "probs", "mu_neg": 0.35, "sd_neg": 0.1, "prior_delay": 4},  # 4 tokens: "a red circle," grounded
+    {"mix_space": "probs", "mu_neg": 0.6, "sd_neg": 0.1, "prior_delay": 4},
+    {"mix_space": "probs", "mu_neg": 0.6, "sd_neg": 0.1, "prior_delay": 8},
 ]
 
 
@@ -42,7 +43,8 @@ def main() -> None:
     labels = Labels(bench.spec)
     for setting in args.grid:
         sampler = SamplerSettings(mix_space=setting["mix_space"], prior_delay=setting["prior_delay"])
-        variant = replace(VARIANTS["loop"], sampler=sampler, ratios=HallucinationRatios(mu_neg=setting["mu_neg"]))
+        ratios = HallucinationRatios(mu_neg=setting["mu_neg"], sd_neg=setting["sd_neg"])
+        variant = replace(VARIANTS["loop"], sampler=sampler, ratios=ratios)
         responses = responses_for(bench, variant, None)
         for role in (POSITIVE, NEGATIVE):
             part = responses.filter(pl.col("role") == role)

@@ -47,10 +47,10 @@ class SamplingConfig(dg.Config):
 
     n_samples: int = Field(8, ge=1, description="positives per image; CLIP picks the chosen one (1 = literal recipe)")
     n_negatives: int = Field(4, ge=1, description="negatives per image; CLIP picks the rejected one")
-    mu_pos: float = 0.0
-    sd_pos: float = 0.05
-    mu_neg: float = 0.35
-    sd_neg: float = 0.1
+    mu_pos: float = HallucinationRatios.mu_pos
+    sd_pos: float = HallucinationRatios.sd_pos
+    mu_neg: float = HallucinationRatios.mu_neg
+    sd_neg: float = HallucinationRatios.sd_neg
     temperature: float = 0.7
     top_p: float = 1.0
     max_new_tokens: int = 32

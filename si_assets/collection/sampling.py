@@ -26,8 +26,9 @@ class HallucinationRatios:
 
     mu_pos: float = 0.0
     sd_pos: float = 0.05
-    # Measured (docs/round_experiments.md §14): negatives at h .15 are nearly the model's own captions with a few
-    # prior-driven mentions, and beat another image's caption by 1.7 points where h .35 (and .7 before it) tied.
+    # Measured (docs/round_experiments.md §14): negatives at h .15 are the model's own captions with a few more wrong
+    # mentions, and lead another image's caption by 1.7-1.8 points over three training seeds, where h .35 led by
+    # 0.5 (under the seed-to-seed spread) and h .7 did worse.
     mu_neg: float = 0.15
     sd_neg: float = 0.05
 

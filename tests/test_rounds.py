@@ -49,7 +49,8 @@ SEED = {"precision": 0.75, "recall": 0.86, "pope_f1": 0.85}
     ("trained", "base", "passed", "reason"),
     [
         ({"precision": 0.78, "recall": 0.84, "pope_f1": 0.83}, SEED, True, None),
-        ({"precision": 0.755, "recall": 0.86, "pope_f1": 0.85}, SEED, False, "precision gain +0.005 < +0.010"),
+        ({"precision": 0.755, "recall": 0.86, "pope_f1": 0.85}, SEED, False, "precision gain +0.0050 < +0.0100"),
+        ({"precision": 0.7598, "recall": 0.86, "pope_f1": 0.85}, SEED, False, "precision gain +0.0098 < +0.0100"),
         ({"precision": 0.76, "recall": 0.86, "pope_f1": 0.85}, SEED, True, None),  # exactly the minimum gain passes
         ({"precision": 0.80, "recall": 0.82, "pope_f1": 0.85}, SEED, False, "recall fell 0.040 below the seed"),
         # Within tolerance of this round's seed, but the chain has drifted too far from the base model.
@@ -59,7 +60,7 @@ SEED = {"precision": 0.75, "recall": 0.86, "pope_f1": 0.85}
             False,
             "recall fell 0.040 below the base model",
         ),
-        ({"precision": 0.70, "recall": 0.80, "pope_f1": 0.85}, SEED, False, "precision gain -0.050"),
+        ({"precision": 0.70, "recall": 0.80, "pope_f1": 0.85}, SEED, False, "precision gain -0.0500"),
         # Fewer hallucinated mentions, but now it answers yes to every question about an object.
         ({"precision": 0.84, "recall": 0.86, "pope_f1": 0.66}, SEED, False, "POPE F1 fell 0.190 below the seed"),
         (

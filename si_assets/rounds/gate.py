@@ -62,7 +62,8 @@ def gate_decision(
     pope_vs_base = trained["pope_f1"] - base["pope_f1"]
     reasons = []
     if gain < policy.min_precision_gain:
-        reasons.append(f"precision gain {gain:+.3f} < {policy.min_precision_gain:+.3f}")
+        # four decimals: a gain just under the minimum must not print as equal to it
+        reasons.append(f"precision gain {gain:+.4f} < {policy.min_precision_gain:+.4f}")
     if vs_seed < -policy.recall_tolerance:
         reasons.append(f"recall fell {-vs_seed:.3f} below the seed (tolerance {policy.recall_tolerance:.3f})")
     if vs_base < -policy.recall_tolerance:

@@ -24,15 +24,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import polars as pl  # noqa: E402
 import torch  # noqa: E402
 
+from si_assets.bootstrap.clip import (  # noqa: E402
+    ClipTrainConfig,
+    TinyClipSpec,
+    train_bootstrap_clip,  # noqa: E402
+)
+from si_assets.bootstrap.seed_model import continue_training, train_seed_model  # noqa: E402
+from si_assets.bootstrap.sft import SFTConfig  # noqa: E402
+from si_assets.bootstrap.tiny_vlm import TinyVLMSpec  # noqa: E402
 from si_assets.evaluation.evaluate import evaluate_model  # noqa: E402
 from si_assets.evaluation.metrics import ObjectVocabulary  # noqa: E402
-from si_assets.modeling.bootstrap import continue_training, train_seed_model  # noqa: E402
 from si_assets.modeling.loading import load_checkpoint  # noqa: E402
-from si_assets.modeling.sft import SFTConfig  # noqa: E402
-from si_assets.modeling.tiny_vlm import TinyVLMSpec  # noqa: E402
 from si_assets.storage import ArtifactStore  # noqa: E402
-from si_assets.verifier.bootstrap import train_bootstrap_clip  # noqa: E402
-from si_assets.verifier.clip import ClipTrainConfig, TinyClipSpec  # noqa: E402
 from si_assets.world import EVAL_PROMPT, WorldSpec, decode_png, generate_split  # noqa: E402
 from si_assets.world.vocabulary import world_vocabulary  # noqa: E402
 

@@ -22,8 +22,8 @@ import torch  # noqa: E402
 from round_costs import bench_decoding  # noqa: E402
 from transformers import LlavaForConditionalGeneration  # noqa: E402
 
-from si_assets.modeling.bootstrap import tokenizer_corpus  # noqa: E402
-from si_assets.modeling.tiny_vlm import TinyVLMSpec, build_model, build_processor, build_tokenizer  # noqa: E402
+from si_assets.bootstrap.seed_model import tokenizer_corpus  # noqa: E402
+from si_assets.bootstrap.tiny_vlm import TinyVLMSpec, build_model, build_processor, build_tokenizer  # noqa: E402
 from si_assets.world import WorldSpec, decode_png, generate_split  # noqa: E402
 
 

@@ -9,6 +9,7 @@ import lakefs
 import polars as pl
 from pydantic import Field
 
+from si_assets.rounds.naming import is_round_key
 from si_assets.storage import ArtifactStore, Checkpoint, StoredArtifact
 from si_assets.storage.lakefs_store import LakeFSArtifactStore
 
@@ -52,7 +53,13 @@ class ArtifactStoreResource(dg.ConfigurableResource):
         client = lakefs.Client(
             host=self.lakefs_endpoint, username=self.lakefs_access_key_id, password=self.lakefs_secret_access_key
         )
-        return LakeFSArtifactStore(client, self.lakefs_repository, self.lakefs_base_branch, self.lakefs_prefix)
+        return LakeFSArtifactStore(
+            client,
+            self.lakefs_repository,
+            self.lakefs_base_branch,
+            self.lakefs_prefix,
+            branches_partition=is_round_key,  # a branch per round
+        )
 
     def commit_url(self, commit: str) -> str | None:
         if self.backend != "lakefs" or not self.lakefs_endpoint:

@@ -43,7 +43,6 @@ def main(argv: list[str] | None = None) -> int:
     home = prepare_instance()
     import dagster as dg
 
-    from si_assets.assets.evaluation import HEADLINE
     from si_assets.automation.runner import (
         RoundFailed,
         refresh_summary,
@@ -55,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from si_assets.definitions import defs
     from si_assets.organization.verification import decision_counts
     from si_assets.rounds import round_key
+    from si_assets.rounds.steps import HEADLINE
 
     started = time.perf_counter()
     table_style = pl.Config(

@@ -6,10 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
+from si_assets.bootstrap.clip import TinyClipSpec, build_tiny_clip
 from si_assets.verifier.clip import (
     ClipScorer,
-    TinyClipSpec,
-    build_tiny_clip,
     load_clip,
     retrieval_recall_at_1,
     save_clip,

@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText
 
-from si_assets.modeling.bootstrap import tokenizer_corpus
-from si_assets.modeling.tiny_vlm import TinyVLMSpec, build_model, build_processor, build_tokenizer
+from si_assets.bootstrap.seed_model import tokenizer_corpus
+from si_assets.bootstrap.tiny_vlm import TinyVLMSpec, build_model, build_processor, build_tokenizer
 from si_assets.optimization.dpo import (
     LANGUAGE_MODEL_PROJECTIONS,
     DPOSettings,

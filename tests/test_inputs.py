@@ -167,11 +167,11 @@ def test_unlabeled_images_stores_rejects_and_blocks_on_their_rate(tmp_path: Path
     assert ArtifactStore(tmp_path / "store").read_table(stored)["path"].to_list() == ["broken.jpg"]
     assert check.check_name == "reject_rate" and not check.passed  # 1 of 3 > 20%
     for bad, message in (
-        (ImagePoolConfig(source="folder"), "needs `folder`"),
-        (ImagePoolConfig(source="manifest", folder=str(root)), "needs `manifest`"),
+        ({"source": "folder"}, "needs `folder`"),
+        ({"source": "manifest", "folder": str(root)}, "needs `manifest`"),
     ):
-        with pytest.raises(dg.Failure, match=message):
-            list(unlabeled_images(context, bad, models, store, Checkpoint(tiny_llava_dir), pl.DataFrame()))
+        with pytest.raises(ValueError, match=message):  # refused as config, before any image is read
+            ImagePoolConfig(**bad)
     (root / "a.png").unlink()
     (root / "b.jpg").unlink()
     with pytest.raises(dg.Failure, match="no usable image"):

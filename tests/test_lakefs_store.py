@@ -10,6 +10,7 @@ from lakefs_sdk.exceptions import ApiException
 
 from resources import ArtifactStoreResource
 from si_assets.rounds import ChampionRegistry, Promotion
+from si_assets.rounds.naming import is_round_key
 from si_assets.storage import Checkpoint
 from si_assets.storage.lakefs_store import LakeFSArtifactStore, LakeFSError
 from tests.fake_lakefs import FakeLakeFS
@@ -30,7 +31,7 @@ def lake(monkeypatch: pytest.MonkeyPatch) -> FakeLakeFS:
 @pytest.fixture
 def store(lake: FakeLakeFS, tmp_path: Path) -> LakeFSArtifactStore:
     client = lakefs.Client(host="http://lakefs.test", username="AKIAEXAMPLE", password="secret")
-    return LakeFSArtifactStore(client, "repo", "main", cache_dir=tmp_path / "cache")
+    return LakeFSArtifactStore(client, "repo", "main", cache_dir=tmp_path / "cache", branches_partition=is_round_key)
 
 
 def test_a_round_write_is_one_transaction_on_the_round_branch(lake: FakeLakeFS, store: LakeFSArtifactStore) -> None:

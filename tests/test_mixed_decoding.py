@@ -1,12 +1,11 @@
 """The controlled-hallucination decoder: mixing math, the h = 0 / h = 1 limits, determinism."""
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 import torch
 
-from si_assets.modeling.bootstrap import tokenizer_corpus
+from si_assets.bootstrap.seed_model import tokenizer_corpus
+from si_assets.bootstrap.tiny_vlm import TinyVLMSpec, build_model, build_processor, build_tokenizer
 from si_assets.modeling.chat import user_prompt
 from si_assets.modeling.generation import continue_without_image, generate_greedy
 from si_assets.modeling.mixed_decoding import (
@@ -16,7 +15,6 @@ from si_assets.modeling.mixed_decoding import (
     mix_log_probs,
     top_p_filter,
 )
-from si_assets.modeling.tiny_vlm import TinyVLMSpec, build_model, build_processor, build_tokenizer
 from si_assets.world import WorldSpec, decode_png, generate_split
 
 GREEDY = SamplerSettings(temperature=0.0, max_new_tokens=8)
@@ -90,8 +88,11 @@ def test_prior_delay_decodes_its_first_tokens_from_the_image(random_llava) -> No
     prompt = "Describe the image."
     grounded = decode_mixed(model, processor, [MixedRequest(im, prompt, 0.0, 1) for im in images], GREEDY)
     prior = [MixedRequest(im, prompt, 1.0, 1) for im in images]
-    assert decode_mixed(model, processor, prior, replace(GREEDY, prior_delay=GREEDY.max_new_tokens)) == grounded
-    delayed = decode_mixed(model, processor, prior, replace(GREEDY, prior_delay=3))
+    assert (
+        decode_mixed(model, processor, prior, GREEDY.model_copy(update={"prior_delay": GREEDY.max_new_tokens}))
+        == grounded
+    )
+    delayed = decode_mixed(model, processor, prior, GREEDY.model_copy(update={"prior_delay": 3}))
     ids = processor.tokenizer
     assert all(ids.encode(d)[:3] == ids.encode(g)[:3] for d, g in zip(delayed, grounded))
     assert delayed != grounded and delayed != decode_mixed(model, processor, prior, GREEDY)

@@ -1,12 +1,10 @@
 """Collection plan and pair organization: ratios, seeds, the reverse/discard rule, baselines."""
 
-from typing import get_args
-
 import numpy as np
 import polars as pl
 import pytest
 
-from si_assets.assets.organization import AssetNegativeSource, VerificationConfig
+from bench.prior_swaps import prior_swap_edit, prior_swap_edits, prior_swapped_responses
 from si_assets.collection.sampling import (
     NEGATIVE,
     POSITIVE,
@@ -16,7 +14,6 @@ from si_assets.collection.sampling import (
     stable_seed,
 )
 from si_assets.organization.composition import compose_by_verifier, composed_responses
-from si_assets.organization.prior_swaps import prior_swap_edits, prior_swapped_responses
 from si_assets.organization.probes import mentioned_objects
 from si_assets.organization.segments import (
     continuation_points,
@@ -29,9 +26,9 @@ from si_assets.organization.segments import (
 from si_assets.organization.verification import (
     DISCARDED,
     KEPT,
-    NEGATIVE_SOURCES,
     REVERSED,
     PairRule,
+    VerificationSettings,
     decide,
     decision_counts,
     organize_pairs,
@@ -111,7 +108,7 @@ def _score_by_lookup(ids, texts):
 
 
 def test_clip_picks_best_positive_and_worst_negative_then_applies_the_rule() -> None:
-    pairs = organize_pairs(_scored(), PairRule(margin=0.0), _score_by_lookup)
+    pairs = organize_pairs(_scored(), PairRule.plain(margin=0.0), _score_by_lookup)
     a, b = pairs.row(0, named=True), pairs.row(1, named=True)
     assert (a["chosen"], a["rejected"], a["decision"]) == ("a-positive-1", "a-negative-1", KEPT)
     assert (a["score_chosen"], a["score_rejected"]) == (0.40, 0.10)
@@ -119,17 +116,17 @@ def test_clip_picks_best_positive_and_worst_negative_then_applies_the_rule() -> 
     assert (b["chosen"], b["rejected"], b["decision"]) == ("b-negative-1", "b-positive-1", REVERSED)
     assert (b["score_chosen"], b["score_rejected"]) == (0.30, 0.15)
     assert decision_counts(pairs) == {KEPT: 1, REVERSED: 1, DISCARDED: 0}
-    strict = organize_pairs(_scored(), PairRule(margin=0.2), _score_by_lookup)
+    strict = organize_pairs(_scored(), PairRule.plain(margin=0.2), _score_by_lookup)
     assert strict["decision"].to_list() == [KEPT, DISCARDED]
     assert training_pairs(strict)["image_id"].to_list() == ["a"]
 
 
 def test_baselines_without_verification_and_with_random_negatives() -> None:
-    unverified = organize_pairs(_scored(), PairRule(verification="none"), _score_by_lookup)
+    unverified = organize_pairs(_scored(), PairRule.plain(verification="none"), _score_by_lookup)
     assert unverified["chosen"].to_list() == ["a-positive-0", "b-positive-0"]
     assert unverified["rejected"].to_list() == ["a-negative-0", "b-negative-0"]
     assert unverified["decision"].to_list() == [KEPT, KEPT]
-    shuffled = organize_pairs(_scored(), PairRule(negatives="random", margin=0.0), _score_by_lookup)
+    shuffled = organize_pairs(_scored(), PairRule.plain(negatives="random", margin=0.0), _score_by_lookup)
     # each image's negative is the other image's chosen positive, scored against this image
     assert shuffled["response_negative"].to_list() == ["b-positive-1", "a-positive-1"]
     assert shuffled["score_negative"].to_list() == [0.05, 0.05]
@@ -139,31 +136,31 @@ def test_baselines_without_verification_and_with_random_negatives() -> None:
 
 def test_bad_rules_are_refused() -> None:
     with pytest.raises(ValueError, match="margin"):
-        PairRule(margin=-0.1)
+        PairRule.plain(margin=-0.1)
     with pytest.raises(ValueError, match="verification"):
-        PairRule(verification="judge")  # type: ignore[arg-type]
+        PairRule.plain(verification="judge")  # type: ignore[arg-type]
 
 
 def test_several_pairs_per_image_pair_ranks_in_order() -> None:
-    pairs = organize_pairs(_scored(), PairRule(pairs_per_image=2), _score_by_lookup)
+    pairs = organize_pairs(_scored(), PairRule.plain(pairs_per_image=2), _score_by_lookup)
     assert pairs["pair_id"].to_list() == ["a/0", "a/1", "b/0", "b/1"]
     assert pairs["response_positive"].to_list() == ["a-positive-1", "a-positive-2", "b-positive-1", "b-positive-2"]
     assert pairs["response_negative"].to_list() == ["a-negative-1", "a-negative-0", "b-negative-1", "b-negative-0"]
     assert pairs["decision"].to_list() == [KEPT, KEPT, REVERSED, REVERSED]
     with pytest.raises(ValueError, match="pairs_per_image"):
-        PairRule(pairs_per_image=0)
+        PairRule.plain(pairs_per_image=0)
 
 
 def test_own_samples_as_negatives_pair_best_and_worst_positive() -> None:
-    pairs = organize_pairs(_scored(), PairRule(negatives="own_samples"), _score_by_lookup)
+    pairs = organize_pairs(_scored(), PairRule.plain(negatives="own_samples"), _score_by_lookup)
     assert pairs["chosen"].to_list() == ["a-positive-1", "b-positive-1"]
     assert pairs["rejected"].to_list() == ["a-positive-0", "b-positive-0"]
     assert pairs["decision"].to_list() == [KEPT, KEPT]
     with pytest.raises(ValueError, match="needs verification='clip'"):
-        PairRule(negatives="own_samples", verification="none")
+        PairRule.plain(negatives="own_samples", verification="none")
     single = _scored().filter((pl.col("role") == "negative") | (pl.col("sample") == 0))
     with pytest.raises(ValueError, match="n_samples >= 2"):
-        organize_pairs(single, PairRule(negatives="own_samples"), _score_by_lookup)
+        organize_pairs(single, PairRule.plain(negatives="own_samples"), _score_by_lookup)
 
 
 def test_segments_are_mentions_and_keep_the_punctuation() -> None:
@@ -234,13 +231,15 @@ def test_swapped_negatives_through_the_rule() -> None:
         response=pl.col("response").str.replace_all("-", " ").str.replace(r" (\d)$", " and item ${1}") + "."
     )
     # A stand-in verifier that scores longer texts lower: the longest edit is the rejected one.
-    pairs = organize_pairs(scored, PairRule(negatives="swapped"), lambda ids, texts: -np.array([len(t) for t in texts]))
+    pairs = organize_pairs(
+        scored, PairRule.plain(negatives="swapped"), lambda ids, texts: -np.array([len(t) for t in texts])
+    )
     assert pairs["decision"].to_list() == [KEPT, REVERSED]  # the rule ran on the sampled pair first
     assert pairs["chosen"].to_list() == ["a positive and item 1.", "b negative and item 1."]
     assert pairs["rejected"].to_list() == ["a positive and a negative.", "b negative and b positive."]
     assert pairs["rejected_source"].to_list() == ["swapped", "swapped"]
     with pytest.raises(ValueError, match="needs verification='clip'"):
-        PairRule(negatives="swapped", verification="none")
+        PairRule.plain(negatives="swapped", verification="none")
 
 
 TRUTH = {"img-0": {"a red circle", "a blue square"}, "img-1": {"a green star"}}
@@ -310,7 +309,7 @@ def test_composed_chosen_through_the_rule() -> None:
     extra = composed_responses(scored.filter(pl.col("role") == POSITIVE), _segment_score)
     assert extra.select("response", "sample", "h", "seed").row(0) == ("a red circle and a blue square.", 2, None, None)
     assert extra["score"].to_list() == pytest.approx([1.9])
-    pairs = organize_pairs(scored, PairRule(chosen="composed"), _segment_score)
+    pairs = organize_pairs(scored, PairRule.plain(chosen="composed"), _segment_score)
     assert pairs.select("chosen", "rejected", "sample_positive", "decision").row(0) == (
         "a red circle and a blue square.",
         "a green star.",
@@ -318,28 +317,34 @@ def test_composed_chosen_through_the_rule() -> None:
         KEPT,
     )
     # Without composition the chosen one is a whole sample, hallucination included.
-    assert organize_pairs(scored, PairRule(), _segment_score)["chosen"].to_list() == ["a red circle and a green star."]
-    with pytest.raises(ValueError, match="chosen='composed' needs verification='clip'"):
-        PairRule(chosen="composed", verification="none")
+    assert organize_pairs(scored, PairRule.plain(), _segment_score)["chosen"].to_list() == [
+        "a red circle and a green star."
+    ]
+    unverified = PairRule.plain(chosen="composed", verification="none")
+    assert not unverified.composing  # without CLIP nothing is composed: the sample pairs as generated
+    assert organize_pairs(scored, unverified, _segment_score)["chosen"].to_list() == ["a red circle and a green star."]
     with pytest.raises(ValueError, match="compose_bonus"):
-        PairRule(chosen="composed", compose_bonus=-0.1)
-    with pytest.raises(ValueError, match="chosen must be"):
-        PairRule(chosen="oracle")  # type: ignore[arg-type]
+        PairRule.plain(chosen="composed", compose_bonus=-0.1)
+    with pytest.raises(ValueError, match="chosen"):
+        PairRule.plain(chosen="oracle")  # type: ignore[arg-type]
 
 
-def test_verified_pairs_config_defaults_and_the_unverified_baseline() -> None:
-    """The asset's defaults compose the chosen caption from the best sample, two pairs per image; the baseline
-    `verification: none` has no verifier to compose with, so it pairs the samples as generated."""
-    rule = VerificationConfig().pair_rule(seed=5)
-    assert (rule.chosen, rule.compose_from_best, rule.pairs_per_image, rule.seed) == ("composed", True, 2, 5)
-    unverified = VerificationConfig(verification="none").pair_rule(seed=0)
-    assert (unverified.chosen, unverified.compose_from_best, unverified.verification) == ("best", False, "none")
+def test_verification_defaults_and_the_unverified_baseline() -> None:
+    """The product's defaults compose the chosen caption from the best sample, two pairs per image, one probe;
+    without verification there is no verifier to compose with, so the samples pair as generated."""
+    settings = VerificationSettings()
+    assert (settings.chosen, settings.compose_from_best, settings.pairs_per_image, settings.probes_per_image) == (
+        "composed",
+        True,
+        2,
+        1,
+    )
+    assert settings.composing and settings.rule() == PairRule()
+    assert not VerificationSettings(verification="none").composing
     with pytest.raises(ValueError, match="needs verification='clip'"):
-        VerificationConfig(verification="none", negatives="swapped").pair_rule(seed=0)
-    # every negative source but the one that needs the seed model inside verification (a benchmark variant)
-    assert set(get_args(AssetNegativeSource)) == set(NEGATIVE_SOURCES) - {"prior_swapped"}
+        VerificationSettings(verification="none", negatives="swapped")
     with pytest.raises(ValueError, match="negatives"):
-        VerificationConfig(negatives="prior_swapped")
+        VerificationSettings(negatives="prior_swapped")  # a benchmark variant (bench/prior_swaps.py), not a setting
 
 
 def test_continuation_points_are_the_prefixes_before_each_later_mention() -> None:
@@ -380,19 +385,19 @@ def test_prior_swapped_negatives_through_the_rule() -> None:
     def prior(prompts, prefixes):  # a language prior that follows a circle with a square
         return [" a grey square." if prefix == "a red circle and" else " a cross," for prefix in prefixes]
 
-    pairs = organize_pairs(scored, PairRule(negatives="prior_swapped"), score, prior)
+    pairs = organize_pairs(scored, PairRule.plain(), score, prior_swap_edit(prior))
     assert pairs["rejected"].to_list() == ["a red circle and a grey square.", "a green ring."]
     assert pairs["rejected_source"].to_list() == ["prior_swapped", "sampled"]
-    with pytest.raises(ValueError, match="needs the seed model"):
-        organize_pairs(scored, PairRule(negatives="prior_swapped"), score)
 
 
 def test_random_negatives_never_come_from_the_same_image() -> None:
     # two pairs per image: a shift by one row would hand an image its own other-rank positive (2 of 3 shifts do)
     for seed in range(12):
-        pairs = organize_pairs(_scored(), PairRule(negatives="random", pairs_per_image=2, seed=seed), _score_by_lookup)
+        pairs = organize_pairs(
+            _scored(), PairRule.plain(negatives="random", pairs_per_image=2, seed=seed), _score_by_lookup
+        )
         donors = [text.split("-")[0] for text in pairs["response_negative"]]
         assert all(donor != image for donor, image in zip(donors, pairs["image_id"], strict=True))
     one_image = _scored().filter(pl.col("image_id") == "a")
     with pytest.raises(ValueError, match="two images"):
-        organize_pairs(one_image, PairRule(negatives="random", pairs_per_image=2), _score_by_lookup)
+        organize_pairs(one_image, PairRule.plain(negatives="random", pairs_per_image=2), _score_by_lookup)

@@ -12,10 +12,10 @@ from transformers import AutoProcessor, LlamaConfig, LlamaForCausalLM
 
 from resources import ArtifactStoreResource, ComputeDevice, VisionLanguageModels
 from si_assets.assets.collection import SeedConfig, seed_checkpoint
+from si_assets.bootstrap.tiny_vlm import CHAT_TEMPLATE
 from si_assets.modeling import preflight
 from si_assets.modeling.preflight import PreflightError
 from si_assets.modeling.sources import ModelSourceError, resolve_model
-from si_assets.modeling.tiny_vlm import CHAT_TEMPLATE
 from si_assets.storage import Checkpoint
 from tests.tiny_architectures import ARCHITECTURES, build_checkpoint
 

@@ -87,14 +87,16 @@ def _scored() -> pl.DataFrame:
 
 
 def test_probes_follow_the_caption_pairs_that_train_and_leave_the_rule_counts_alone() -> None:
-    pairs = organize_pairs(_scored(), PairRule(margin=0.05, probes_per_image=3), lambda ids, texts: [0.0] * len(texts))
+    pairs = organize_pairs(
+        _scored(), PairRule.plain(margin=0.05, probes_per_image=3), lambda ids, texts: [0.0] * len(texts)
+    )
     assert decision_counts(pairs) == {KEPT: 1, REVERSED: 0, DISCARDED: 1}
     probes = pairs.filter(pl.col("task") == "probe")
     # b's caption pair was discarded: nothing of it is restated
     assert set(probes["image_id"]) == {"a"} and sorted(probes["object"]) == ["circle", "square", "star"]
     assert set(probes["decision"]) == {KEPT} and set(probes["rejected_source"]) == {"probe"}
     assert training_pairs(pairs).height == 1 + 3
-    without = organize_pairs(_scored(), PairRule(margin=0.05), lambda ids, texts: [0.0] * len(texts))
+    without = organize_pairs(_scored(), PairRule.plain(margin=0.05), lambda ids, texts: [0.0] * len(texts))
     assert set(without["task"]) == {"caption"}
     with pytest.raises(ValueError, match="probes_per_image"):
         PairRule(probes_per_image=-1)

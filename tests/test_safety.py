@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from resources import ComputeDevice, VisionLanguageModels
+from si_assets.bootstrap.clip import TinyClipSpec, build_tiny_clip
 from si_assets.organization.verification import PairRule, clip_score_fn, organize_pairs, score_responses
 from si_assets.storage import ArtifactStore
-from si_assets.verifier.clip import ClipScorer, TinyClipSpec, build_tiny_clip, load_clip, save_clip
+from si_assets.verifier.clip import ClipScorer, load_clip, save_clip
 from tests import resume_worker
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,7 +29,7 @@ def test_same_config_and_seed_give_bit_identical_pairs(tmp_path: Path, tiny_llav
         responses, _ = resume_worker.run(tiny_llava_dir, tmp_path / f"store-{run}")  # nothing cached
         scorer = ClipScorer(*load_clip(str(tmp_path / "clip")), batch_size=5)
         score = clip_score_fn(scorer, image_by_id, ids, "sentence_mean")
-        return organize_pairs(score_responses(responses, score), PairRule(margin=0.001), score)
+        return organize_pairs(score_responses(responses, score), PairRule.plain(margin=0.001), score)
 
     first, second = pairs_from_scratch(1), pairs_from_scratch(2)
     assert first.height == len(ids)

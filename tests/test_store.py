@@ -10,6 +10,7 @@ import pytest
 
 from resources import ArtifactStoreResource, ContentAddressedIOManager
 from si_assets.assets.common import versioned
+from si_assets.rounds.naming import is_round_key
 from si_assets.storage import ArtifactStore, Checkpoint, content_hash
 from si_assets.storage.lakefs_store import LakeFSArtifactStore
 from tests.fake_lakefs import FakeLakeFS
@@ -21,7 +22,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Mo
         return ArtifactStore(tmp_path / "store")
     FakeLakeFS().install(monkeypatch)
     client = lakefs.Client(host="http://lakefs.test", username="AKIAEXAMPLE", password="secret")
-    return LakeFSArtifactStore(client, "repo", "main", cache_dir=tmp_path / "cache")
+    return LakeFSArtifactStore(client, "repo", "main", cache_dir=tmp_path / "cache", branches_partition=is_round_key)
 
 
 def _checkpoint(store: ArtifactStore, payload: bytes) -> Checkpoint:

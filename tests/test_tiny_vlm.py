@@ -4,11 +4,11 @@ import numpy as np
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from si_assets.modeling.bootstrap import tokenizer_corpus
+from si_assets.bootstrap.seed_model import tokenizer_corpus
+from si_assets.bootstrap.sft import EarlyStopping, SFTConfig, build_examples, collate, encode_examples
+from si_assets.bootstrap.tiny_vlm import IMAGE_TOKEN, TinyVLMSpec, build_model, build_processor, build_tokenizer
 from si_assets.modeling.chat import user_prompt
 from si_assets.modeling.generation import generate_greedy
-from si_assets.modeling.sft import EarlyStopping, SFTConfig, build_examples, collate, encode_examples
-from si_assets.modeling.tiny_vlm import IMAGE_TOKEN, TinyVLMSpec, build_model, build_processor, build_tokenizer
 from si_assets.world import WorldSpec, decode_png, generate_split
 
 
@@ -83,8 +83,8 @@ def test_sft_examples_have_image_dropout_and_masked_prompts(small_spec: WorldSpe
 
 
 def test_further_training_continues_from_the_given_weights(small_spec: WorldSpec) -> None:
-    from si_assets.modeling.bootstrap import continue_training, train_seed_model
-    from si_assets.modeling.sft import SFTConfig
+    from si_assets.bootstrap.seed_model import continue_training, train_seed_model
+    from si_assets.bootstrap.sft import SFTConfig
     from si_assets.world.vocabulary import world_vocabulary
 
     df = generate_split(small_spec, "seed_train")

@@ -21,8 +21,8 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
-from si_assets.modeling.bootstrap import tokenizer_corpus
-from si_assets.modeling.tiny_vlm import CHAT_TEMPLATE, TinyVLMSpec, build_model, build_processor, build_tokenizer
+from si_assets.bootstrap.seed_model import tokenizer_corpus
+from si_assets.bootstrap.tiny_vlm import CHAT_TEMPLATE, TinyVLMSpec, build_model, build_processor, build_tokenizer
 from si_assets.world import WorldSpec, generate_split
 
 IMAGE_SIZE, PATCH = 48, 8

@@ -5,14 +5,12 @@ import polars as pl
 
 from resources import ArtifactStoreResource
 from si_assets.assets.common import BOOTSTRAP, GPU_POOL, GPU_STEP_TAGS, consumed, markdown_table, versioned
-from si_assets.modeling.bootstrap import train_seed_model
-from si_assets.modeling.sft import SFTConfig
-from si_assets.modeling.tiny_vlm import TinyVLMSpec
+from si_assets.bootstrap.clip import ClipTrainConfig, TinyClipSpec, train_bootstrap_clip
+from si_assets.bootstrap.seed_model import save_seed_model
+from si_assets.bootstrap.sft import SFTConfig
+from si_assets.bootstrap.tiny_vlm import TinyVLMSpec
 from si_assets.storage import Checkpoint, content_hash
 from si_assets.storage.memo import config_key, memoised_checkpoint
-from si_assets.verifier.bootstrap import train_bootstrap_clip
-from si_assets.verifier.clip import ClipTrainConfig, TinyClipSpec
-from si_assets.world.vocabulary import world_vocabulary
 
 SEED_CODE_VERSION = "bootstrap-seed-1"
 CLIP_CODE_VERSION = "bootstrap-clip-1"
@@ -50,22 +48,10 @@ def bootstrap_seed_model(
     artifact_store = store.get()
     sft = SFTConfig(**config.model_dump(exclude={"architecture"}))
     arch = TinyVLMSpec(**config.architecture.model_dump())
-    kinds, colours = world_vocabulary(world_seed_train)
 
     def build() -> tuple[Checkpoint, dict]:
-        model, processor, result = train_seed_model(world_seed_train, kinds, colours, arch, sft, log=context.log.info)
         staging = artifact_store.staging_dir()
-        model.save_pretrained(staging)  # safetensors
-        processor.save_pretrained(staging)
-        meta = {
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "steps": result.steps,
-            "best_step": result.best_step,
-            "best_val_loss": result.best_val_loss,
-            "train_seconds": result.seconds,
-            "curve": result.curve,
-        }
-        return Checkpoint(staging), meta
+        return Checkpoint(staging), save_seed_model(world_seed_train, arch, sft, staging, context.log.info)
 
     key = config_key(config, content_hash(world_seed_train), SEED_CODE_VERSION)
     checkpoint, meta, reused = memoised_checkpoint(artifact_store, "bootstrap_seed_model", key, build)

@@ -8,7 +8,7 @@ import polars as pl
 
 from si_assets.modeling.preflight import PreflightError
 from si_assets.modeling.sources import ModelSourceError
-from si_assets.rounds import round_seed
+from si_assets.rounds.steps import RoundError, table_version
 from si_assets.storage import Checkpoint, content_hash
 
 # Group names follow the survey's stages (DESIGN.md §3), plus the embedded world's own.
@@ -41,24 +41,19 @@ ROUNDS = dg.DynamicPartitionsDefinition(name="rounds")
 ROUND_AUTOMATION = dg.AutomationCondition.eager().ignore(dg.AssetSelection.groups(WORLD, BOOTSTRAP))
 
 
-def round_seed_of(context: dg.AssetExecutionContext, base_seed: int) -> int:
-    """The seed a step uses in this round (see `si_assets.rounds.round_seed`)."""
-    return round_seed(base_seed, context.partition_key)
-
-
 @contextmanager
 def preflight(asset: str) -> Iterator[None]:
-    """A failed pre-flight check or model source fails the step before its compute, with what to change."""
+    """A failed pre-flight check, model source or refused input fails the step with what to change."""
     try:
         yield
-    except (PreflightError, ModelSourceError) as exc:
+    except (PreflightError, ModelSourceError, RoundError) as exc:
         check = getattr(exc, "check", "model_source")
         raise dg.Failure(f"{asset}: {exc}", metadata={"preflight_check": check}) from exc
 
 
 def data_version(value: pl.DataFrame | Checkpoint) -> str:
     """The version of an input as loaded from the store (a stored checkpoint's folder is named by its hash)."""
-    return value.version if isinstance(value, Checkpoint) else content_hash(value)[:16]
+    return value.version if isinstance(value, Checkpoint) else table_version(value)
 
 
 def consumed(**inputs: pl.DataFrame | Checkpoint) -> dict[str, dg.MetadataValue]:

@@ -2,11 +2,9 @@
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Literal
 
 import dagster as dg
 import polars as pl
-from pydantic import Field
 
 from resources import ArtifactStoreResource, VisionLanguageModels
 from si_assets.assets.common import (
@@ -19,76 +17,20 @@ from si_assets.assets.common import (
     consumed,
     latest_metadata,
     markdown_table,
+    preflight,
     preview,
     versioned,
 )
-from si_assets.evaluation.data import EvalData, coco_eval_data, world_eval_data
-from si_assets.evaluation.evaluate import evaluate_model
+from si_assets.evaluation.data import EvalSettings
 from si_assets.plots import metric_bars_png, png_markdown
-from si_assets.rounds import ChampionRegistry, GatePolicy, Promotion, gate_decision
+from si_assets.rounds import ChampionRegistry, GatePolicy, Promotion
+from si_assets.rounds.steps import EVAL_CODE_VERSION, HEADLINE, Evaluation, RoundError, column, evaluate
 from si_assets.rounds.summary import PLOTTED, plot_rounds, rounds_table
 from si_assets.storage import Checkpoint
-from si_assets.storage.memo import config_key, memoised_result
-from si_assets.world import EVAL_PROMPT
-
-EVAL_CODE_VERSION = "eval-3"
-
-# The headline figures, also emitted as `<model>/<metric>` float metadata so the UI plots them over time.
-HEADLINE = (
-    "precision",
-    "recall",
-    "f1",
-    "chair_s",
-    "chair_i",
-    "mentions_per_caption",
-    "pope_accuracy",
-    "pope_f1",
-    "pope_yes_ratio",
-)
 
 
-class EvalConfig(dg.Config):
-    source: Literal["world", "coco"] = Field("world", description="'coco': the coco_* files below")
-    coco_instances: str | None = Field(None, description="instances_*.json (COCO format)")
-    coco_images: str | None = Field(None, description="the folder the instances' file_names are in")
-    coco_synonyms: str | None = Field(None, description="CHAIR's synonyms.txt (optional)")
-    pope_files: list[str] = Field(default_factory=list, description="POPE question files; none: built from labels")
-    max_images: int | None = Field(None, ge=1, description="evaluate the first N images only")
-    caption_prompt: str = EVAL_PROMPT
-    pope_per_image: int = 2
-    batch_size: int = 64
-    max_new_tokens: int = 32
-    seed: int = Field(0, description="POPE question sampling; the same in every round, so rounds compare")
-    min_precision_gain: float = Field(0.01, description="promotion gate: trained precision − seed precision")
-    recall_tolerance: float = Field(0.03, description="promotion gate: largest recall loss vs seed and vs base")
-    pope_tolerance: float = Field(0.03, description="promotion gate: largest POPE F1 loss vs seed and vs base")
-
-    def metrics_key(self) -> str:
-        """What determines the metrics of a checkpoint besides the data (the gate settings do not)."""
-        return self.model_dump_json(exclude={"batch_size", "min_precision_gain", "recall_tolerance", "pope_tolerance"})
-
-    def data(self, world_eval: pl.DataFrame) -> EvalData:
-        if self.source == "world":
-            return world_eval_data(world_eval.head(self.max_images) if self.max_images else world_eval)
-        if not self.coco_instances or not self.coco_images:
-            raise dg.Failure("eval_scores: source 'coco' needs coco_instances and coco_images")
-        return coco_eval_data(
-            self.coco_instances, self.coco_images, self.coco_synonyms, self.pope_files, self.max_images
-        )
-
-
-def metrics_table(results: dict[str, dict[str, float]]) -> pl.DataFrame:
-    """One row per metric, one column per model, and `delta` = trained − seed when both are present."""
-    names = [m for m in HEADLINE if all(m in r for r in results.values())]
-    names += sorted({k for r in results.values() for k in r} - set(names) - {"n_captions"})
-    table = pl.DataFrame({"metric": names, **{model: [r.get(m) for m in names] for model, r in results.items()}})
-    if {"seed", "trained"} <= set(results):
-        table = table.with_columns(delta=pl.col("trained") - pl.col("seed"))
-    return table
-
-
-def column(table: pl.DataFrame, model: str) -> dict[str, float]:
-    return dict(zip(table["metric"], table[model]))
+class EvalConfig(dg.Config, EvalSettings, GatePolicy):
+    """Which held-out images, how they are probed, and the promotion gate."""
 
 
 @dg.asset(
@@ -122,72 +64,30 @@ def eval_scores(
     (1 − CHAIR_i), recall, F1, CHAIR_s and POPE (random / popular / adversarial); and the promotion gate.
     Each checkpoint is evaluated once: the seed's scores are reused from the round that trained it."""
     artifact_store = store.get()
-    data = config.data(world_eval)
-
-    def evaluate(checkpoint: Checkpoint) -> tuple[dict[str, float], pl.DataFrame, bool]:
-        def build() -> tuple[pl.DataFrame, dict]:
-            model, processor = models.load(checkpoint.path)
-            result = evaluate_model(
-                model,
-                processor,
-                data.ids,
-                data.images,
-                data.truths,
-                data.vocab,
-                config.caption_prompt,
-                pope_per_image=config.pope_per_image,
-                seed=config.seed,
-                batch_size=config.batch_size,
-                max_new_tokens=config.max_new_tokens,
-                log=context.log.info,
-                questions=data.questions,
-            )
-            return result.captions, result.metrics
-
-        key = config_key(config.metrics_key(), checkpoint.version, data.fingerprint, EVAL_CODE_VERSION)
-        captions, metrics, _, reused = memoised_result(artifact_store, "eval", key, build)
-        return metrics, captions, reused
-
-    (seed_m, seed_captions, seed_reused), (trained_m, trained_captions, _) = map(
-        evaluate, (seed_checkpoint, trained_model)
-    )
-    champion = ChampionRegistry(artifact_store).champion_before(context.partition_key)
-    if champion is not None and champion.eval_data and champion.eval_data != data.fingerprint[:16]:
-        raise dg.Failure(
-            f"eval_scores: {champion.round}'s champion and the base model were scored on evaluation data "
-            f"{champion.eval_data}, this round's is {data.fingerprint[:16]}; the gate would compare across data "
-            "sets. Evaluate on the same data (eval_scores config), or start a new chain of rounds from a new base."
+    with preflight("eval_scores"):
+        try:
+            data = config.data(world_eval)
+        except ValueError as exc:
+            raise RoundError(f"evaluation data: {exc}") from exc
+        result = evaluate(
+            config,
+            config.policy(),
+            models,
+            artifact_store,
+            seed_checkpoint,
+            trained_model,
+            data,
+            ChampionRegistry(artifact_store).champion_before(context.partition_key),
+            context.log.info,
         )
-    base_m = champion.base_metrics if champion is not None else seed_m
-    table = metrics_table({"base": base_m, "seed": seed_m, "trained": trained_m})
-    policy = GatePolicy(config.min_precision_gain, config.recall_tolerance, config.pope_tolerance)
-    gate = gate_decision(seed_m, trained_m, base_m, policy)
-    headline = table.filter(pl.col("metric").is_in(HEADLINE))
-    context.log.info(f"evaluation on held-out images:\n{headline}\npromotion gate: {gate.summary()}")
-    side_by_side = seed_captions.select("id", "objects", seed="caption").join(
-        trained_captions.select("id", trained="caption"), on="id"
-    )
+    gate = result.gate
+    context.log.info(f"evaluation on held-out images:\n{headline(result)}\npromotion gate: {gate.summary()}")
     trained_meta = latest_metadata(context, "trained_model", context.partition_key)
     yield versioned(
-        table,
-        eval_table=dg.MetadataValue.md(markdown_table(headline)),
-        plot=dg.MetadataValue.md(png_markdown(metric_bars_png(table, PLOTTED), "seed vs trained")),
-        captions=preview(side_by_side, rows=10),
-        images=len(data.ids),
-        eval_source=data.source,
-        seed_scores_reused=seed_reused,
-        gate_passed=gate.passed,
-        gate=gate.summary(),
+        result.table,
+        **evaluation_metadata(result, config.source == "world"),
         lineage=dg.MetadataValue.md(lineage_markdown(seed_checkpoint, trained_model, trained_meta)),
         **consumed(seed_checkpoint=seed_checkpoint, trained_model=trained_model),
-        **(
-            {"input/world_eval": data.fingerprint[:16]}
-            if config.source == "world"
-            else {"input/eval_data": data.fingerprint[:16]}
-        ),
-        **{f"{name}/{m}": float(v[m]) for name, v in (("seed", seed_m), ("trained", trained_m)) for m in HEADLINE},
-        **{f"base/{m}": float(base_m[m]) for m in HEADLINE if m in base_m},
-        **{f"delta/{m}": float(trained_m[m] - seed_m[m]) for m in HEADLINE},
     )
     yield dg.AssetCheckResult(
         check_name=PROMOTION_GATE,
@@ -200,11 +100,33 @@ def eval_scores(
             "recall_change_vs_base": gate.recall_change_vs_base,
             "pope_f1_change_vs_seed": gate.pope_f1_change_vs_seed,
             "pope_f1_change_vs_base": gate.pope_f1_change_vs_base,
-            "min_precision_gain": config.min_precision_gain,
-            "recall_tolerance": config.recall_tolerance,
-            "pope_tolerance": config.pope_tolerance,
+            **config.policy().model_dump(),
         },
     )
+
+
+def headline(result: Evaluation) -> pl.DataFrame:
+    return result.table.filter(pl.col("metric").is_in(HEADLINE))
+
+
+def evaluation_metadata(result: Evaluation, world: bool) -> dict:
+    """The table in markdown, a plot, the captions side by side, and every headline metric as a float (the UI
+    plots those across materializations)."""
+    seed_m, trained_m, base_m = result.seed.metrics, result.trained.metrics, result.base_metrics
+    return {
+        "eval_table": dg.MetadataValue.md(markdown_table(headline(result))),
+        "plot": dg.MetadataValue.md(png_markdown(metric_bars_png(result.table, PLOTTED), "seed vs trained")),
+        "captions": preview(result.side_by_side(), rows=10),
+        "images": len(result.data.ids),
+        "eval_source": result.data.source,
+        "seed_scores_reused": result.seed.reused,
+        "gate_passed": result.gate.passed,
+        "gate": result.gate.summary(),
+        ("input/world_eval" if world else "input/eval_data"): result.data.fingerprint[:16],
+        **{f"{name}/{m}": float(v[m]) for name, v in (("seed", seed_m), ("trained", trained_m)) for m in HEADLINE},
+        **{f"base/{m}": float(base_m[m]) for m in HEADLINE if m in base_m},
+        **{f"delta/{m}": float(trained_m[m] - seed_m[m]) for m in HEADLINE},
+    }
 
 
 def lineage_markdown(seed: Checkpoint, trained: Checkpoint, trained_meta: dict) -> str:
@@ -259,24 +181,9 @@ def champion(
     )
     outcome = registry.promote(candidate)
     context.log.info(f"{context.partition_key}: {outcome.reason}")
-    current = outcome.champion
-    record = pl.DataFrame(
-        {
-            "round": [context.partition_key],
-            "promoted": [outcome.promoted],
-            "reason": [outcome.reason],
-            "candidate_version": [trained_model.version],
-            "champion_round": [current.round if current else None],
-            "champion_version": [current.version if current else None],
-            "precision": [candidate.metrics["precision"]],
-            "recall": [candidate.metrics["recall"]],
-        }
-    )
-    history = pl.DataFrame(
-        [{"round": p.round, "version": p.version, "precision": p.metrics["precision"]} for p in outcome.history]
-    )
+    current, history = outcome.champion, outcome.history_table()
     return versioned(
-        record,
+        outcome.record(candidate),
         promoted=outcome.promoted,
         reason=outcome.reason,
         champion_round=current.round if current else "",

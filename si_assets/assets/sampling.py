@@ -6,17 +6,13 @@ at once as the `gpu` pool allows), and `merge_shards` reads every chunk back int
 chunk list, so the merged tables are exactly the unsharded run's; `shards: 1` is a plain single step.
 """
 
-import json
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
 
 import dagster as dg
 import polars as pl
-from pydantic import Field
 
 from resources import ArtifactStoreResource, VisionLanguageModels
-from si_assets.assets.collection import decode_images
 from si_assets.assets.common import (
     COLLECTION,
     GPU_POOL,
@@ -24,42 +20,22 @@ from si_assets.assets.common import (
     ROUNDS,
     STEP_IO_MANAGER,
     consumed,
-    data_version,
     preflight,
     preview,
-    round_seed_of,
     versioned,
 )
-from si_assets.collection.sampling import NEGATIVE, POSITIVE, HallucinationRatios, decode_plan, plan_requests
-from si_assets.modeling.mixed_decoding import MixSpace, SamplerSettings
-from si_assets.modeling.preflight import model_runs_without_image
+from si_assets.collection.sampling import NEGATIVE, POSITIVE, SamplingSettings
+from si_assets.rounds.naming import round_seed
+from si_assets.rounds.steps import DECODER_CODE_VERSION, sample
 from si_assets.storage import Checkpoint
-from si_assets.storage.chunks import WHOLE, ChunkStats, Shard, run_in_chunks
-from si_assets.storage.memo import config_key
+from si_assets.storage.chunks import WHOLE, ChunkStats, Shard
 
-DECODER_CODE_VERSION = "collect-3"
 OUTPUTS = ("sampled_responses", POSITIVE), ("hallucinated_negatives", NEGATIVE)
 
 
-class SamplingConfig(dg.Config):
+class SamplingConfig(dg.Config, SamplingSettings):
     """How responses are decoded: p_mix = (1-h)·p_img + h·p_txt, h_pos ~ N(mu_pos, sd_pos) for positives,
     h_neg ~ N(mu_neg, sd_neg) for negatives; negative k shares positive k's sampler seed."""
-
-    n_samples: int = Field(8, ge=1, description="positives per image; CLIP picks the chosen one (1 = literal recipe)")
-    n_negatives: int = Field(4, ge=1, description="negatives per image; CLIP picks the rejected one")
-    mu_pos: float = HallucinationRatios.mu_pos
-    sd_pos: float = HallucinationRatios.sd_pos
-    mu_neg: float = HallucinationRatios.mu_neg
-    sd_neg: float = HallucinationRatios.sd_neg
-    temperature: float = 0.7
-    top_p: float = 1.0
-    max_new_tokens: int = 32
-    mix_space: MixSpace = "probs"
-    prior_delay: int = Field(0, ge=0, description="tokens decoded from the image alone before mixing starts")
-    seed: int = 0
-    batch_size: int = Field(64, ge=1, description="requests per generate call (each is two rows)")
-    chunk_size: int = Field(1024, ge=1, description="requests per stored chunk: a killed run resumes after the last")
-    shards: int = Field(1, ge=1, description="sampling steps that split the chunks; run in parallel per `gpu` pool")
 
 
 def collect(
@@ -71,39 +47,20 @@ def collect(
     unlabeled_images: pl.DataFrame,
     shard: Shard = WHOLE,
 ) -> tuple[pl.DataFrame, ChunkStats]:
-    """The shard's chunks of the round's request plan, decoded or read back. The model is loaded only when a
-    chunk is missing, so a merge after finished shards reads tables only."""
-    ratios = HallucinationRatios(config.mu_pos, config.sd_pos, config.mu_neg, config.sd_neg)
-    settings = SamplerSettings(
-        config.temperature, config.top_p, config.max_new_tokens, config.mix_space, config.prior_delay
-    )
-    plan = plan_requests(
-        unlabeled_images, config.n_samples, config.n_negatives, ratios, round_seed_of(context, config.seed)
-    )
     device = models.compute.shard_device(shard.index)
-    loaded: list = []
-
-    def decode(chunk: pl.DataFrame) -> pl.DataFrame:
-        if not loaded:  # the first missing chunk: model and images are needed only now
-            model, processor = models.load(seed_checkpoint.path, device=device)
-            with preflight("collected_responses"):
-                model_runs_without_image(model, processor)
-            loaded.extend((model, processor, decode_images(unlabeled_images)))
-        model, processor, image_by_id = loaded
-        version, batch = seed_checkpoint.version, config.batch_size
-        return decode_plan(model, processor, chunk, image_by_id, settings, version, batch, context.log.info)
-
-    # Everything a chunk's responses depend on besides its own rows (which name the chunk).
-    key = config_key(
-        seed_checkpoint.version,
-        data_version(unlabeled_images),
-        json.dumps(asdict(settings)),
-        f"{device.type}/{models.compute.torch_dtype()}/batch{config.batch_size}",
-        DECODER_CODE_VERSION,
-    )
-    return run_in_chunks(
-        store.get(), "collected_responses", key, plan, config.chunk_size, decode, context.log.info, shard
-    )
+    with preflight("collected_responses"):
+        return sample(
+            config,
+            models,
+            store.get(),
+            seed_checkpoint,
+            unlabeled_images,
+            context.partition_key,
+            device,
+            models.compute.torch_dtype(),
+            shard,
+            context.log.info,
+        )
 
 
 @dg.op(out=dg.DynamicOut(int, io_manager_key=STEP_IO_MANAGER))
@@ -160,7 +117,7 @@ def merge_shards(
             mean_h=float(table["h"].mean()),
             mean_words=float(table["response"].str.split(" ").list.len().mean()),
             empty_responses=table.filter(pl.col("response").str.strip_chars() == "").height,
-            sampling_seed=round_seed_of(context, config.seed),
+            sampling_seed=round_seed(config.seed, context.partition_key),
             shards=config.shards,
             decode_seconds=decode_seconds,
             chunks=chunks.chunks,

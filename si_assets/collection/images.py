@@ -11,8 +11,11 @@ import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import polars as pl
+from PIL import Image
+from pydantic import Field, model_validator
 
 from si_assets.collection.sampling import stable_seed
 from si_assets.collection.validation import (
@@ -24,13 +27,31 @@ from si_assets.collection.validation import (
     read_file,
     resolve_inside,
 )
-from si_assets.world import encode_png
+from si_assets.world import CAPTION_PROMPTS, decode_png, encode_png
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 MANIFEST_READERS = {".parquet": pl.read_parquet, ".csv": pl.read_csv, ".jsonl": pl.read_ndjson}
 POOL_SCHEMA = {"id": pl.String, "image_sha256": pl.String, "prompt": pl.String, "image_png": pl.Binary}
 REJECTS_SCHEMA = {"path": pl.String, "reason": pl.String, "detail": pl.String}
 DEFAULT_LIMITS = InputLimits()
+
+
+class ImagePoolSettings(InputLimits):
+    """Where the round's images come from, and the limits every image and prompt is checked against."""
+
+    source: Literal["world", "folder", "manifest"] = "world"
+    folder: str | None = Field(None, description="the image root: all images under it, or the manifest's paths")
+    manifest: str | None = Field(None, description="Parquet / CSV / JSONL with `path` (under `folder`), `prompt`")
+    prompts: list[str] = Field(default_factory=lambda: list(CAPTION_PROMPTS), description="for images without one")
+    max_reject_rate: float = Field(0.1, ge=0, le=1, description="the blocking check fails above this share")
+
+    @model_validator(mode="after")
+    def _source_complete(self) -> ImagePoolSettings:
+        if self.source != "world" and not self.folder:
+            raise ValueError(f"source {self.source!r} needs `folder`, the image root")
+        if self.source == "manifest" and not self.manifest:
+            raise ValueError("source 'manifest' needs `manifest`, the table of image paths")
+        return self
 
 
 @dataclass(frozen=True)
@@ -82,6 +103,16 @@ def manifest_entries(manifest: str | Path) -> list[PoolEntry]:
         raise ValueError(f"manifest {path} has no `path` column (columns: {table.columns})")
     prompts = table["prompt"].cast(pl.String) if "prompt" in table.columns else [None] * table.height
     return [PoolEntry(str(p), q) for p, q in zip(table["path"].cast(pl.String), prompts)]
+
+
+def pool_entries(settings: ImagePoolSettings) -> list[PoolEntry]:
+    """The entries a folder or manifest source names."""
+    return manifest_entries(settings.manifest) if settings.source == "manifest" else folder_entries(settings.folder)
+
+
+def decode_images(images: pl.DataFrame) -> dict[str, Image.Image]:
+    """A pool's images by id (stored as PNG bytes)."""
+    return {i: decode_png(b) for i, b in zip(images["id"], images["image_png"])}
 
 
 def build_pool(

@@ -9,34 +9,53 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from si_assets.modeling.mixed_decoding import MixedRequest, SamplerSettings, decode_mixed
 
 POSITIVE, NEGATIVE = "positive", "negative"
 
 
-@dataclass(frozen=True)
-class HallucinationRatios:
+class HallucinationRatios(BaseModel):
     """h_pos ~ N(mu_pos, sd_pos), h_neg ~ N(mu_neg, sd_neg), both clipped to [0, 1], h_neg > h_pos."""
 
-    mu_pos: float = 0.0
-    sd_pos: float = 0.05
-    # Measured (docs/round_experiments.md §14): negatives at h .15 are the model's own captions with a few more wrong
-    # mentions, and lead another image's caption by 1.7-1.8 points over three training seeds, where h .35 led by
-    # 0.5 (under the seed-to-seed spread) and h .7 did worse.
-    mu_neg: float = 0.15
-    sd_neg: float = 0.05
+    model_config = ConfigDict(frozen=True)
 
-    def __post_init__(self) -> None:
-        if not (0 <= self.mu_pos < self.mu_neg <= 1):
-            raise ValueError(f"need 0 <= mu_pos < mu_neg <= 1, got mu_pos={self.mu_pos}, mu_neg={self.mu_neg}")
-        if self.sd_pos < 0 or self.sd_neg < 0:
-            raise ValueError("standard deviations must be >= 0")
+    mu_pos: float = Field(0.0, ge=0, le=1, allow_inf_nan=False)
+    sd_pos: float = Field(0.05, ge=0, allow_inf_nan=False)
+    # At h .15 a negative is the model's own caption with a few more wrong mentions; it leads another image's
+    # caption as a negative by 1.7-1.8 precision points over three training seeds, where h .35 led by 0.5 and h .7
+    # did worse (docs/results.md, "The hallucination ratio").
+    mu_neg: float = Field(0.15, ge=0, le=1, allow_inf_nan=False)
+    sd_neg: float = Field(0.05, ge=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> HallucinationRatios:
+        if self.mu_pos >= self.mu_neg:
+            raise ValueError(f"need mu_pos < mu_neg, got mu_pos={self.mu_pos}, mu_neg={self.mu_neg}")
+        return self
+
+
+class SamplingSettings(HallucinationRatios, SamplerSettings):
+    """The collection step: how many responses per image, their ratios and sampler, and how the work is cut.
+    Negative k shares positive k's sampler seed, so the two differ only in h."""
+
+    n_samples: int = Field(8, ge=1, description="positives per image; CLIP picks the chosen one (1 = literal recipe)")
+    n_negatives: int = Field(4, ge=1, description="negatives per image; CLIP picks the rejected one")
+    seed: int = Field(0, description="with the round key, the seed of every sampler draw")
+    batch_size: int = Field(64, ge=1, description="requests per generate call (each is two rows)")
+    chunk_size: int = Field(1024, ge=1, description="requests per stored chunk: a killed run resumes after the last")
+    shards: int = Field(1, ge=1, description="sampling steps that split the chunks; run in parallel per `gpu` pool")
+
+    @model_validator(mode="after")
+    def _negatives_fit(self) -> SamplingSettings:
+        if self.n_negatives > self.n_samples:
+            raise ValueError(f"n_negatives ({self.n_negatives}) must not exceed n_samples ({self.n_samples})")
+        return self
 
 
 def stable_seed(*parts: object) -> int:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Reason(StrEnum):
@@ -53,15 +53,15 @@ REASON_HELP = {
 _CONVERTIBLE = {"RGB", "L", "LA", "RGBA", "P", "PA", "CMYK", "YCbCr", "1", "RGBX", "La"}
 
 
-@dataclass(frozen=True)
-class InputLimits:
-    max_pixels: int = 40_000_000  # a 6,300-pixel square; Pillow's own bomb guard stops at 89 M (warns) / 179 M
-    min_side: int = 8
-    max_prompt_tokens: int = 256
+class InputLimits(BaseModel):
+    """What every image and prompt is checked against before it reaches a model."""
 
-    def __post_init__(self) -> None:
-        if self.max_pixels < 1 or self.min_side < 1 or self.max_prompt_tokens < 1:
-            raise ValueError(f"input limits must be positive: {self}")
+    model_config = ConfigDict(frozen=True)
+
+    # a 6,300-pixel square; Pillow's own bomb guard stops at 89 M (warns) / 179 M
+    max_pixels: int = Field(40_000_000, ge=1, description="larger images are rejected unread")
+    min_side: int = Field(8, ge=1, description="raised to the processor's patch size")
+    max_prompt_tokens: int = Field(256, ge=1)
 
 
 class Rejected(Exception):

@@ -7,16 +7,54 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import polars as pl
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from si_assets.collection.validation import InputLimits, Rejected, decode_image, read_file, resolve_inside
 from si_assets.evaluation.coco import coco_vocabulary, load_coco_instances, load_pope_questions, load_synonyms
 from si_assets.evaluation.metrics import ObjectVocabulary, PopeQuestion
 from si_assets.storage import content_hash
-from si_assets.world import decode_png
+from si_assets.world import EVAL_PROMPT, decode_png
 from si_assets.world.vocabulary import world_vocabulary
+
+
+class EvalSettings(BaseModel):
+    """The evaluation step: which held-out images, the prompts and how many POPE questions."""
+
+    model_config = ConfigDict(frozen=True)
+
+    source: Literal["world", "coco"] = Field("world", description="'coco': the coco_* files below")
+    coco_instances: str | None = Field(None, description="instances_*.json (COCO format)")
+    coco_images: str | None = Field(None, description="the folder the instances' file_names are in")
+    coco_synonyms: str | None = Field(None, description="CHAIR's synonyms.txt (optional)")
+    pope_files: list[str] = Field(default_factory=list, description="POPE question files; none: built from labels")
+    max_images: int | None = Field(None, ge=1, description="evaluate the first N images only")
+    caption_prompt: str = EVAL_PROMPT
+    pope_per_image: int = Field(2, ge=0)
+    batch_size: int = Field(64, ge=1)
+    max_new_tokens: int = Field(32, ge=1)
+    seed: int = Field(0, description="POPE question sampling; the same in every round, so rounds compare")
+
+    @model_validator(mode="after")
+    def _coco_complete(self) -> EvalSettings:
+        if self.source == "coco" and not (self.coco_instances and self.coco_images):
+            raise ValueError("source 'coco' needs coco_instances and coco_images")
+        return self
+
+    def metrics_key(self) -> str:
+        """What determines a checkpoint's metrics besides the data (not the batch size, nor extra fields such as
+        the gate's)."""
+        return self.model_dump_json(include=set(EvalSettings.model_fields) - {"batch_size"})
+
+    def data(self, world_eval: pl.DataFrame) -> EvalData:
+        if self.source == "world":
+            return world_eval_data(world_eval.head(self.max_images) if self.max_images else world_eval)
+        return coco_eval_data(
+            self.coco_instances, self.coco_images, self.coco_synonyms, self.pope_files, self.max_images
+        )
 
 
 @dataclass(frozen=True)

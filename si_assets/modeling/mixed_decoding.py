@@ -9,6 +9,7 @@ prompts come from the processor's chat template and the image-free row simply ha
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -16,6 +17,7 @@ from typing import Literal
 import numpy as np
 import torch
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from si_assets.modeling.chat import user_prompt
@@ -24,25 +26,22 @@ from si_assets.progress import progress
 MixSpace = Literal["probs", "logits"]
 
 
-@dataclass(frozen=True)
-class SamplerSettings:
-    temperature: float = 0.7  # 0 = greedy on the mixture
-    top_p: float = 1.0
-    max_new_tokens: int = 32
-    mix_space: MixSpace = "probs"
-    # tokens decoded from the image-conditioned distribution alone before the mixture starts: the response then
-    # begins grounded and the language prior takes over mid-caption, where co-occurrence hallucinations arise
-    prior_delay: int = 0
+class SamplerSettings(BaseModel):
+    """How each token is drawn from the mixture (the same for a positive and its negative)."""
 
-    def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.mix_space not in ("probs", "logits"):
-            raise ValueError(f"mix_space must be 'probs' or 'logits', got {self.mix_space!r}")
-        if self.prior_delay < 0:
-            raise ValueError(f"prior_delay must be >= 0, got {self.prior_delay}")
+    model_config = ConfigDict(frozen=True)
+
+    temperature: float = Field(0.7, ge=0, allow_inf_nan=False, description="0 = greedy on the mixture")
+    top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
+    max_new_tokens: int = Field(32, ge=1)
+    mix_space: MixSpace = Field("probs", description="mix probabilities (the method) or logits")
+    # the response then begins grounded and the language prior takes over mid-caption, where co-occurrence
+    # hallucinations arise
+    prior_delay: int = Field(0, ge=0, description="tokens decoded from the image alone before mixing starts")
+
+    def sampler_key(self) -> str:
+        """What a decoded response depends on among the sampling settings (subclasses add fields that do not)."""
+        return json.dumps({name: getattr(self, name) for name in SamplerSettings.model_fields}, sort_keys=True)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Where a model comes from: a local `save_pretrained` folder, or a hub id at a pinned revision (Dagster-free).
 
 A hub id resolves to its snapshot folder in the Hugging Face cache. Where the hub is reachable the snapshot is
-downloaded first (weights as safetensors only); where it is not (`HF_HUB_OFFLINE=1`, as on our machines) the
-model must already be in the cache, put there with `hf download`.
+downloaded first (weights as safetensors only); where it is not (`HF_HUB_OFFLINE=1`, a machine without network
+access) the model must already be in the cache, put there with `hf download`.
 """
 
 from __future__ import annotations
@@ -14,10 +14,24 @@ from pathlib import Path
 
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+from pydantic import BaseModel, ConfigDict, Field
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Everything a checkpoint needs besides pickled weights, which are never loaded.
 CHECKPOINT_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
+
+
+class SeedSettings(BaseModel):
+    """The model round 1 starts from (later rounds start from the champion)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    base: str | None = Field(
+        None,
+        description="a save_pretrained folder or a hub id (org/name, from the Hugging Face cache when the hub is "
+        "offline); unset: the bootstrap seed",
+    )
+    revision: str | None = Field(None, description="with a hub id: the commit, tag or branch to pin")
 
 
 class ModelSourceError(ValueError):

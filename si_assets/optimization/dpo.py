@@ -39,24 +39,24 @@ ProbeLoss = Literal["dpo", "sft"]
 
 
 class DPOSettings(BaseModel):
-    """The optimization step's knobs; the `trained_model` asset exposes the same fields as Dagster config."""
+    """DPO (TRL + PEFT LoRA) hyper-parameters."""
 
     model_config = ConfigDict(frozen=True)
 
     objective: Objective = Field("dpo", description="'sft': the SFT term alone on the chosen responses")
-    beta: float = Field(0.1, gt=0)
+    beta: float = Field(0.1, gt=0, allow_inf_nan=False)
     rpo_alpha: float = Field(1.0, ge=0, description="weight of the SFT term on the chosen response; 0 = plain DPO")
     ld_alpha: float | None = Field(None, ge=0, le=1, description="LD-DPO weight of tokens past the shorter response")
     # 'sft' (the default): a probe's answer is the verifier's restatement, right 84-92% of the time; the SFT term
-    # anchors it without a margin growing on a one-token answer (docs/round_experiments.md §13)
+    # anchors it without a margin growing on a one-token answer (docs/results.md, "Yes/no probes")
     probe_loss: ProbeLoss = Field(
         "sft",
         description="'sft': yes/no probe pairs train only the SFT term on their answer (their preference term is "
         "made constant, and the logged preference accuracy counts them as ties); 'dpo': the full DPO loss",
     )
-    learning_rate: float = Field(1e-3, gt=0)
-    # 3 epochs with a 1,800-step bootstrap CLIP gain 1.3 points more on the embedded world and take the demo 2
-    # minutes longer, past its 15 (docs/round_experiments.md §14)
+    learning_rate: float = Field(1e-3, gt=0, allow_inf_nan=False)
+    # 3 epochs with a 1,800-step bootstrap CLIP gain 1.3 points more on the embedded world and take the demo 2.6
+    # minutes longer on 2 CPU cores (docs/results.md, "Training length")
     epochs: float = Field(2.0, gt=0)
     batch_size: int = Field(16, ge=1)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
@@ -64,12 +64,12 @@ class DPOSettings(BaseModel):
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.0, ge=0, lt=1)
     # every linear layer, vision tower and projector included: the adapter can then also learn to see the objects
-    # the chosen captions name, which keeps recall (docs/round_experiments.md §10)
+    # the chosen captions name, which keeps recall (docs/results.md, "LoRA targets")
     lora_targets: str = Field(
         "all-linear",
         description=f"regex over module names (language model only: {LANGUAGE_MODEL_PROJECTIONS!r}), or 'all-linear'",
     )
-    max_length: int | None = Field(None, description="prompt (image tokens included) + response; None: no cut")
+    max_length: int | None = Field(None, ge=1, description="prompt (image tokens included) + response; None: no cut")
     seed: int = 0
     logging_steps: int = Field(10, ge=1)
 
@@ -79,6 +79,28 @@ class DPOSettings(BaseModel):
         if self.rpo_alpha > 0:
             return ["sigmoid", "sft"], [1.0, self.rpo_alpha]
         return ["sigmoid"], [1.0]
+
+
+class TrainingSettings(DPOSettings):
+    """The optimization step: DPO settings, which optimization runs, and how it is launched."""
+
+    optimization: Literal["dpo", "self_sft"] = Field(
+        "dpo", description="'self_sft': SFT on the seed's own greedy captions, same trainer and epochs (baseline)"
+    )
+    launcher: Literal["in_process", "torchrun"] = Field(
+        "in_process",
+        description="'torchrun': data-parallel training in `processes` worker processes launched through Dagster "
+        "Pipes (one per GPU; gloo on CPU); the global batch stays `batch_size`",
+    )
+    processes: int = Field(2, ge=1, description="torchrun workers, with launcher 'torchrun'")
+
+    def dpo(self, seed: int) -> DPOSettings:
+        """The trainer's settings for a round seeded `seed` (self-SFT trains the SFT term alone)."""
+        fields = {name: getattr(self, name) for name in DPOSettings.model_fields}
+        fields["seed"] = seed
+        if self.optimization == "self_sft":
+            fields["objective"] = "sft"
+        return DPOSettings(**fields)
 
 
 @dataclass

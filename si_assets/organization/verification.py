@@ -9,64 +9,116 @@ discarded. Every score and decision stays on the row; training reads only kept a
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal
 
 import numpy as np
 import polars as pl
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from si_assets.collection.sampling import NEGATIVE, POSITIVE, stable_seed
 from si_assets.organization.composition import composed_responses
-from si_assets.organization.prior_swaps import Continue, prior_swap_edits
 from si_assets.organization.probes import PROBE, probe_pairs
 from si_assets.organization.segments import swapped_responses
+from si_assets.verifier.clip import BOOTSTRAP, ScoreMode, VerifierSource
 
 KEPT, REVERSED, DISCARDED = "kept", "reversed", "discarded"
 CAPTION = "caption"  # a pair's `task`: a caption pair, or a yes/no probe restating one (PROBE)
 Verification = Literal["clip", "none"]
-NegativeSource = Literal["hallucinated", "random", "own_samples", "swapped", "prior_swapped"]
-NEGATIVE_SOURCES = get_args(NegativeSource)
+NegativeSource = Literal["hallucinated", "random", "own_samples", "swapped"]
 ChosenSource = Literal["best", "composed"]
+Score = Callable[[Sequence[str], Sequence[str]], np.ndarray]  # (image ids, texts) -> verifier scores
+# An edit of the caption pairs, with the verifier's score, before the probes restate them (a benchmark's negatives).
+PairEdit = Callable[[pl.DataFrame, Score], pl.DataFrame]
 
 
-@dataclass(frozen=True)
-class PairRule:
-    margin: float = 0.0
-    verification: Verification = "clip"  # "none": pairs as generated (positive 0 vs negative 0), a baseline
-    # "random": another image's response (a baseline); "own_samples": the CLIP-worst low-h positive (on-policy);
-    # "swapped": the chosen response with one segment replaced by one of the hallucinated negative's (a minimal edit)
-    # "prior_swapped": ... replaced by what the image-free stream says at that place (prior_swaps.py; needs the model)
-    negatives: NegativeSource = "hallucinated"
-    seed: int = 0  # for random negatives and the probes' draw
-    pairs_per_image: int = 1  # k: the k CLIP-best positives meet the k CLIP-worst negatives, in rank order
-    # "best": the CLIP-best sample; "composed": CLIP also composes a caption from the samples' segments, which
-    # joins the candidates (si_assets/organization/composition.py)
-    chosen: ChosenSource = "best"
-    compose_bonus: float = 0.0  # per segment while composing: > 0 lets more segments in (recall for precision)
-    compose_from_best: bool = False  # composing starts from the CLIP-best sample (and may drop its segments)
-    # up to this many yes/no questions per image restating its training caption pairs
-    # (si_assets/organization/probes.py); 0: none
-    probes_per_image: int = 0
+class PairRule(BaseModel):
+    """How scored responses become preference pairs. The defaults are the product's (docs/method.md,
+    "Organization"): CLIP composes a chosen caption, climbing from the best sample; the two best candidates meet
+    the two worst negatives; one yes/no probe per image. `PairRule.plain()` is the method's literal pairing."""
 
-    def __post_init__(self) -> None:
-        if self.pairs_per_image < 1:
-            raise ValueError(f"pairs_per_image must be >= 1, got {self.pairs_per_image}")
-        if self.probes_per_image < 0:
-            raise ValueError(f"probes_per_image must be >= 0, got {self.probes_per_image}")
-        if self.margin < 0:
-            raise ValueError(f"margin must be >= 0, got {self.margin}")
-        if self.verification not in ("clip", "none"):
-            raise ValueError(f"verification must be 'clip' or 'none', got {self.verification!r}")
-        if self.negatives not in NEGATIVE_SOURCES:
-            raise ValueError(f"negatives must be one of {NEGATIVE_SOURCES}, got {self.negatives!r}")
-        if self.negatives in ("own_samples", "swapped", "prior_swapped") and self.verification != "clip":
+    model_config = ConfigDict(frozen=True)
+
+    margin: float = Field(
+        0.0, ge=0, allow_inf_nan=False, description="pairs whose CLIP scores differ by less are discarded"
+    )
+    verification: Verification = Field(
+        "clip", description="'none': pairs as generated, positive k vs negative k (baseline; nothing is composed)"
+    )
+    negatives: NegativeSource = Field(
+        "hallucinated",
+        description="'random': another image's response (baseline); 'own_samples': the CLIP-worst low-h sample; "
+        "'swapped': the chosen response with one mention swapped for one of the hallucinated negative's",
+    )
+    seed: int = Field(0, description="with the round key, the seed of random negatives and of the probes' draw")
+    pairs_per_image: int = Field(2, ge=1, description="k best positives meet the k worst negatives, by rank")
+    chosen: ChosenSource = Field(
+        "composed",
+        description="'best': the CLIP-best sample; 'composed': CLIP also builds a caption from the samples' segments "
+        "(one added or dropped at a time while its score rises), which joins the candidates",
+    )
+    compose_bonus: float = Field(
+        0.0, ge=0, allow_inf_nan=False, description="added per segment while composing: recall for precision"
+    )
+    compose_from_best: bool = Field(
+        True, description="composing starts from the CLIP-best sample's segments and may also drop them"
+    )
+    probes_per_image: int = Field(
+        1,
+        ge=0,
+        description="yes/no questions ('Is there a X in the image?') trained beside the captions, per image: "
+        "'yes.' for objects the best chosen response names, 'no.' for objects only rejected ones name, "
+        "alternating; 0: none (the round then teaches the model to answer yes to everything)",
+    )
+
+    @model_validator(mode="after")
+    def _needs_clip(self) -> PairRule:
+        if self.negatives in ("own_samples", "swapped") and self.verification != "clip":
             raise ValueError(f"negatives={self.negatives!r} needs verification='clip' (CLIP picks the negative)")
-        if self.chosen not in get_args(ChosenSource):
-            raise ValueError(f"chosen must be 'best' or 'composed', got {self.chosen!r}")
-        if self.compose_bonus < 0:
-            raise ValueError(f"compose_bonus must be >= 0, got {self.compose_bonus}")
-        if self.chosen == "composed" and self.verification != "clip":
-            raise ValueError("chosen='composed' needs verification='clip' (CLIP composes the caption)")
+        return self
+
+    @classmethod
+    def plain(cls, **changes: object) -> PairRule:
+        """The method's literal pairing: the CLIP-best sample vs the CLIP-worst negative, one pair per image,
+        nothing composed, no probes."""
+        literal = {"pairs_per_image": 1, "chosen": "best", "compose_from_best": False, "probes_per_image": 0}
+        return cls(**{**literal, **changes})
+
+    @property
+    def composing(self) -> bool:
+        """Whether CLIP composes a chosen caption: only when it verifies (without CLIP there is nothing to
+        compose with, and the chosen response is the sample as generated)."""
+        return self.chosen == "composed" and self.verification == "clip"
+
+
+class VerificationSettings(PairRule):
+    """The organization step: the pair rule plus which CLIP verifies, how texts are scored and the checks."""
+
+    score_mode: ScoreMode = Field("sentence_mean", description="long responses: per-sentence mean, or truncated")
+    verifier: str = Field(
+        BOOTSTRAP,
+        description="'bootstrap': the embedded CLIP; an open_clip model name (e.g. 'ViT-L-14'); or a folder with "
+        "open_clip_config.json + weights",
+    )
+    verifier_pretrained: str | None = Field(
+        None, description="with a model name: a pretrained tag (e.g. 'openai'; hub or its cache) or a weights file"
+    )
+    max_reverse_rate: float = Field(0.5, ge=0, le=1, description="the reverse_rate check warns above this")
+    max_discard_rate: float = Field(0.5, ge=0, le=1, description="the discard_rate check warns above this")
+    chunk_size: int = Field(4096, ge=1, description="responses per stored chunk of scores (resume after a crash)")
+    max_cut_share: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="share of scored texts allowed past the verifier's context (pre-flight check): a few rambling "
+        "responses are tolerated, a systematic cut is not",
+    )
+
+    def verifier_source(self) -> VerifierSource:
+        return VerifierSource(self.verifier, self.verifier_pretrained)
+
+    def rule(self) -> PairRule:
+        """The pair rule alone (what the pairs depend on besides the scores)."""
+        return PairRule(**{name: getattr(self, name) for name in PairRule.model_fields})
 
 
 def decide(score_positive: np.ndarray, score_negative: np.ndarray, margin: float) -> np.ndarray:
@@ -180,14 +232,12 @@ def organize_pairs(
     scored: pl.DataFrame,
     rule: PairRule,
     score: Callable[[Sequence[str], Sequence[str]], np.ndarray],
-    continue_: Continue | None = None,
+    edit: PairEdit | None = None,
 ) -> pl.DataFrame:
     """The verified pairs: chosen/rejected after the reverse/discard rule, with every score kept.
     `pair_id` is `<image_id>/<rank>`; with `rule.probes_per_image`, the yes/no probes follow (`task` says which).
-    `continue_` is the seed's image-free continuation, which `negatives: prior_swapped` needs."""
-    if rule.negatives == "prior_swapped" and continue_ is None:
-        raise ValueError("negatives='prior_swapped' needs the seed model's image-free continuation (continue_)")
-    if rule.chosen == "composed":
+    `edit`, if given, rewrites the caption pairs before the probes restate them."""
+    if rule.composing:
         positives = scored.filter(pl.col("role") == POSITIVE)
         composed = composed_responses(positives, score, rule.compose_bonus, rule.compose_from_best)
         scored = pl.concat([scored, composed])
@@ -211,9 +261,8 @@ def organize_pairs(
     )
     if rule.negatives == "swapped":
         pairs = swap_negatives(pairs, score)
-    elif rule.negatives == "prior_swapped":
-        edits = prior_swap_edits(pairs["chosen"].to_list(), pairs["prompt"].to_list(), continue_)
-        pairs = edited_negatives(pairs, edits, score, "prior_swapped")
+    if edit is not None:
+        pairs = edit(pairs, score)
     if rule.probes_per_image:
         probes = probe_pairs(training_pairs(pairs), rule.probes_per_image, rule.seed)
         probes = probes.with_columns(decision=pl.lit(KEPT), rejected_source=pl.lit(PROBE), task=pl.lit(PROBE))

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
+import polars as pl
+
 from si_assets.rounds.naming import round_number
 from si_assets.storage.store import ArtifactStore, Checkpoint, StoredArtifact
 
@@ -47,6 +49,27 @@ class PromotionOutcome:
     reason: str
     champion: Promotion | None  # the champion after the attempt
     history: list[Promotion] = field(default_factory=list)
+
+    def record(self, candidate: Promotion) -> pl.DataFrame:
+        """One row: the candidate, whether it was promoted and why, and the champion after the attempt."""
+        current = self.champion
+        return pl.DataFrame(
+            {
+                "round": [candidate.round],
+                "promoted": [self.promoted],
+                "reason": [self.reason],
+                "candidate_version": [candidate.version],
+                "champion_round": [current.round if current else None],
+                "champion_version": [current.version if current else None],
+                "precision": [candidate.metrics["precision"]],
+                "recall": [candidate.metrics["recall"]],
+            }
+        )
+
+    def history_table(self) -> pl.DataFrame:
+        return pl.DataFrame(
+            [{"round": p.round, "version": p.version, "precision": p.metrics["precision"]} for p in self.history]
+        )
 
 
 class ChampionRegistry:

@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import lakefs
@@ -27,7 +28,6 @@ import lakefs_sdk
 import polars as pl
 from lakefs_sdk.exceptions import ApiException, NotFoundException
 
-from si_assets.rounds.naming import is_round_key
 from si_assets.storage.store import (
     HASH_CHARS,
     TABLE_FILE,
@@ -57,8 +57,12 @@ class LakeFSArtifactStore(StoreFiles):
         base_branch: str = "main",
         prefix: str = "si_store",
         cache_dir: Path | None = None,
+        branches_partition: Callable[[str], bool] | None = None,
     ):
+        """`branches_partition(key)` says which partitions write to a branch of their own (named as the key);
+        the others, and unpartitioned assets, write to `base_branch`."""
         self.client, self.repository, self.base_branch = client, repository, base_branch
+        self.branches_partition = branches_partition or (lambda _: False)
         self.cache_dir = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "si_store_cache"
         self.prefix = prefix.strip("/")
         self.api = client.sdk_client
@@ -67,7 +71,7 @@ class LakeFSArtifactStore(StoreFiles):
 
     # --- layout ---------------------------------------------------------------------------------------
     def branch_for(self, partition: str | None) -> str:
-        return partition if partition and is_round_key(partition) else self.base_branch
+        return partition if partition and self.branches_partition(partition) else self.base_branch
 
     def _path(self, relative: str) -> str:
         return f"{self.prefix}/{confined(relative)}"

@@ -1,9 +1,10 @@
-"""Prior-swapped negatives: the chosen caption with one mention replaced by what the language prior says there.
+"""Prior-swapped negatives (a benchmark variant): the chosen caption with one mention replaced by what the
+language prior says there.
 
 The hallucination ratio mixes the image-free stream into every token; in the embedded world that adds wrong kinds
-at random rather than the prior's partners, because the image-free stream picks its own anchors
-(docs/round_experiments.md §13). Here the prior is asked at the chosen caption's own places instead: after the
-grounded prefix "a red circle,", the image-free stream's next mention is the companion it expects after a circle.
+at random rather than the prior's partners, because the image-free stream picks its own anchors (docs/results.md,
+"What the negatives hold"). Here the prior is asked at the chosen caption's own places instead: after the grounded
+prefix "a red circle,", the image-free stream's next mention is the companion it expects after a circle.
 Swapped in for the mention the caption has at that place, it makes a negative as long as the chosen caption that
 differs in the one mention the prior would put there; CLIP picks the swap it scores lowest. Judge-free: the words
 are the model's own, the pick is the verifier's.
@@ -13,8 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import polars as pl
+
 from si_assets.organization.probes import mentioned_objects
 from si_assets.organization.segments import SEGMENT_BREAK, continuation_points
+from si_assets.organization.verification import PairEdit, Score, edited_negatives
 
 # (prompts, prefixes) -> the image-free stream's continuation of each
 Continue = Callable[[Sequence[str], Sequence[str]], list[str]]
@@ -43,3 +47,14 @@ def prior_swap_edits(texts: Sequence[str], prompts: Sequence[str], continue_: Co
     unique = list(dict.fromkeys(p for row in points for p in row))
     said = dict(zip(unique, continue_([p for p, _ in unique], [x for _, x in unique]))) if unique else {}
     return [prior_swapped_responses(text, [said[p] for p in row]) for text, row in zip(texts, points)]
+
+
+def prior_swap_edit(continue_: Continue) -> PairEdit:
+    """The pair edit that makes each caption pair's rejected response its lowest-scored prior swap (a pair keeps
+    its negative where CLIP sees no swap as worse than the chosen caption)."""
+
+    def edit(pairs: pl.DataFrame, score: Score) -> pl.DataFrame:
+        edits = prior_swap_edits(pairs["chosen"].to_list(), pairs["prompt"].to_list(), continue_)
+        return edited_negatives(pairs, edits, score, "prior_swapped")
+
+    return edit

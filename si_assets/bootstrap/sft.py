@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from si_assets.bootstrap.schedule import warmup_cosine
 from si_assets.modeling.chat import user_prompt
-from si_assets.modeling.schedule import warmup_cosine
 from si_assets.progress import progress
 from si_assets.world import CAPTION_PROMPTS, decode_png
 

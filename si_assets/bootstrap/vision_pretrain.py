@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from si_assets.modeling.schedule import warmup_cosine_scheduler
+from si_assets.bootstrap.schedule import warmup_cosine_scheduler
 from si_assets.progress import progress
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 import torch
 
-from si_assets.modeling.sft import (
+from si_assets.bootstrap.sft import (
     QA_TEMPLATE,
     EncodedExamples,
     SFTConfig,
@@ -18,9 +19,10 @@ from si_assets.modeling.sft import (
     encode_examples,
     train_sft,
 )
-from si_assets.modeling.tiny_vlm import TinyVLMSpec, build_model, build_processor, build_tokenizer
-from si_assets.modeling.vision_pretrain import multi_hot, pretrain_vision_tower
+from si_assets.bootstrap.tiny_vlm import TinyVLMSpec, build_model, build_processor, build_tokenizer
+from si_assets.bootstrap.vision_pretrain import multi_hot, pretrain_vision_tower
 from si_assets.world import CAPTION_PROMPTS, decode_png
+from si_assets.world.vocabulary import world_vocabulary
 
 
 def tokenizer_corpus(captions: Sequence[str], kinds: Sequence[str]) -> list[str]:
@@ -105,3 +107,26 @@ def train_seed_model(
         )
     result: SFTResult = train_sft(model, processor, train, val, sft, log)
     return model, processor, result
+
+
+def save_seed_model(
+    seed_train: pl.DataFrame,
+    model_spec: TinyVLMSpec,
+    sft: SFTConfig,
+    directory: Path,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Trains the bootstrap seed on the world's `seed_train` split and saves it (safetensors + processor) in
+    `directory`; returns what a person reads about the training."""
+    kinds, colours = world_vocabulary(seed_train)
+    model, processor, result = train_seed_model(seed_train, kinds, colours, model_spec, sft, log)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "steps": result.steps,
+        "best_step": result.best_step,
+        "best_val_loss": result.best_val_loss,
+        "train_seconds": result.seconds,
+        "curve": result.curve,
+    }

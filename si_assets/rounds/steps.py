@@ -1,0 +1,415 @@
+"""One improvement round as plain functions over an artifact store (Dagster-free).
+
+Each asset calls one of these in a few lines, and the benchmarks call the same ones, so a benchmark measures what
+the product runs. A step takes its stage's settings, the round key (every seed of the round derives from it), the
+models or verifier it needs, and the artifact store it memoises and resumes in; it returns what it made plus the
+numbers a person reads about it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import polars as pl
+import torch
+
+from si_assets.collection.images import (
+    ImagePool,
+    ImagePoolSettings,
+    build_pool,
+    decode_images,
+    pool_entries,
+    world_pool,
+)
+from si_assets.collection.sampling import SamplingSettings, decode_plan, plan_requests
+from si_assets.collection.validation import InputLimits
+from si_assets.evaluation.data import EvalData, EvalSettings
+from si_assets.evaluation.evaluate import evaluate_model
+from si_assets.modeling.chat import patch_size, prompt_token_counter
+from si_assets.modeling.preflight import (
+    image_tokens_fit,
+    model_runs_without_image,
+    processes_fit,
+    verifier_text_length,
+)
+from si_assets.optimization.distributed import prepare_job
+from si_assets.optimization.dpo import (
+    DPOResult,
+    DPOSettings,
+    TrainingSettings,
+    as_trained,
+    compute_reference,
+    save_trained,
+    train_dpo,
+)
+from si_assets.optimization.reference_cache import ReferenceLookup, cached_reference
+from si_assets.optimization.self_training import self_sft_pairs
+from si_assets.organization.verification import (
+    DISCARDED,
+    REVERSED,
+    PairEdit,
+    VerificationSettings,
+    clip_score_fn,
+    decision_counts,
+    organize_pairs,
+    score_responses,
+    training_pairs,
+)
+from si_assets.rounds.champion import Promotion
+from si_assets.rounds.gate import GateDecision, GatePolicy, gate_decision
+from si_assets.rounds.naming import round_seed
+from si_assets.storage import ArtifactStore, Checkpoint, content_hash
+from si_assets.storage.chunks import WHOLE, ChunkStats, Shard, run_in_chunks
+from si_assets.storage.memo import config_key, memoised_result
+from si_assets.verifier.clip import BOOTSTRAP, ClipScorer
+
+# Code versions: a change in what a step computes changes its version, so memoised results are not reused.
+DECODER_CODE_VERSION = "collect-3"
+SCORING_VERSION = "verify-2"  # the stored CLIP scores: unchanged scores are reused across pair rules
+REFERENCE_CODE_VERSION = "reference-logps-2"
+EVAL_CODE_VERSION = "eval-3"
+
+Log = Callable[[str], None]
+
+
+class RoundError(ValueError):
+    """A step refuses its inputs before any compute; the message says what to change."""
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+class ModelLoader(Protocol):
+    """What loads a checkpoint: the `models` resource, or anything with the same two methods."""
+
+    def load(self, source: str | Path, device: torch.device | None = None) -> tuple[Any, Any]: ...
+
+    def load_processor(self, source: str | Path) -> Any: ...
+
+
+def table_version(table: pl.DataFrame) -> str:
+    return content_hash(table)[:16]
+
+
+# --- collection -------------------------------------------------------------------------------------------------
+
+
+def admit_images(settings: ImagePoolSettings, processor: Any, world_improve: pl.DataFrame) -> ImagePool:
+    """The round's image pool (world split, folder or manifest), every image and prompt checked against the
+    limits and the seed's own tokenizer; what cannot be used is in `rejects` with a reason."""
+    limits = InputLimits(
+        max_pixels=settings.max_pixels,
+        min_side=max(settings.min_side, patch_size(processor)),
+        max_prompt_tokens=settings.max_prompt_tokens,
+    )
+    count_tokens = prompt_token_counter(processor)
+    if settings.source == "world":
+        return world_pool(world_improve, limits, count_tokens)
+    return build_pool(pool_entries(settings), settings.folder, settings.prompts, limits, count_tokens)
+
+
+def sample(
+    settings: SamplingSettings,
+    models: ModelLoader,
+    store: ArtifactStore,
+    seed_checkpoint: Checkpoint,
+    images: pl.DataFrame,
+    round_key: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    shard: Shard = WHOLE,
+    log: Log = _quiet,
+) -> tuple[pl.DataFrame, ChunkStats]:
+    """Positives and controlled-hallucination negatives of every image (the shard's chunks of the request plan),
+    decoded or read back from the store. The model is loaded only when a chunk is missing, so a merge after
+    finished shards reads tables only."""
+    plan = plan_requests(
+        images, settings.n_samples, settings.n_negatives, settings, round_seed(settings.seed, round_key)
+    )
+    loaded: list = []
+
+    def decode(chunk: pl.DataFrame) -> pl.DataFrame:
+        if not loaded:  # the first missing chunk: model and images are needed only now
+            model, processor = models.load(seed_checkpoint.path, device=device)
+            model_runs_without_image(model, processor)
+            loaded.extend((model, processor, decode_images(images)))
+        model, processor, image_by_id = loaded
+        return decode_plan(
+            model, processor, chunk, image_by_id, settings, seed_checkpoint.version, settings.batch_size, log
+        )
+
+    # Everything a chunk's responses depend on besides its own rows (which name the chunk).
+    key = config_key(
+        seed_checkpoint.version,
+        table_version(images),
+        settings.sampler_key(),
+        f"{device.type}/{dtype}/batch{settings.batch_size}",
+        DECODER_CODE_VERSION,
+    )
+    return run_in_chunks(store, "collected_responses", key, plan, settings.chunk_size, decode, log, shard)
+
+
+# --- organization -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verified:
+    pairs: pl.DataFrame
+    verifier_version: str
+    texts_past_verifier_context: int
+    scored_responses: int
+    score_chunks_reused: int
+    seconds: float
+
+    def decisions(self) -> dict[str, int]:
+        return decision_counts(self.pairs)
+
+    def rates(self) -> dict[str, float]:
+        """Reversed and discarded shares of the caption pairs (the rule decided those; probes restate them)."""
+        counts = self.decisions()
+        total = max(1, sum(counts.values()))
+        return {"reverse_rate": counts[REVERSED] / total, "discard_rate": counts[DISCARDED] / total}
+
+
+def verify(
+    settings: VerificationSettings,
+    scorer: ClipScorer,
+    device_name: str,
+    store: ArtifactStore,
+    clip_checkpoint_version: str,
+    responses: pl.DataFrame,
+    images: pl.DataFrame,
+    round_key: str,
+    edit: PairEdit | None = None,
+    log: Log = _quiet,
+) -> Verified:
+    """CLIP scores every response (in resumable chunks, reused across pair rules), then the pair rule turns them
+    into chosen / rejected pairs: reversed when the negative scores higher, discarded when closer than `margin`."""
+    started = time.perf_counter()
+    rule = settings.rule().model_copy(update={"seed": round_seed(settings.seed, round_key)})
+    cut = verifier_text_length(
+        scorer.scored_texts(responses["response"].to_list(), settings.score_mode),
+        scorer.token_count,
+        scorer.context_length,
+        settings.max_cut_share,
+    )
+    score = clip_score_fn(scorer, decode_images(images), images["id"].to_list(), settings.score_mode)
+    verifier_version = settings.verifier_source().identity(clip_checkpoint_version)
+    key = config_key(verifier_version, table_version(images), settings.score_mode, device_name, SCORING_VERSION)
+    scored, chunks = run_in_chunks(
+        store,
+        "verified_pairs_scores",
+        key,
+        responses,
+        settings.chunk_size,
+        lambda chunk: score_responses(chunk, score),
+        log,
+    )
+    pairs = organize_pairs(scored, rule, score, edit)
+    if settings.verifier != BOOTSTRAP:
+        verifier_version = f"{verifier_version} ({settings.verifier})"
+    return Verified(pairs, verifier_version, cut, scored.height, chunks.reused, time.perf_counter() - started)
+
+
+# --- optimization -----------------------------------------------------------------------------------------------
+
+# torchrun through a launcher the caller owns (the asset: Dagster Pipes): (job file, processes) -> result, details
+DistributedLauncher = Callable[[Path, int], tuple[DPOResult, dict]]
+
+
+@dataclass(frozen=True)
+class Trained:
+    checkpoint: Checkpoint  # merged weights + processor; the adapter alone in `adapter/`
+    pairs: pl.DataFrame  # as trained
+    result: DPOResult
+    reference: ReferenceLookup
+    settings: DPOSettings
+    distributed: dict = field(default_factory=dict)
+
+
+def train(
+    settings: TrainingSettings,
+    models: ModelLoader,
+    store: ArtifactStore,
+    seed_checkpoint: Checkpoint,
+    verified_pairs: pl.DataFrame,
+    images: pl.DataFrame,
+    round_key: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    trust_remote_code: bool = False,
+    launch: DistributedLauncher | None = None,
+    log: Log = _quiet,
+) -> Trained:
+    """The seed plus a LoRA adapter trained by DPO on the verified pairs (or the configured baseline), merged.
+    Reference log-probs are computed once per (seed, pairs, length settings) and cached in the store."""
+    dpo = settings.dpo(round_seed(settings.seed, round_key))
+    model, processor = models.load(seed_checkpoint.path)
+    image_by_id = decode_images(images)
+    if settings.optimization == "self_sft":
+        pairs = self_sft_pairs(model, processor, images, image_by_id, log)
+    else:
+        pairs = as_trained(training_pairs(verified_pairs), dpo)
+    image_tokens_fit(
+        processor,
+        [image_by_id[i] for i in pairs["image_id"]],
+        pairs["prompt"].to_list(),
+        [max(c, r, key=len) for c, r in zip(pairs["chosen"], pairs["rejected"])],
+        dpo.max_length,
+    )
+    if settings.launcher == "torchrun":
+        processes_fit(settings.processes, device)
+        if launch is None:
+            raise RoundError("launcher 'torchrun' needs a launcher for the worker processes")
+    work, merged = store.staging_dir(), store.staging_dir()
+
+    def reference(missing: pl.DataFrame) -> pl.DataFrame:
+        return compute_reference(model, processor, missing, image_by_id, dpo, work / "ref", log)
+
+    # Per seed and length settings; pairs are looked up by content, so re-organized pairs reuse what they share.
+    cache_key = config_key(seed_checkpoint.version, str(dpo.max_length), str(dpo.ld_alpha), REFERENCE_CODE_VERSION)
+    try:  # the trainer's scratch folder goes, whether training succeeds or not
+        ref = cached_reference(store, cache_key, pairs, reference)
+        log(f"reference log-probs: {ref.computed} pairs computed, {ref.reused} from the cache")
+        if settings.launcher == "torchrun":
+            del model  # the workers load their own copies
+            job = prepare_job(
+                seed_checkpoint.path,
+                pairs,
+                images,
+                ref.table,
+                dpo,
+                settings.processes,
+                merged,
+                work / "distributed",
+                device,
+                dtype,
+                trust_remote_code,
+            )
+            result, distributed = launch(job, settings.processes)
+        else:
+            peft_model, _, result = train_dpo(
+                model, processor, pairs, image_by_id, dpo, work / "trainer", ref.table, log
+            )
+            save_trained(peft_model, processor, merged, merged / "adapter")
+            distributed = {}
+    except BaseException:
+        shutil.rmtree(merged, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return Trained(Checkpoint(merged), pairs, result, ref, dpo, distributed)
+
+
+# --- evaluation -------------------------------------------------------------------------------------------------
+
+HEADLINE = (
+    "precision",
+    "recall",
+    "f1",
+    "chair_s",
+    "chair_i",
+    "mentions_per_caption",
+    "pope_accuracy",
+    "pope_f1",
+    "pope_yes_ratio",
+)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One checkpoint's evaluation."""
+
+    metrics: dict[str, float]
+    captions: pl.DataFrame
+    reused: bool
+
+
+def score_checkpoint(
+    settings: EvalSettings, models: ModelLoader, store: ArtifactStore, checkpoint: Checkpoint, data: EvalData, log: Log
+) -> Scored:
+    """Captions and POPE answers of one checkpoint, scored; computed once per (settings, checkpoint, data)."""
+
+    def build() -> tuple[pl.DataFrame, dict]:
+        model, processor = models.load(checkpoint.path)
+        result = evaluate_model(
+            model,
+            processor,
+            data.ids,
+            data.images,
+            data.truths,
+            data.vocab,
+            settings.caption_prompt,
+            pope_per_image=settings.pope_per_image,
+            seed=settings.seed,
+            batch_size=settings.batch_size,
+            max_new_tokens=settings.max_new_tokens,
+            log=log,
+            questions=data.questions,
+        )
+        return result.captions, result.metrics
+
+    key = config_key(settings.metrics_key(), checkpoint.version, data.fingerprint, EVAL_CODE_VERSION)
+    captions, metrics, _, reused = memoised_result(store, "eval", key, build)
+    return Scored(metrics, captions, reused)
+
+
+def metrics_table(results: dict[str, dict[str, float]]) -> pl.DataFrame:
+    """One row per metric, one column per model, and `delta` = trained − seed when both are present."""
+    names = [m for m in HEADLINE if all(m in r for r in results.values())]
+    names += sorted({k for r in results.values() for k in r} - set(names) - {"n_captions"})
+    table = pl.DataFrame({"metric": names, **{model: [r.get(m) for m in names] for model, r in results.items()}})
+    if {"seed", "trained"} <= set(results):
+        table = table.with_columns(delta=pl.col("trained") - pl.col("seed"))
+    return table
+
+
+def column(table: pl.DataFrame, model: str) -> dict[str, float]:
+    return dict(zip(table["metric"], table[model]))
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    table: pl.DataFrame  # metric × (base, seed, trained, delta)
+    seed: Scored
+    trained: Scored
+    base_metrics: dict[str, float]
+    gate: GateDecision
+    data: EvalData
+
+    def side_by_side(self) -> pl.DataFrame:
+        """Seed and trained captions of the same images, with the true objects."""
+        seed = self.seed.captions.select("id", "objects", seed="caption")
+        return seed.join(self.trained.captions.select("id", trained="caption"), on="id")
+
+
+def evaluate(
+    settings: EvalSettings,
+    policy: GatePolicy,
+    models: ModelLoader,
+    store: ArtifactStore,
+    seed_checkpoint: Checkpoint,
+    trained: Checkpoint,
+    data: EvalData,
+    champion_before: Promotion | None,
+    log: Log = _quiet,
+) -> Evaluation:
+    """Base, seed and trained side by side on held-out images, and the promotion gate's verdict. The base's
+    metrics come from the chain's first promotion, so every round of a chain is gated against the same base."""
+    if champion_before is not None and champion_before.eval_data and champion_before.eval_data != data.fingerprint[:16]:
+        raise RoundError(
+            f"{champion_before.round}'s champion and the base model were scored on evaluation data "
+            f"{champion_before.eval_data}, this round's is {data.fingerprint[:16]}; the gate would compare across "
+            "data sets. Evaluate on the same data (eval_scores config), or start a new chain of rounds from a new base."
+        )
+    seed = score_checkpoint(settings, models, store, seed_checkpoint, data, log)
+    after = score_checkpoint(settings, models, store, trained, data, log)
+    base = champion_before.base_metrics if champion_before is not None else seed.metrics
+    table = metrics_table({"base": base, "seed": seed.metrics, "trained": after.metrics})
+    return Evaluation(table, seed, after, base, gate_decision(seed.metrics, after.metrics, base, policy), data)

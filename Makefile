@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # The demo's Dagster instance and artifact store live in the checkout (git-ignored); override either.
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export SI_STORE ?= $(CURDIR)/.si_store
-# No model hub on our machines: without this, hub look-ups retry for tens of seconds before failing.
+# Without network access to the model hub, hub look-ups retry for tens of seconds before failing; never look.
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export DAGSTER_DISABLE_TELEMETRY := 1

@@ -24,7 +24,7 @@ from si_assets.modeling.mixed_decoding import SamplerSettings
 
 GRID = [
     {"mix_space": "probs", "mu_neg": 0.15, "sd_neg": 0.05, "prior_delay": 0},  # the default
-    {"mix_space": "probs", "mu_neg": 0.35, "sd_neg": 0.1, "prior_delay": 0},  # the default until stop 21
+    {"mix_space": "probs", "mu_neg": 0.35, "sd_neg": 0.1, "prior_delay": 0},  # h ~ N(.35, .1)
     {"mix_space": "logits", "mu_neg": 0.35, "sd_neg": 0.1, "prior_delay": 0},
     {"mix_space": "logits", "mu_neg": 0.6, "sd_neg": 0.1, "prior_delay": 0},
     {"mix_space": "logits", "mu_neg": 0.8, "sd_neg": 0.1, "prior_delay": 0},

@@ -17,11 +17,18 @@ from collections.abc import Callable, Sequence
 import polars as pl
 
 from si_assets.organization.probes import mentioned_objects
-from si_assets.organization.segments import SEGMENT_BREAK, continuation_points
+from si_assets.organization.segments import SEGMENT_BREAK, segment_spans
 from si_assets.organization.verification import PairEdit, Score, edited_negatives
 
 # (prompts, prefixes) -> the image-free stream's continuation of each
 Continue = Callable[[Sequence[str], Sequence[str]], list[str]]
+
+
+def continuation_points(text: str) -> list[tuple[str, tuple[int, int]]]:
+    """Per segment after the first: the text before it (separator kept, trailing space dropped) and its span. A
+    model asked to continue the prefix says what it would name at that place."""
+    spans = segment_spans(text)
+    return [(text[:a].rstrip(), (a, b)) for a, b in spans[1:]]
 
 
 def prior_swapped_responses(text: str, continuations: Sequence[str]) -> list[str]:

@@ -1,13 +1,15 @@
 """Does one improvement round really reduce hallucination, and more than every baseline?
 
-Reuses (or builds) the world and the bootstrap seed + CLIP through Dagster, decodes the round's responses
-once per sampling setting, then trains every variant over several training seeds and evaluates each on
-the held-out split. Baselines are configuration of the same code: no verification, random negatives,
-label-free self-SFT, the literal recipe (1 sample, plain DPO); plus, as a reference only, supervised
-training on `seed_train` labels with the same trainer and steps. Labels of `improve` are read only to
-diagnose the pairs (precision of chosen / rejected), never by the loop.
+Every variant is a set of the product's own settings (SamplingSettings, VerificationSettings, TrainingSettings) run
+through the product's round API (`si_assets.rounds.steps`: sample, verify, train, evaluate), over several training
+seeds, each evaluated on the held-out split. The world and the bootstrap seed + CLIP come from Dagster (reused when
+`make demo` built them); decoded responses, CLIP scores and reference log-probs are cached in the artifact store, so
+variants that share a setting share its work. Baselines: no verification, random negatives, label-free self-SFT,
+the literal recipe (1 sample, plain DPO); as a reference only, supervised training on `seed_train` captions with the
+same trainer and steps. Labels of `improve` are read only to diagnose the pairs (precision of chosen / rejected) and
+by the diagnosis variants that say so, never by the loop.
 
-    .venv/bin/python bench/round_ablation.py [--seeds 0 1 2] [--variants loop self_sft ...] [--out docs/...]
+    .venv/bin/python bench/round_ablation.py [--seeds 0 1 2] [--variants loop self_sft ...] [--out FILE.csv]
     .venv/bin/python bench/round_ablation.py --variants loop oracle_pick true_caption  # better chosen data?
 """
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -24,112 +26,109 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bench.*` when run as a script
 
 import dagster as dg  # noqa: E402
 import polars as pl  # noqa: E402
 import torch  # noqa: E402
-from pydantic import BaseModel  # noqa: E402
-from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
 
+from bench.prior_swaps import prior_swap_edit  # noqa: E402
 from si_assets.assets.bootstrap import bootstrap_clip, bootstrap_seed_model  # noqa: E402
-from si_assets.assets.organization import VerificationConfig  # noqa: E402
 from si_assets.assets.world import world_splits  # noqa: E402
-from si_assets.collection.sampling import HallucinationRatios, decode_plan, plan_requests  # noqa: E402
+from si_assets.collection.images import decode_images  # noqa: E402
+from si_assets.collection.sampling import SamplingSettings  # noqa: E402
 from si_assets.definitions import build_resources  # noqa: E402
-from si_assets.evaluation.evaluate import evaluate_model  # noqa: E402
+from si_assets.evaluation.data import EvalSettings, world_eval_data  # noqa: E402
 from si_assets.evaluation.metrics import ObjectVocabulary, caption_scores  # noqa: E402
 from si_assets.modeling.generation import continue_without_image, generate_greedy  # noqa: E402
-from si_assets.modeling.mixed_decoding import SamplerSettings  # noqa: E402
 from si_assets.optimization.dpo import LANGUAGE_MODEL_PROJECTIONS as LM_LORA  # noqa: E402
-from si_assets.optimization.dpo import DPOResult, DPOSettings, as_trained, train_dpo  # noqa: E402
-from si_assets.optimization.self_training import self_sft_pairs, sft_pairs  # noqa: E402
+from si_assets.optimization.dpo import DPOResult, TrainingSettings  # noqa: E402
+from si_assets.optimization.self_training import sft_pairs  # noqa: E402
 from si_assets.organization.composition import extra_candidates  # noqa: E402
 from si_assets.organization.probes import PROBE, YES  # noqa: E402
 from si_assets.organization.segments import join_segments, segment_positions, segment_votes  # noqa: E402
 from si_assets.organization.verification import (  # noqa: E402
     CAPTION,
+    KEPT,
     PairRule,
-    clip_score_fn,
+    VerificationSettings,
     decision_counts,
-    organize_pairs,
-    score_responses,
     training_pairs,
 )
+from si_assets.rounds.steps import sample as sample_responses  # noqa: E402
+from si_assets.rounds.steps import score_checkpoint, train, verify  # noqa: E402
+from si_assets.storage import ArtifactStore, Checkpoint  # noqa: E402
 from si_assets.verifier.clip import ClipScorer, load_clip  # noqa: E402
-from si_assets.world import (  # noqa: E402
-    EVAL_PROMPT,
-    WorldSpec,
-    decode_png,
-    improve_ground_truth,
-    improve_true_captions,
-)
+from si_assets.world import WorldSpec, improve_ground_truth, improve_true_captions  # noqa: E402
 from si_assets.world.vocabulary import world_vocabulary  # noqa: E402
 
 METRICS = ["precision", "recall", "f1", "chair_s", "mentions_per_caption", "pope_f1"]
+ROUND = "round-0001"  # the round key every variant runs as (a training seed varies the DPO seed only)
 
 
 @dataclass(frozen=True)
 class Variant:
     name: str
-    n_samples: int = 8
-    n_negatives: int = 4
-    ratios: HallucinationRatios = HallucinationRatios()
-    sampler: SamplerSettings = SamplerSettings()
-    rule: PairRule = PairRule()  # the variants below say which
-    training: DPOSettings = DPOSettings()
-    data: str = "pairs"  # "pairs" | "self_sft" (seed's greedy captions) | "supervised" (seed_train labels)
+    sampling: SamplingSettings = SamplingSettings()
+    verification: VerificationSettings = VerificationSettings()
+    training: TrainingSettings = TrainingSettings()
+    data: str = "pairs"  # "pairs" | "supervised" (seed_train labels; self-SFT is `training.optimization`)
     # "clip" (the loop) | diagnosis only, reads the labels: "oracle_pick" (the most precise of the same samples)
     # or "true_caption" (the image's clean caption); how far better chosen data alone would move the round
     chosen: str = "clip"
     greedy_candidate: bool = False  # the seed's greedy caption joins the N samples CLIP picks from
     consensus: tuple[int, ...] = ()  # per vote threshold, a caption of the mentions that many samples share
+    prior_swapped: bool = False  # rejected = the chosen caption with a mention the image-free stream puts there
     note: str = ""
 
 
-DEFAULT = DPOSettings()
-LOOP_RULE = VerificationConfig().pair_rule(seed=0)  # the `verified_pairs` defaults
-PLAIN_RULE = PairRule()  # CLIP-best sample vs CLIP-worst negative, one pair per image
-EARLIER_TRAINING = DEFAULT.model_copy(update={"lora_targets": LM_LORA, "epochs": 2.0})  # the defaults until stop 17
+DEFAULT = TrainingSettings()
+PLAIN = VerificationSettings(**PairRule.plain().model_dump())  # best sample vs worst negative, one pair per image
+LITERAL_SAMPLING = SamplingSettings(n_samples=1, n_negatives=1)
 # One SFT target per image: as many epochs as the loop has pairs per image give the same optimizer steps.
-SFT_ONLY = DPOSettings(objective="sft", epochs=DEFAULT.epochs * LOOP_RULE.pairs_per_image)
+SFT_ONLY = TrainingSettings(objective="sft", epochs=DEFAULT.epochs * VerificationSettings().pairs_per_image)
 VARIANTS = {
     v.name: v
     for v in [
-        Variant("loop", rule=LOOP_RULE,
+        Variant("loop",
                 note="the defaults: CLIP composes the chosen caption from the best sample's segments and the others'; "
-                     "2 best candidates vs 2 CLIP-worst negatives; DPO + SFT term, LoRA on every linear layer"),
-        Variant("best_of_n", rule=PLAIN_RULE, training=EARLIER_TRAINING,
-                note="the earlier defaults: CLIP-best of the samples vs the CLIP-worst negative, language-model "
-                     "LoRA, 2 epochs"),
-        Variant("literal", n_samples=1, n_negatives=1, rule=PLAIN_RULE,
+                     "2 best candidates vs 2 CLIP-worst negatives, one yes/no probe per image; DPO + SFT term, LoRA on "
+                     "every linear layer"),
+        Variant("best_of_n", verification=PLAIN,
+                training=DEFAULT.model_copy(update={"lora_targets": LM_LORA}),
+                note="CLIP-best of the samples vs the CLIP-worst negative, language-model LoRA"),
+        Variant("literal", sampling=LITERAL_SAMPLING, verification=PLAIN,
                 training=DEFAULT.model_copy(update={"rpo_alpha": 0.0}),
                 note="1 sample, CLIP swap/discard, plain DPO (the paper's recipe)"),
-        Variant("literal_sft", n_samples=1, n_negatives=1, rule=PLAIN_RULE,
+        Variant("literal_sft", sampling=LITERAL_SAMPLING, verification=PLAIN,
                 note="1 sample, CLIP swap/discard, DPO + SFT term"),
-        Variant("no_verification", rule=VerificationConfig(verification="none").pair_rule(seed=0),
+        Variant("no_verification", verification=VerificationSettings(verification="none"),
                 note="pairs as generated"),
-        Variant("random_negatives", rule=replace(LOOP_RULE, negatives="random"),
+        Variant("random_negatives", verification=VerificationSettings(negatives="random"),
                 note="negative = another image's response"),
-        Variant("self_sft", data="self_sft", training=SFT_ONLY,
+        Variant("self_sft", training=SFT_ONLY.model_copy(update={"optimization": "self_sft"}),
                 note="label-free self-training on the seed's greedy captions, same trainer and steps"),
         Variant("supervised", data="supervised", training=SFT_ONLY,
                 note="REFERENCE ONLY (reads labels): SFT on seed_train captions, same steps"),
-        Variant("oracle_pick", rule=PLAIN_RULE, chosen="oracle_pick",
+        Variant("prior_swapped", prior_swapped=True,
+                note="rejected = the chosen caption with the mention the image-free stream says at that place"),
+        Variant("oracle_pick", verification=PLAIN, chosen="oracle_pick",
                 note="DIAGNOSIS ONLY (reads labels): chosen = the most precise of the same samples"),
-        Variant("true_caption", rule=PLAIN_RULE, chosen="true_caption",
+        Variant("true_caption", verification=PLAIN, chosen="true_caption",
                 note="DIAGNOSIS ONLY (reads labels): chosen = the image's clean caption"),
     ]
 }  # fmt: skip
+LABEL_READING = {"supervised", "oracle_pick", "true_caption"}
 
 
 def updated(settings, **changes):
-    """A copy with some fields changed, for the dataclass and the pydantic settings alike."""
-    return settings.model_copy(update=changes) if isinstance(settings, BaseModel) else replace(settings, **changes)
+    """A validated copy with some fields changed."""
+    return type(settings)(**{**settings.model_dump(), **changes})
 
 
 def derive(base: Variant, name: str, overrides: dict) -> Variant:
-    """A variant of `base` from JSON overrides; nested keys for ratios, sampler, rule and training."""
-    nested = {"ratios": base.ratios, "sampler": base.sampler, "rule": base.rule, "training": base.training}
+    """A variant of `base` from JSON overrides; nested keys for sampling, verification and training."""
+    nested = {"sampling": base.sampling, "verification": base.verification, "training": base.training}
     fields = {k: updated(nested[k], **v) if k in nested else v for k, v in overrides.items()}
     return replace(base, name=name, note=json.dumps(overrides), **fields)
 
@@ -138,30 +137,25 @@ def derive(base: Variant, name: str, overrides: dict) -> Variant:
 class Bench:
     world: dict[str, pl.DataFrame]
     spec: WorldSpec
-    seed_dir: Path
+    store: ArtifactStore
+    models: object  # the `models` resource: loads checkpoints on the compute device
+    seed: Checkpoint
     clip_dir: Path
     vocab: ObjectVocabulary
-    eval_images: list
-    improve_images: dict
-    responses: dict[tuple, pl.DataFrame] = field(default_factory=dict)
-    greedy: dict[Path | None, dict[str, str]] = field(default_factory=dict)  # checkpoint -> image id -> caption
+    device: torch.device = torch.device("cpu")
+    greedy: dict[str, dict[str, str]] = field(default_factory=dict)  # checkpoint version -> image id -> caption
 
-    def load_seed(self, checkpoint: Path | None = None):
-        checkpoint = checkpoint or self.seed_dir
-        model = AutoModelForImageTextToText.from_pretrained(checkpoint, use_safetensors=True).eval()
-        return model, AutoProcessor.from_pretrained(checkpoint)
+    def load(self, checkpoint: Checkpoint):
+        return self.models.load(checkpoint.path)
 
-    def evaluate(self, model, processor) -> dict[str, float]:
-        ev = self.world["eval"]
-        return evaluate_model(
-            model, processor, ev["id"].to_list(), self.eval_images, ev["objects"].to_list(), self.vocab, EVAL_PROMPT
-        ).metrics
+    def evaluate(self, checkpoint: Checkpoint) -> dict[str, float]:
+        data = world_eval_data(self.world["eval"])
+        return score_checkpoint(EvalSettings(), self.models, self.store, checkpoint, data, print).metrics
 
 
 def build_bench(images: int, world: dict, clip: dict, seed_model: dict) -> Bench:
     """World and bootstrap models through Dagster (memoised: reused when `make demo` built them)."""
-    spec = WorldSpec(**world)
-    resources = build_resources()
+    resources = build_resources(device="cpu")
     configs = {"world_splits": world, "bootstrap_clip": clip, "bootstrap_seed_model": seed_model}
     result = dg.materialize(
         [world_splits, bootstrap_seed_model, bootstrap_clip],
@@ -169,42 +163,30 @@ def build_bench(images: int, world: dict, clip: dict, seed_model: dict) -> Bench
         instance=dg.DagsterInstance.get(),
         run_config={"ops": {op: {"config": config} for op, config in configs.items()}},
     )
-    world = {s: result.asset_value(f"world_{s}") for s in ("seed_train", "improve", "eval")}
-    world["improve"] = world["improve"].head(images)
+    splits = {s: result.asset_value(f"world_{s}") for s in ("seed_train", "improve", "eval")}
+    splits["improve"] = splits["improve"].head(images)
     store = resources["store"].get()  # the checkpoints as stored (the outputs' staging folders are gone)
-    seed_dir = Path(store.local_checkpoint(store.head("bootstrap_seed_model")).path)
-    clip_dir = Path(store.local_checkpoint(store.head("bootstrap_clip")).path)
     return Bench(
-        spec=spec,
-        world=world,
-        seed_dir=seed_dir,
-        clip_dir=clip_dir,
-        vocab=ObjectVocabulary.from_kinds(world_vocabulary(world["eval"])[0]),
-        eval_images=[decode_png(b) for b in world["eval"]["image_png"]],
-        improve_images={i: decode_png(b) for i, b in zip(world["improve"]["id"], world["improve"]["image_png"])},
+        world=splits,
+        spec=WorldSpec(**world),
+        store=store,
+        models=resources["models"],
+        seed=store.local_checkpoint(store.head("bootstrap_seed_model")),
+        clip_dir=Path(store.local_checkpoint(store.head("bootstrap_clip")).path),
+        vocab=ObjectVocabulary.from_kinds(world_vocabulary(splits["eval"])[0]),
     )
 
 
-def responses_for(bench: Bench, variant: Variant, checkpoint: Path | None) -> pl.DataFrame:
-    key = (variant.n_samples, variant.n_negatives, variant.ratios, variant.sampler, checkpoint)
-    if key not in bench.responses:
-        model, processor = bench.load_seed(checkpoint)
-        plan = plan_requests(bench.world["improve"], variant.n_samples, variant.n_negatives, variant.ratios, 0)
-        started = time.perf_counter()
-        bench.responses[key] = decode_plan(model, processor, plan, bench.improve_images, variant.sampler, "seed")
-        print(f"decoded {plan.height} responses {key} in {time.perf_counter() - started:.0f}s", flush=True)
-    return bench.responses[key]
-
-
-def with_greedy_candidate(bench: Bench, responses: pl.DataFrame, checkpoint: Path | None) -> pl.DataFrame:
+def with_greedy_candidate(bench: Bench, responses: pl.DataFrame, checkpoint: Checkpoint) -> pl.DataFrame:
     """The responses plus one more positive per image: the model's greedy caption (sample number N)."""
-    if checkpoint not in bench.greedy:
+    if checkpoint.version not in bench.greedy:
         improve = bench.world["improve"]
+        by_id = decode_images(improve)
         ids, prompts = improve["id"].to_list(), improve["prompt"].to_list()
-        captions = generate_greedy(*bench.load_seed(checkpoint), [bench.improve_images[i] for i in ids], prompts)
-        bench.greedy[checkpoint] = dict(zip(ids, captions))
+        captions = generate_greedy(*bench.load(checkpoint), [by_id[i] for i in ids], prompts)
+        bench.greedy[checkpoint.version] = dict(zip(ids, captions))
     positives = responses.filter(pl.col("role") == "positive")
-    greedy = extra_candidates(positives, bench.greedy[checkpoint]).with_columns(temperature=pl.lit(0.0))
+    greedy = extra_candidates(positives, bench.greedy[checkpoint.version]).with_columns(temperature=pl.lit(0.0))
     return pl.concat([responses, greedy])
 
 
@@ -254,28 +236,35 @@ def labelled_chosen(kept: pl.DataFrame, responses: pl.DataFrame, mode: str, benc
     return kept.with_columns(chosen=pl.when(pl.col("task") == CAPTION).then(relabelled).otherwise("chosen"))  # probes
 
 
-def pairs_for(
-    bench: Bench, variant: Variant, scorer: ClipScorer, truth: dict, checkpoint: Path | None = None
-) -> tuple[pl.DataFrame, dict]:
+def training_data(
+    bench: Bench, variant: Variant, scorer: ClipScorer, truth: dict, checkpoint: Checkpoint
+) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+    """(pairs, their images, diagnostics) for one round of `variant` from `checkpoint`: the product's sampling and
+    verification steps, plus the variant's bench-only candidates and chosen sides."""
     improve = bench.world["improve"]
-    if variant.data == "self_sft":
-        return self_sft_pairs(*bench.load_seed(), improve, bench.improve_images), {}
     if variant.data == "supervised":
-        train = bench.world["seed_train"].sample(improve.height, seed=0)
-        bench.improve_images.update({i: decode_png(b) for i, b in zip(train["id"], train["image_png"])})
-        return sft_pairs(train["id"], ["Describe the image."] * train.height, train["caption"]), {}
-    responses = responses_for(bench, variant, checkpoint)
+        train_split = bench.world["seed_train"].sample(improve.height, seed=0)
+        prompts = ["Describe the image."] * train_split.height
+        pairs = sft_pairs(train_split["id"], prompts, train_split["caption"]).with_columns(decision=pl.lit(KEPT))
+        return pairs, train_split.with_columns(prompt=pl.Series(prompts)), {}
+    if variant.training.optimization == "self_sft":
+        return pl.DataFrame(), improve, {}  # the training step captions the images itself
+    started = time.perf_counter()
+    responses, _ = sample_responses(
+        variant.sampling, bench.models, bench.store, checkpoint, improve, ROUND, bench.device, torch.float32, log=print
+    )
+    print(f"{variant.name}: {responses.height} responses in {time.perf_counter() - started:.0f}s", flush=True)
     if variant.greedy_candidate:
         responses = with_greedy_candidate(bench, responses, checkpoint)
     if variant.consensus:
         responses = with_consensus_candidates(responses, variant.consensus, truth, bench.vocab)
-    score = clip_score_fn(scorer, bench.improve_images, improve["id"].to_list(), "sentence_mean")
-    continue_ = None
-    if variant.rule.negatives == "prior_swapped":
-        model, processor = bench.load_seed(checkpoint)
-        continue_ = partial(continue_without_image, model, processor)
-    pairs = organize_pairs(score_responses(responses, score), variant.rule, score, continue_)
-    kept = labelled_chosen(training_pairs(pairs), responses, variant.chosen, bench, truth)
+    edit = prior_swap_edit(partial(continue_without_image, *bench.load(checkpoint))) if variant.prior_swapped else None
+    clip_version = bench.clip_dir.name
+    verified = verify(
+        variant.verification, scorer, "cpu", bench.store, clip_version, responses, improve, ROUND, edit, print
+    )
+    pairs = labelled_chosen(verified.pairs, responses, variant.chosen, bench, truth)
+    kept = training_pairs(pairs)
 
     def scores(texts: pl.Series, ids: pl.Series) -> str:
         s = caption_scores(texts.to_list(), [truth[i] for i in ids], bench.vocab)
@@ -292,7 +281,7 @@ def pairs_for(
         "rejected_words": float(captions["rejected"].str.split(" ").list.len().mean()),
         **probe_diagnostics(kept, truth),
     }
-    return kept, diagnostics
+    return pairs, improve, diagnostics
 
 
 def probe_diagnostics(pairs: pl.DataFrame, truth: dict) -> dict:
@@ -326,46 +315,39 @@ def run(
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     bench = build_bench(images, world, clip, seed_model)
     truth = improve_ground_truth(bench.spec)
-    clip_model, preprocess, tokenizer = load_clip(str(clip_dir or bench.clip_dir))
-    scorer = ClipScorer(clip_model, preprocess, tokenizer)
-    rows = [{"variant": "seed", "seed": -1, **bench.evaluate(*bench.load_seed())}]
+    scorer = ClipScorer(*load_clip(str(clip_dir or bench.clip_dir)))
+    if clip_dir:
+        bench.clip_dir = clip_dir
+    rows = [{"variant": "seed", "seed": -1, **bench.evaluate(bench.seed)}]
     print("seed:", {m: round(rows[0][m], 3) for m in METRICS}, flush=True)
     for variant in variants:
-        name = variant.name
         variant = replace(variant, training=updated(variant.training, **overrides))
-        pairs, diagnostics = pairs_for(bench, variant, scorer, truth)
-        if diagnostics:
-            print(f"{name}: pairs {diagnostics}", flush=True)
+        first_round = training_data(bench, variant, scorer, truth, bench.seed)
+        if first_round[2]:
+            print(f"{variant.name}: pairs {first_round[2]}", flush=True)
         for seed in seeds:
-            with tempfile.TemporaryDirectory() as chain:
-                checkpoint, round_pairs = None, pairs
-                for round_ in range(1, (rounds if variant.data == "pairs" else 1) + 1):
-                    if round_ > 1:  # the next round samples from, and trains, the model the last one made
-                        round_pairs, diagnostics = pairs_for(bench, variant, scorer, truth, checkpoint)
-                        print(f"{name} seed {seed} round {round_}: pairs {diagnostics}", flush=True)
-                    label = name if round_ == 1 else f"{name}@round{round_}"
-                    model, processor = bench.load_seed(checkpoint)
-                    started = time.perf_counter()
-                    with tempfile.TemporaryDirectory() as work:
-                        settings = updated(variant.training, seed=seed)
-                        trained_pairs = as_trained(round_pairs, settings)
-                        trained, _, result = train_dpo(
-                            model, processor, trained_pairs, bench.improve_images, settings, Path(work)
-                        )
-                    merged = trained.merge_and_unload().eval()
-                    metrics = bench.evaluate(merged, processor)
-                    seconds = time.perf_counter() - started
-                    rows.append({"variant": label, "seed": seed, "steps": result.steps, "seconds": seconds, **metrics})
-                    if out:  # after every run, so a stopped benchmark keeps what it measured
-                        pl.DataFrame(rows).write_csv(out)
-                    shown = " ".join(f"{m} {metrics[m]:.3f}" for m in METRICS)
-                    print(f"{label} seed {seed}: {shown} ({result.steps} steps, {seconds:.0f}s)", flush=True)
-                    if settings.objective == "dpo":
-                        print(f"{label} seed {seed} curve: {curve_note(result)}", flush=True)
-                    if round_ < rounds:
-                        checkpoint = Path(chain) / f"round{round_}"
-                        merged.save_pretrained(checkpoint)
-                        processor.save_pretrained(checkpoint)
+            checkpoint, (pairs, pool, _) = bench.seed, first_round
+            for round_ in range(1, (rounds if variant.data == "pairs" else 1) + 1):
+                if round_ > 1:  # the next round samples from, and trains, the model the last one made
+                    pairs, pool, diagnostics = training_data(bench, variant, scorer, truth, checkpoint)
+                    print(f"{variant.name} seed {seed} round {round_}: pairs {diagnostics}", flush=True)
+                label = variant.name if round_ == 1 else f"{variant.name}@round{round_}"
+                started = time.perf_counter()
+                settings = updated(variant.training, seed=seed)
+                trained = train(
+                    settings, bench.models, bench.store, checkpoint, pairs, pool, ROUND, bench.device, torch.float32
+                )
+                checkpoint = bench.store.local_checkpoint(bench.store.put(trained.checkpoint, "_bench/trained", label))
+                metrics = bench.evaluate(checkpoint)
+                seconds = time.perf_counter() - started
+                steps = trained.result.steps
+                rows.append({"variant": label, "seed": seed, "steps": steps, "seconds": seconds, **metrics})
+                if out:  # after every run, so a stopped benchmark keeps what it measured
+                    pl.DataFrame(rows).write_csv(out)
+                shown = " ".join(f"{m} {metrics[m]:.3f}" for m in METRICS)
+                print(f"{label} seed {seed}: {shown} ({steps} steps, {seconds:.0f}s)", flush=True)
+                if trained.settings.objective == "dpo":
+                    print(f"{label} seed {seed} curve: {curve_note(trained.result)}", flush=True)
     return pl.DataFrame(rows)
 
 
@@ -401,7 +383,7 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         nargs="*",
-        default=[name for name, v in VARIANTS.items() if v.chosen == "clip"],  # the label-reading diagnoses on request
+        default=[name for name in VARIANTS if name not in LABEL_READING - {"supervised"}],  # diagnoses on request
         choices=list(VARIANTS),
     )
     parser.add_argument(
@@ -409,17 +391,19 @@ def main() -> None:
         nargs="+",
         default=[],
         metavar="NAME=JSON",
-        help='extra variants of --base, e.g. neg35=\'{"ratios": {"mu_neg": 0.35}, "training": {"ld_alpha": 0.5}}\'',
+        help='extra variants of --base, e.g. neg35=\'{"sampling": {"mu_neg": 0.35}, "training": {"ld_alpha": 0.5}}\'',
     )
     parser.add_argument(
         "--base",
         default="loop",
         choices=list(VARIANTS),
-        help="the variant --derive changes ('best_of_n': the earlier defaults, as docs/round_experiments.md §1-§9 ran)",
+        help="the variant --derive changes",
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--images", type=int, default=1500, help="unlabeled images used (the improve split's head)")
-    parser.add_argument("--train", type=json.loads, default={}, help="DPOSettings overrides, e.g. '{\"epochs\": 3}'")
+    parser.add_argument(
+        "--train", type=json.loads, default={}, help="TrainingSettings overrides, e.g. '{\"epochs\": 3}'"
+    )
     parser.add_argument("--world", type=json.loads, default={}, help="WorldConfig overrides as JSON")
     parser.add_argument("--clip", type=json.loads, default={}, help="bootstrap_clip config overrides as JSON")
     parser.add_argument(

@@ -20,7 +20,7 @@ def small_spec() -> WorldSpec:
     return WorldSpec(seed=7, splits=SMALL_SPLITS)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # built once for the whole suite (tests/ is one package)
 def tiny_llava_dir(tmp_path_factory: pytest.TempPathFactory):
     """A random-weight tiny LLaVA + processor saved with save_pretrained (safetensors), as a pipeline loads one."""
     from tests.tiny_architectures import build_checkpoint

@@ -2,7 +2,7 @@
 Python client (monkeypatching `lakefs_sdk.*Api` methods), that records every call for sequence assertions.
 
 It implements what the store uses: branches (with staging), objects, commits, merges (three-way, with
-conflicts), tags. No lakeFS server can run on our machines; `tests/test_lakefs_live.py` runs against a real one.
+conflicts), tags. CI runs no lakeFS server; `tests/test_lakefs_live.py` runs against a real one when configured.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from bench.prior_swaps import prior_swap_edit, prior_swap_edits, prior_swapped_responses
+from bench.prior_swaps import continuation_points, prior_swap_edit, prior_swap_edits, prior_swapped_responses
 from si_assets.collection.sampling import (
     NEGATIVE,
     POSITIVE,
@@ -16,7 +16,6 @@ from si_assets.collection.sampling import (
 from si_assets.organization.composition import compose_by_verifier, composed_responses
 from si_assets.organization.probes import mentioned_objects
 from si_assets.organization.segments import (
-    continuation_points,
     join_segments,
     segment_positions,
     segment_spans,

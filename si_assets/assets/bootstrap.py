@@ -32,7 +32,6 @@ class TinyClipConfig(dg.Config, TinyClipSpec):
 
 class ClipBootstrapConfig(dg.Config, ClipTrainConfig):
     architecture: TinyClipConfig = TinyClipConfig()
-    retrieval_candidates: int = 50
 
 
 @dg.asset(group_name=BOOTSTRAP, code_version=SEED_CODE_VERSION, pool=GPU_POOL, op_tags=GPU_STEP_TAGS)
@@ -81,13 +80,13 @@ def bootstrap_clip(
     """A tiny open_clip model trained contrastively on `clip_train` (plus hard-negative captions), saved
     as a `local-dir:` folder. Its image→text recall@1 on `eval` is reported against chance."""
     artifact_store = store.get()
-    train_cfg = ClipTrainConfig(**config.model_dump(exclude={"architecture", "retrieval_candidates"}))
+    train_cfg = ClipTrainConfig(**config.model_dump(exclude={"architecture"}))
     arch = TinyClipSpec(**config.architecture.model_dump())
 
     def build() -> tuple[Checkpoint, dict]:
         staging = artifact_store.staging_dir()
         stats = train_bootstrap_clip(
-            world_clip_train, world_eval, arch, train_cfg, staging, config.retrieval_candidates, context.log.info
+            world_clip_train, world_eval, arch, train_cfg, staging, train_cfg.retrieval_candidates, context.log.info
         )
         return Checkpoint(staging), stats
 

@@ -24,7 +24,7 @@ from si_assets.assets.common import (
 from si_assets.evaluation.data import EvalSettings
 from si_assets.plots import metric_bars_png, png_markdown
 from si_assets.rounds import ChampionRegistry, GatePolicy, Promotion
-from si_assets.rounds.steps import EVAL_CODE_VERSION, HEADLINE, Evaluation, RoundError, column, evaluate
+from si_assets.rounds.steps import EVAL_CODE_VERSION, HEADLINE, Evaluation, column, evaluate
 from si_assets.rounds.summary import PLOTTED, plot_rounds, rounds_table
 from si_assets.storage import Checkpoint
 
@@ -65,10 +65,6 @@ def eval_scores(
     Each checkpoint is evaluated once: the seed's scores are reused from the round that trained it."""
     artifact_store = store.get()
     with preflight("eval_scores"):
-        try:
-            data = config.data(world_eval)
-        except ValueError as exc:
-            raise RoundError(f"evaluation data: {exc}") from exc
         result = evaluate(
             config,
             config.policy(),
@@ -76,7 +72,7 @@ def eval_scores(
             artifact_store,
             seed_checkpoint,
             trained_model,
-            data,
+            world_eval,
             ChampionRegistry(artifact_store).champion_before(context.partition_key),
             context.log.info,
         )

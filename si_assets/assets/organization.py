@@ -19,7 +19,7 @@ from si_assets.assets.common import (
 )
 from si_assets.organization.probes import PROBE
 from si_assets.organization.verification import VerificationSettings
-from si_assets.rounds.steps import RoundError, Verified, verify
+from si_assets.rounds.steps import Verified, verify
 from si_assets.storage import Checkpoint
 
 VERIFY_CODE_VERSION = "verify-4"  # the pairs' code; verify-4: yes/no probes and a `task` column
@@ -59,13 +59,9 @@ def verified_pairs(
     segments), rejected = the CLIP-worst negatives; reversed when the negative scores higher, discarded when the
     two are closer than `margin`. Every score and decision stays on the row."""
     with preflight("verified_pairs"):
-        try:
-            verifier = config.verifier_source()
-        except ValueError as exc:
-            raise RoundError(str(exc)) from exc
         verified = verify(
             config,
-            clip.scorer(*verifier.load_args(bootstrap_clip.path)),
+            clip.scorer(*config.verifier_source().load_args(bootstrap_clip.path)),
             clip.device_name(),
             store.get(),
             bootstrap_clip.version,
@@ -80,11 +76,8 @@ def verified_pairs(
         pairs,
         **counts,
         **rates,
-        **pair_metadata(verified),
+        **pair_metadata(verified, sampled_responses),
         margin=config.margin,
-        seed_checkpoint_version=dg.MetadataValue.text(
-            str(sampled_responses["model_version"][0]) if sampled_responses.height else ""
-        ),
         **consumed(
             bootstrap_clip=bootstrap_clip,
             sampled_responses=sampled_responses,
@@ -103,8 +96,9 @@ def verified_pairs(
         )
 
 
-def pair_metadata(verified: Verified) -> dict:
-    """What a person reads about the pairs: probes, sources, scores, reuse and speed, and a preview."""
+def pair_metadata(verified: Verified, responses: pl.DataFrame) -> dict:
+    """What a person reads about the pairs: probes, sources, scores, reuse and speed, which seed wrote the
+    `responses`, and a preview."""
     pairs = verified.pairs
     probes = pairs.filter(pl.col("task") == PROBE)
     return {
@@ -119,6 +113,9 @@ def pair_metadata(verified: Verified) -> dict:
         "score_chunks_reused": verified.score_chunks_reused,
         "verify_seconds": verified.seconds,
         "pairs_per_second": pairs.height / verified.seconds,
+        "seed_checkpoint_version": dg.MetadataValue.text(
+            str(responses["model_version"][0]) if responses.height else ""
+        ),
         "preview": preview(
             pairs.select("image_id", "task", "decision", "score_chosen", "score_rejected", "prompt", "chosen")
         ),

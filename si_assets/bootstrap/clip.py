@@ -12,7 +12,7 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from si_assets.bootstrap.schedule import warmup_cosine_scheduler
 from si_assets.progress import progress
@@ -76,6 +76,7 @@ class ClipTrainConfig(BaseModel):
     hard_negatives: bool = True
     negatives_per_image: int = 4  # candidates generated per caption
     negatives_per_step: int = 1  # how many of them each image meets in one batch
+    retrieval_candidates: int = Field(50, ge=2, description="reported recall@1 ranks a caption among this many")
 
 
 def build_tiny_clip(spec: TinyClipSpec) -> CLIP:

@@ -34,13 +34,6 @@ def swapped_responses(chosen: str, donor: str) -> list[str]:
     return list(dict.fromkeys(chosen[:a] + s + chosen[b:] for a, b in segment_spans(chosen) for s in inserts))
 
 
-def continuation_points(text: str) -> list[tuple[str, tuple[int, int]]]:
-    """Per segment after the first: the text before it (separator kept, trailing space dropped) and its span. A
-    model asked to continue the prefix says what it would name at that place."""
-    spans = segment_spans(text)
-    return [(text[:a].rstrip(), (a, b)) for a, b in spans[1:]]
-
-
 def join_segments(segments: Sequence[str]) -> str:
     """The list form that segments are split from: a, b and c."""
     if not segments:

@@ -113,6 +113,11 @@ class VerificationSettings(PairRule):
         "responses are tolerated, a systematic cut is not",
     )
 
+    @model_validator(mode="after")
+    def _verifier_exists(self) -> VerificationSettings:
+        self.verifier_source()  # a missing folder or unknown model name is refused as configuration
+        return self
+
     def verifier_source(self) -> VerifierSource:
         return VerifierSource(self.verifier, self.verifier_pretrained)
 

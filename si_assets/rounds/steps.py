@@ -396,12 +396,17 @@ def evaluate(
     store: ArtifactStore,
     seed_checkpoint: Checkpoint,
     trained: Checkpoint,
-    data: EvalData,
+    world_eval: pl.DataFrame,
     champion_before: Promotion | None,
     log: Log = _quiet,
 ) -> Evaluation:
-    """Base, seed and trained side by side on held-out images, and the promotion gate's verdict. The base's
-    metrics come from the chain's first promotion, so every round of a chain is gated against the same base."""
+    """Base, seed and trained side by side on held-out images (the world's split, or the configured COCO-style
+    set), and the promotion gate's verdict. The base's metrics come from the chain's first promotion, so every
+    round of a chain is gated against the same base."""
+    try:
+        data = settings.data(world_eval)
+    except (ValueError, OSError) as exc:
+        raise RoundError(f"evaluation data: {exc}") from exc
     if champion_before is not None and champion_before.eval_data and champion_before.eval_data != data.fingerprint[:16]:
         raise RoundError(
             f"{champion_before.round}'s champion and the base model were scored on evaluation data "

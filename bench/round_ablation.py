@@ -321,7 +321,12 @@ def run(
     rows = [{"variant": "seed", "seed": -1, **bench.evaluate(bench.seed)}]
     print("seed:", {m: round(rows[0][m], 3) for m in METRICS}, flush=True)
     for variant in variants:
-        variant = replace(variant, training=updated(variant.training, **overrides))
+        variant = replace(
+            variant,
+            sampling=updated(variant.sampling, **overrides.get("sampling", {})),
+            verification=updated(variant.verification, **overrides.get("verification", {})),
+            training=updated(variant.training, **overrides.get("training", {})),
+        )
         first_round = training_data(bench, variant, scorer, truth, bench.seed)
         if first_round[2]:
             print(f"{variant.name}: pairs {first_round[2]}", flush=True)
@@ -401,9 +406,10 @@ def main() -> None:
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--images", type=int, default=1500, help="unlabeled images used (the improve split's head)")
-    parser.add_argument(
-        "--train", type=json.loads, default={}, help="TrainingSettings overrides, e.g. '{\"epochs\": 3}'"
-    )
+    for stage, example in (("sample", '{"n_samples": 4}'), ("verify", '{"margin": 0.01}'), ("train", '{"epochs": 3}')):
+        parser.add_argument(
+            f"--{stage}", type=json.loads, default={}, help=f"settings overrides for every variant, e.g. '{example}'"
+        )
     parser.add_argument("--world", type=json.loads, default={}, help="WorldConfig overrides as JSON")
     parser.add_argument("--clip", type=json.loads, default={}, help="bootstrap_clip config overrides as JSON")
     parser.add_argument(
@@ -426,7 +432,7 @@ def main() -> None:
         variants,
         args.seeds,
         args.images,
-        args.train,
+        {"sampling": args.sample, "verification": args.verify, "training": args.train},
         args.world,
         args.clip,
         args.seed_model,

@@ -33,9 +33,9 @@ all_assets = dg.load_assets_from_modules(
 
 def build_resources(store_root: str | None = None, device: str | None = None) -> dict:
     """The resources of the code location; tests and benchmarks pass their own store folder and device.
-    `SI_STORE_BACKEND=lakefs` puts the artifacts in lakeFS (README: "lakeFS"); `SI_DEVICE`, `SI_DTYPE` and
-    `SI_TRUST_REMOTE_CODE=1` set the compute device, the weights' dtype and remote code (README: "Run on your own
-    model and images")."""
+    `SI_STORE_BACKEND=lakefs` puts the artifacts in lakeFS; `SI_DEVICE`, `SI_DTYPE` and `SI_TRUST_REMOTE_CODE=1` set
+    the compute device, the weights' dtype and remote code (docs/operations.md, "lakeFS" and "Environment
+    variables")."""
     compute = ComputeDevice(
         device=device or os.environ.get("SI_DEVICE", "auto"), dtype=os.environ.get("SI_DTYPE", "auto")
     )
@@ -67,7 +67,7 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
         sensors=[new_images_sensor, automation_sensor],
         resources=resources or build_resources(),
         # Default in-process: a handful of heavy steps, where a process per step costs more than it buys (also for
-        # automation's runs). SI_EXECUTOR picks processes, Kubernetes or Celery (README: "Scale out").
+        # automation's runs). SI_EXECUTOR picks processes, Kubernetes or Celery (docs/operations.md, "Scale out").
         executor=executor_from_env(all_assets),
     )
 

@@ -1,6 +1,6 @@
 """The whole demo round against a real lakeFS: runs only when a server is configured (CI runs none). Start one
 with `docker run --pull always -p 8000:8000 treeverse/lakefs:latest run --quickstart`,
-then see the README ("lakeFS") for the variables."""
+then see docs/operations.md ("lakeFS") for the variables."""
 
 import os
 import uuid

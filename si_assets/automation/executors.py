@@ -1,4 +1,4 @@
-"""Where the steps of a run execute, chosen by `SI_EXECUTOR` (README: "Scale out"):
+"""Where the steps of a run execute, chosen by `SI_EXECUTOR` (docs/operations.md, "Scale out"):
 
 - `in_process` (default): every step in the run's process; a few heavy steps gain nothing from more.
 - `multiprocess`: a process per step on one machine, started by a forkserver that has imported the code location

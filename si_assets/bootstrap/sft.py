@@ -34,7 +34,7 @@ class SFTConfig(BaseModel):
     vision_pretrain_steps: int = Field(1200, ge=0, description="stage 1: object classification for the vision tower")
     max_steps: int = 1500
     batch_size: int = 64
-    lr: float = 1e-3  # 3e-3 (the 0.7M seed's) stopped a 2.6M seed early and worse (docs/round_experiments.md §7)
+    lr: float = 1e-3  # 3e-3 (the 0.7M seed's) stopped a 2.6M seed early and worse (docs/results.md, "Seed capacity")
     weight_decay: float = 0.01
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1
@@ -44,7 +44,8 @@ class SFTConfig(BaseModel):
     eval_every: int = 100
     # Evaluations without gain before stopping. The validation loss is a full pass over fixed examples, not a noisy
     # minibatch: the default seed's improves up to step 900 and rises from 1,000 on, so stopping at the first rise
-    # keeps the weights patience 5 kept (step 900) 400 steps sooner (docs/round_experiments.md §14).
+    # keeps the weights patience 5 kept (step 900) 400 steps sooner (docs/results.md, "Seed convergence and early
+    # stopping").
     patience: int = 1
     min_improvement: float = 0.0
 

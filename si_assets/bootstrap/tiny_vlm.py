@@ -39,7 +39,7 @@ CHAT_TEMPLATE = (
 
 class TinyVLMSpec(BaseModel):
     """Sizes of the bootstrap LLaVA. Defaults: about 1.3M parameters, 36 image tokens (0.7M, 96 wide with 3 + 2
-    layers, bootstraps in half the time but leaves one round too little capacity: docs/round_experiments.md §8)."""
+    layers, bootstraps in half the time but leaves one round too little capacity: docs/results.md, "Seed capacity")."""
 
     model_config = ConfigDict(frozen=True)
 

@@ -1,7 +1,7 @@
 """Yes/no probe pairs: the verified caption pairs restated as the questions POPE asks, judge-free.
 
 A round that trains on captions alone also moves how the model answers "Is there a X in the image?": every DPO
-variant ended up answering yes to nearly every question (docs/round_experiments.md §12). The caption pairs already
+variant ended up answering yes to nearly every question (docs/results.md, "Yes/no probes"). The caption pairs already
 say which mentions the verifier accepted, so they are restated per object: an object the image's best chosen
 response names gets the pair ('yes.' over 'no.'); an object only its rejected responses name gets ('no.' over
 'yes.'). No labels and no judge: the answers are the CLIP-verified captions' own mentions. A few per image suffice

@@ -44,7 +44,7 @@ class WorldSpec(BaseModel):
         description="share of seed_train captions that name an absent partner object, as web captions do",
     )
     # paired by default: captions name objects as people write them, and in this world the controlled-hallucination
-    # negatives beat another image's caption; in kind order they tie (docs/round_experiments.md §11)
+    # negatives beat another image's caption; in kind order they tie (docs/results.md, "Caption order")
     caption_order: Literal["kind", "paired"] = Field(
         "paired",
         description="kind: objects in a fixed kind order; paired: a random order per caption in which co-occurring "

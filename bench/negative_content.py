@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 
 import polars as pl
 from pair_diagnostics import Labels
-from round_ablation import VARIANTS, build_bench, responses_for
+from round_ablation import build_bench, responses_for
 
-from si_assets.collection.sampling import NEGATIVE, POSITIVE, HallucinationRatios
-from si_assets.modeling.mixed_decoding import SamplerSettings
+from si_assets.collection.sampling import NEGATIVE, POSITIVE, SamplingSettings
 
 GRID = [
     {"mix_space": "probs", "mu_neg": 0.15, "sd_neg": 0.05, "prior_delay": 0},  # the default
@@ -42,10 +40,7 @@ def main() -> None:
     bench = build_bench(args.images, {}, {}, {})
     labels = Labels(bench.spec)
     for setting in args.grid:
-        sampler = SamplerSettings(mix_space=setting["mix_space"], prior_delay=setting["prior_delay"])
-        ratios = HallucinationRatios(mu_neg=setting["mu_neg"], sd_neg=setting["sd_neg"])
-        variant = replace(VARIANTS["loop"], sampler=sampler, ratios=ratios)
-        responses = responses_for(bench, variant, None)
+        responses = responses_for(bench, SamplingSettings(**setting), bench.seed)
         for role in (POSITIVE, NEGATIVE):
             part = responses.filter(pl.col("role") == role)
             words = part["response"].str.split(" ").list.len().mean()

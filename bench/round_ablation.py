@@ -177,6 +177,18 @@ def build_bench(images: int, world: dict, clip: dict, seed_model: dict) -> Bench
     )
 
 
+def responses_for(bench: Bench, settings: SamplingSettings, checkpoint: Checkpoint) -> pl.DataFrame:
+    """The round's positives and negatives from `checkpoint`, decoded by the product's sampling step (chunks are
+    cached in the store, so settings decoded before are read back)."""
+    started = time.perf_counter()
+    improve = bench.world["improve"]
+    responses, _ = sample_responses(
+        settings, bench.models, bench.store, checkpoint, improve, ROUND, bench.device, torch.float32, log=print
+    )
+    print(f"{responses.height} responses in {time.perf_counter() - started:.0f}s", flush=True)
+    return responses
+
+
 def with_greedy_candidate(bench: Bench, responses: pl.DataFrame, checkpoint: Checkpoint) -> pl.DataFrame:
     """The responses plus one more positive per image: the model's greedy caption (sample number N)."""
     if checkpoint.version not in bench.greedy:
@@ -249,11 +261,7 @@ def training_data(
         return pairs, train_split.with_columns(prompt=pl.Series(prompts)), {}
     if variant.training.optimization == "self_sft":
         return pl.DataFrame(), improve, {}  # the training step captions the images itself
-    started = time.perf_counter()
-    responses, _ = sample_responses(
-        variant.sampling, bench.models, bench.store, checkpoint, improve, ROUND, bench.device, torch.float32, log=print
-    )
-    print(f"{variant.name}: {responses.height} responses in {time.perf_counter() - started:.0f}s", flush=True)
+    responses = responses_for(bench, variant.sampling, checkpoint)
     if variant.greedy_candidate:
         responses = with_greedy_candidate(bench, responses, checkpoint)
     if variant.consensus:

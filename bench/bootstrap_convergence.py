@@ -103,7 +103,7 @@ def main() -> None:
     rows = []
     for world_seed in args.world_seed:
         spec = WorldSpec(**{**json.loads(args.world), "seed": world_seed})
-        seed_train, eval_split = generate_split(spec, "seed_train"), generate_split(spec, "eval")
+        seed_train, eval_split = generate_split(spec, "seed_train"), generate_split(spec, "dev")
         if args.further:
             runs = further_budget(spec, seed_train, eval_split, args.further, args.from_store)
             rows += [{k: r[k] for k in ["world_seed", "run", *HEADLINE]} for r in runs]

@@ -74,7 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
 
-    world = WorldSpec(splits={"seed_train": args.images, "clip_train": 0, "improve": 0, "eval": 0})
+    world = WorldSpec(splits={"seed_train": args.images, "clip_train": 0, "improve": 0, "dev": 0, "test": 0})
     captioned = generate_split(world, "seed_train")  # captions only to train the tokenizer on
     model, processor = build_random_llava(args, captioned["caption"].to_list(), world.kinds)
     parameters = sum(p.numel() for p in model.parameters())

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from si_assets.definitions import defs
     from si_assets.organization.verification import decision_counts
     from si_assets.rounds import round_key
-    from si_assets.rounds.steps import HEADLINE
+    from si_assets.rounds.summary import headline_table
 
     started = time.perf_counter()
     table_style = pl.Config(
@@ -77,16 +77,18 @@ def main(argv: list[str] | None = None) -> int:
                 scores = stored_table(defs, instance, "eval_scores", run.key)
                 decided = ", ".join(f"{n} {d}" for d, n in counts.items())
                 print(f"\n{run.key}: verified pairs {decided}; {pairs.height - sum(counts.values())} yes/no probes")
-                print("held-out evaluation (precision = 1 - CHAIR_i; POPE averaged over strategies):")
-                print(scores.filter(pl.col("metric").is_in(HEADLINE)))
-                print(f"{run.key}: promotion gate " + ("REFUSED: the seed stays champion" if run.refused else "passed"))
+                print("held-out evaluation, 95% bootstrap intervals; test is reported, dev gates the promotion")
+                print("(precision = 1 - CHAIR_i; POPE averaged over strategies):")
+                print(headline_table(scores))
+                verdict = "REFUSED: the seed stays champion" if run.refused else "passed"
+                print(f"{run.key}: promotion gate (dev) {verdict}")
         except RoundFailed as failure:
             print(failure, file=sys.stderr)
             return 1
         summary: pl.DataFrame = refresh_summary(defs, instance).output_for_node("rounds_summary")
         shown = ["round", "kept", "reversed", "discarded", "seed_precision", "trained_precision"]
         shown += ["seed_recall", "trained_recall", "seed_pope_f1", "trained_pope_f1", "gate_passed", "promoted"]
-        print("\nrounds so far:")
+        print("\nrounds so far (test split):")
         print(summary.select([c for c in shown if c in summary.columns]))
     print("every metric, POPE per strategy, the lineage and plots: the assets in the UI")
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; Dagster instance: {home}")

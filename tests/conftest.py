@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 
 from si_assets.world import WorldSpec  # noqa: E402
 
-SMALL_SPLITS = {"seed_train": 240, "clip_train": 160, "improve": 40, "eval": 48}
+SMALL_SPLITS = {"seed_train": 240, "clip_train": 160, "improve": 40, "dev": 48, "test": 48}
 
 
 @pytest.fixture

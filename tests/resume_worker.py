@@ -28,7 +28,7 @@ STALLED = "STALLED"
 
 def plan() -> tuple[pl.DataFrame, dict]:
     images = generate_split(
-        WorldSpec(seed=3, splits={"seed_train": 2, "clip_train": 2, "improve": 8, "eval": 2}), "improve"
+        WorldSpec(seed=3, splits={"seed_train": 2, "clip_train": 2, "improve": 8, "dev": 2, "test": 2}), "improve"
     )
     requests = plan_requests(images, n_samples=2, n_negatives=1, ratios=HallucinationRatios(), base_seed=11)
     return requests, {i: decode_png(b) for i, b in zip(images["id"], images["image_png"])}

@@ -49,7 +49,7 @@ def test_a_round_runs_on_each_architecture(
     assert trained["training_pairs"] == pairs["kept"] + pairs["reversed"] + pairs["probe_pairs"]
     scores = latest(instance, "eval_scores", key)
     for metric in ("precision", "recall", "pope_f1"):
-        assert 0.0 <= scores[f"trained/{metric}"] <= 1.0
+        assert 0.0 <= scores[f"test/trained/{metric}"] <= 1.0
 
     # The merged checkpoint is the same family, loads with plain from_pretrained, and DPO changed its weights.
     trained_dir = Path(trained["path"])

@@ -31,9 +31,9 @@ def test_saved_folder_reloads_identically(tmp_path: Path, scorer: ClipScorer) ->
     again = ClipScorer(*load_clip(f"local-dir:{tmp_path}"))
     images = [
         decode_png(b)
-        for b in generate_split(WorldSpec(splits={"seed_train": 1, "clip_train": 1, "improve": 1, "eval": 4}), "eval")[
-            "image_png"
-        ]
+        for b in generate_split(
+            WorldSpec(splits={"seed_train": 1, "clip_train": 1, "improve": 1, "dev": 4, "test": 4}), "dev"
+        )["image_png"]
     ]
     assert torch.allclose(scorer.image_embeddings(images), again.image_embeddings(images))
 
@@ -41,9 +41,9 @@ def test_saved_folder_reloads_identically(tmp_path: Path, scorer: ClipScorer) ->
 def test_sentence_mean_averages_sentence_scores(scorer: ClipScorer) -> None:
     images = [
         decode_png(b)
-        for b in generate_split(WorldSpec(splits={"seed_train": 1, "clip_train": 1, "improve": 1, "eval": 2}), "eval")[
-            "image_png"
-        ]
+        for b in generate_split(
+            WorldSpec(splits={"seed_train": 1, "clip_train": 1, "improve": 1, "dev": 2, "test": 2}), "dev"
+        )["image_png"]
     ]
     emb = scorer.image_embeddings(images)
     one = scorer.score(emb, ["a red circle.", "a blue star."], mode="sentence_mean")
@@ -68,7 +68,9 @@ def test_missing_clip_folder_says_what_to_fix(tmp_path: Path) -> None:
 
 
 def test_retrieval_of_an_untrained_model_is_near_chance(scorer: ClipScorer) -> None:
-    df = generate_split(WorldSpec(splits={"seed_train": 1, "clip_train": 1, "improve": 1, "eval": 60}), "eval")
+    df = generate_split(
+        WorldSpec(splits={"seed_train": 1, "clip_train": 1, "improve": 1, "dev": 60, "test": 60}), "dev"
+    )
     r = retrieval_recall_at_1(
         scorer, [decode_png(b) for b in df["image_png"]], df["caption"].to_list(), n_candidates=20
     )

@@ -117,29 +117,42 @@ def test_eval_scores_runs_on_a_coco_format_set(tmp_path: Path, coco: tuple[Path,
         + "\n"
         + json.dumps({"question_id": 2, "image": "b.jpg", "text": "Is there a person in the image?", "label": "no"})
     )
+    dev = tmp_path / "instances_dev.json"  # a dev set of its own: two of the images
+    dev.write_text(
+        json.dumps({**INSTANCES, "images": INSTANCES["images"][:2]} | {"annotations": INSTANCES["annotations"]})
+    )
     config = EvalConfig(
         source="coco",
-        coco_instances=str(coco[0]),
-        coco_images=str(images),
+        coco_dev_instances=str(dev),
+        coco_dev_images=str(images),
+        coco_test_instances=str(coco[0]),
+        coco_test_images=str(images),
+        coco_test_pope_files=[str(pope)],
         coco_synonyms=str(coco[1]),
-        pope_files=[str(pope)],
         max_new_tokens=8,
     )
     context = dg.build_asset_context(partition_key="round-0001", instance=dg.DagsterInstance.ephemeral())
     models = VisionLanguageModels(compute=ComputeDevice(device="cpu"))
     store = ArtifactStoreResource(root=str(tmp_path / "store"))
     model = Checkpoint(tiny_llava_dir)
-    output, gate = list(eval_scores(context, config, models, store, model, model, pl.DataFrame()))
+    output, gate = list(eval_scores(context, config, models, store, model, model, pl.DataFrame(), pl.DataFrame()))
     table = output.value
-    metrics = dict(zip(table["metric"], table["trained"]))
-    assert output.metadata["images"].value == 3 and output.metadata["eval_source"].value == str(coco[0])
-    assert {"precision", "recall", "chair_s", "pope_random_f1", "pope_f1"} <= set(metrics)
-    assert "pope_popular_f1" not in metrics  # only the strategies whose files were given
-    assert 0.0 <= metrics["recall"] <= 1.0 and table["delta"].abs().max() == 0.0  # same model on both sides
+    metrics = {s: dict(zip(t["metric"], t["trained"])) for (s,), t in table.group_by("split")}
+    assert output.metadata["images/test"].value == 3 and output.metadata["images/dev"].value == 2
+    assert output.metadata["eval_source"].value == str(coco[0])
+    assert {"precision", "recall", "chair_s", "pope_random_f1", "pope_f1"} <= set(metrics["test"])
+    assert "pope_popular_f1" not in metrics["test"]  # only the strategies whose files were given
+    assert "pope_popular_f1" in metrics["dev"]  # no file for dev: questions built from its labels
+    assert 0.0 <= metrics["test"]["recall"] <= 1.0 and table["delta"].abs().max() == 0.0  # same model on both sides
     assert gate.check_name == "promotion_gate" and not gate.passed  # no gain: refused
 
     (images / "b.jpg").write_bytes(b"")
     with pytest.raises(dg.Failure, match="b.jpg: zero_bytes"):
-        list(eval_scores(context, config, models, store, model, model, pl.DataFrame()))
-    with pytest.raises(ValueError, match="needs coco_instances"):
-        EvalConfig(source="coco")
+        list(eval_scores(context, config, models, store, model, model, pl.DataFrame(), pl.DataFrame()))
+    with pytest.raises(ValueError, match="needs a dev and a test set"):
+        EvalConfig(source="coco", coco_test_instances=str(coco[0]), coco_test_images=str(images))
+    with pytest.raises(ValueError, match="must differ"):
+        EvalConfig(
+            **{f"coco_{s}_{p}": str(coco[0]) for s in ("dev", "test") for p in ("instances", "images")}
+            | {"source": "coco"}
+        )

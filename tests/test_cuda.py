@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 @pytest.fixture
 def images() -> pl.DataFrame:
     return generate_split(
-        WorldSpec(seed=7, splits={"seed_train": 2, "clip_train": 2, "improve": 8, "eval": 2}), "improve"
+        WorldSpec(seed=7, splits={"seed_train": 2, "clip_train": 2, "improve": 8, "dev": 2, "test": 2}), "improve"
     )
 
 

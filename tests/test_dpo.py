@@ -26,7 +26,7 @@ SETTINGS = DPOSettings(epochs=2, batch_size=4, learning_rate=5e-3, logging_steps
 
 @pytest.fixture(scope="module")
 def world():
-    spec = WorldSpec(seed=3, splits={"seed_train": 24, "clip_train": 2, "improve": 2, "eval": 2})
+    spec = WorldSpec(seed=3, splits={"seed_train": 24, "clip_train": 2, "improve": 2, "dev": 2, "test": 2})
     df = generate_split(spec, "seed_train")
     tok = build_tokenizer(tokenizer_corpus(df["caption"].to_list(), spec.kinds), 300)
     pairs = pl.DataFrame(

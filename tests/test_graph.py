@@ -87,7 +87,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
 
 def test_definitions_load_with_stage_groups() -> None:
     groups = {spec.key.to_user_string(): spec.group_name for spec in defs.resolve_all_asset_specs()}
-    assert groups["world_eval"] == "world"
+    assert groups["world_dev"] == groups["world_test"] == "world"
     assert groups["bootstrap_seed_model"] == "bootstrap"
     assert groups["seed_checkpoint"] == groups["unlabeled_images"] == "collection"
     assert groups["sampled_responses"] == groups["hallucinated_negatives"] == "collection"
@@ -114,14 +114,21 @@ def test_round_promotes_and_repeats_exactly(world: World) -> None:
     assert first.result.success and first.gate_passed is True
 
     table: pl.DataFrame = first.result.output_for_node("eval_scores")
-    assert {"metric", "base", "seed", "trained", "delta"} <= set(table.columns)
-    assert table["base"].to_list() == table["seed"].to_list()  # round 1 starts from the base model
+    assert {"split", "metric", "base", "seed", "trained", "delta", "delta_low", "delta_high"} <= set(table.columns)
+    dev = table.filter(pl.col("split") == "dev")
+    assert dev["base"].to_list() == dev["seed"].to_list()  # round 1 starts from the base model
+    assert set(table["split"]) == {"dev", "test"}
     scores = latest(instance, "eval_scores", "round-0001")
-    for metric in ("precision", "recall", "f1", "chair_s", "pope_f1"):
-        assert 0.0 <= scores[f"seed/{metric}"] <= 1.0 and 0.0 <= scores[f"trained/{metric}"] <= 1.0
-        assert scores[f"delta/{metric}"] == pytest.approx(scores[f"trained/{metric}"] - scores[f"seed/{metric}"])
-    assert "| metric | base | seed | trained | delta |" in scores["eval_table"]
-    assert scores["plot"].startswith("![seed vs trained](data:image/png;base64,")
+    for split in ("dev", "test"):
+        for metric in ("precision", "recall", "f1", "chair_s", "pope_f1"):
+            seed_value, trained_value = scores[f"{split}/seed/{metric}"], scores[f"{split}/trained/{metric}"]
+            assert 0.0 <= seed_value <= 1.0 and 0.0 <= trained_value <= 1.0
+            assert scores[f"{split}/delta/{metric}"] == pytest.approx(trained_value - seed_value)
+            low, high = scores[f"{split}/delta/{metric}_low"], scores[f"{split}/delta/{metric}_high"]
+            assert low <= trained_value - seed_value <= high
+    assert "| split | metric | base | seed | trained | delta |" in scores["eval_table"]
+    assert scores["plot"].startswith("![test split](data:image/png;base64,")
+    assert scores["images/dev"] == SMALL_SPLITS["dev"] and scores["images/test"] == SMALL_SPLITS["test"]
 
     n_images = SMALL_SPLITS["improve"]
     positives = first.result.output_for_node("collected_responses", "sampled_responses")
@@ -151,7 +158,8 @@ def test_round_promotes_and_repeats_exactly(world: World) -> None:
     champion = ChampionRegistry(store).current()
     assert champion is not None and champion.round == "round-0001"
     assert champion.version == trained_meta["path"].rsplit("/", 1)[-1]
-    assert champion.base_metrics["precision"] == pytest.approx(scores["seed/precision"])
+    assert champion.base_metrics["precision"] == pytest.approx(scores["dev/seed/precision"])  # the gate's split
+    assert champion.metrics["precision"] == pytest.approx(scores["dev/trained/precision"])
     assert latest(instance, "champion", "round-0001")["promoted"] is True
 
     # Re-running a round repeats it: same seed (not the champion it produced), bit-identical data.
@@ -179,7 +187,7 @@ def test_refused_gate_leaves_the_champion_and_seeds_the_next_round_from_it(world
     assert count(world.instance, "eval_scores", "round-0002") == 1  # the scores are still there to read
     seed = latest(world.instance, "seed_checkpoint", "round-0002")
     assert seed["source"] == "champion of round-0001" and seed["input/seed"] == before.version
-    assert before.eval_data == latest(world.instance, "eval_scores", "round-0001")["input/world_eval"]
+    assert before.eval_data == latest(world.instance, "eval_scores", "round-0001")["input/world_dev"]
     # The base model's recall stays the reference every later gate is held to.
     scores = latest(world.instance, "eval_scores", "round-0002")
     assert scores["base/recall"] == pytest.approx(before.base_metrics["recall"])

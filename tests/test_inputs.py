@@ -143,7 +143,7 @@ def test_every_reason_is_documented() -> None:
 
 def test_the_world_passes_the_same_checks() -> None:
     world = generate_split(
-        WorldSpec(seed=7, splits={"seed_train": 2, "clip_train": 2, "improve": 20, "eval": 2}), "improve"
+        WorldSpec(seed=7, splits={"seed_train": 2, "clip_train": 2, "improve": 20, "dev": 2, "test": 2}), "improve"
     )
     pool = world_pool(world, InputLimits(), count_words)
     assert pool.rejects.height == 0 and pool.images["id"].to_list() == world["id"].to_list()

@@ -25,7 +25,7 @@ RANDOM_SPEC = TinyVLMSpec(vision_width=96, vision_layers=3, text_width=96, text_
 
 @pytest.fixture(scope="module")
 def random_llava():
-    spec = WorldSpec(seed=7, splits={"seed_train": 40, "clip_train": 2, "improve": 2, "eval": 2})
+    spec = WorldSpec(seed=7, splits={"seed_train": 40, "clip_train": 2, "improve": 2, "dev": 2, "test": 2})
     df = generate_split(spec, "seed_train")
     tok = build_tokenizer(tokenizer_corpus(df["caption"].to_list(), spec.kinds), 300)
     torch.manual_seed(0)

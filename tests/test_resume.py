@@ -140,7 +140,7 @@ def test_a_merge_decodes_the_chunks_no_shard_finished(tmp_path: Path, tiny_llava
     from si_assets.world import WorldSpec, generate_split
 
     world = generate_split(
-        WorldSpec(seed=7, splits={"seed_train": 2, "clip_train": 2, "improve": 6, "eval": 2}), "improve"
+        WorldSpec(seed=7, splits={"seed_train": 2, "clip_train": 2, "improve": 6, "dev": 2, "test": 2}), "improve"
     )
     images = world_pool(world).images
     config = SamplingConfig(n_samples=2, n_negatives=1, max_new_tokens=6, chunk_size=4, shards=2)

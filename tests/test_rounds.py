@@ -2,9 +2,12 @@
 
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
+from si_assets.evaluation.data import EvalSettings
+from si_assets.evaluation.uncertainty import POPE_COUNTS, counts_of, metrics_of
 from si_assets.plots import metric_bars_png, png_markdown
 from si_assets.rounds import (
     ChampionRegistry,
@@ -16,9 +19,13 @@ from si_assets.rounds import (
     round_key,
     round_number,
     round_seed,
+    steps,
 )
+from si_assets.rounds.steps import Scored
 from si_assets.rounds.summary import plot_rounds, rounds_table
 from si_assets.storage import ArtifactStore, Checkpoint
+from si_assets.world import WorldSpec, generate_split
+from tests.conftest import SMALL_SPLITS
 
 
 def test_round_keys_order_by_number_and_reject_foreign_keys() -> None:
@@ -164,3 +171,45 @@ def test_rounds_table_and_plot() -> None:
     )
     assert bars.startswith(b"\x89PNG") and len(bars) > 2000
     assert rounds_table([]).height == 0 and set(rounds_table([]).columns) == {"round", "number"}
+
+
+def _scored(precision: float, images: int = 200) -> Scored:
+    """A model's evaluation with `precision` exactly: 5 mentions per image, the hallucinated share spread evenly."""
+    total = round(images * 5 * (1 - precision))
+    wrong = np.full(images, total // images, dtype=np.int32)
+    wrong[: total % images] += 1
+    table = pl.DataFrame(
+        {"id": [f"i{k}" for k in range(images)], "objects": [["circle"]] * images, "caption": [""] * images}
+        | {"n_mentioned": [5] * images, "n_hallucinated": wrong, "n_covered": 5 - wrong, "n_truth": [6] * images}
+        | {c: [1] * images for c in POPE_COUNTS}
+    )
+    metrics = {k: float(v[0]) for k, v in metrics_of(counts_of(table), np.ones((1, images))).items()}
+    metrics |= {"mentions_per_caption": 5.0, "pope_yes_ratio": 0.5}
+    return Scored(metrics, table, reused=False)
+
+
+@pytest.mark.parametrize("dev_gain", [0.05, -0.05])
+def test_the_gate_reads_the_dev_split_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, dev_gain: float) -> None:
+    """The test split moves the other way on purpose: the verdict follows dev, and test is only reported."""
+    precision = {("seed", "dev"): 0.80, ("trained", "dev"): 0.80 + dev_gain}
+    precision |= {("seed", "test"): 0.80, ("trained", "test"): 0.80 - dev_gain}
+    read: list[str] = []
+
+    def score(settings, models, store, checkpoint, data, log) -> Scored:
+        split = data.source.removeprefix("world:")
+        read.append(split)
+        return _scored(precision[(checkpoint.path.name, split)])
+
+    monkeypatch.setattr(steps, "score_checkpoint", score)
+    world = {split: generate_split(WorldSpec(splits={**SMALL_SPLITS, split: 3}), split) for split in ("dev", "test")}
+    seed, trained = (tmp_path / "seed", tmp_path / "trained")
+    seed.mkdir(), trained.mkdir()
+    result = steps.evaluate(
+        EvalSettings(), GatePolicy(), None, ArtifactStore(tmp_path), Checkpoint(seed), Checkpoint(trained), world, None
+    )
+    assert sorted(read) == ["dev", "dev", "test", "test"]  # both are scored, for the report
+    assert result.gate.passed is (dev_gain > 0)
+    assert result.gate.precision_gain == pytest.approx(dev_gain)
+    test_rows = result.table.filter(pl.col("split") == "test")
+    assert dict(zip(test_rows["metric"], test_rows["delta"]))["precision"] == pytest.approx(-dev_gain)
+    assert result.base_metrics["precision"] == pytest.approx(0.80)  # round 1: the base is the seed, on dev

@@ -30,7 +30,7 @@ CHROMIUM_ARGS = [
 REPO = Path(__file__).resolve().parents[1]
 LOCATION = "si_assets.definitions"
 GROUPS = {
-    "world": ["world_seed_train", "world_clip_train", "world_improve", "world_eval"],
+    "world": ["world_seed_train", "world_clip_train", "world_improve", "world_dev", "world_test"],
     "bootstrap": ["bootstrap_seed_model", "bootstrap_clip"],
     "collection": ["unlabeled_images", "seed_checkpoint", "sampled_responses", "hallucinated_negatives"],
     "organization": ["verified_pairs"],
@@ -171,7 +171,7 @@ def drive(page, url: str, home: Path, tmp_path: Path) -> Path:
     text = table.inner_text()
     for metric in ("precision", "recall", "chair_s", "pope_f1"):
         assert metric in text
-    assert f"{metadata['trained/precision']:.3f}" in text and f"{metadata['seed/recall']:.3f}" in text
+    assert f"{metadata['test/trained/precision']:.3f}" in text and f"{metadata['test/seed/recall']:.3f}" in text
     screenshot = tmp_path / "eval_scores.png"
     page.screenshot(path=str(screenshot), full_page=True)
     return screenshot

@@ -25,9 +25,9 @@ from si_assets.world.vocabulary import caption_mentions, caption_order_of
 
 
 def test_same_seed_same_world_other_seed_other_world(small_spec: WorldSpec) -> None:
-    a = generate_split(small_spec, "eval")
-    b = generate_split(small_spec, "eval")
-    c = generate_split(small_spec.model_copy(update={"seed": 8}), "eval")
+    a = generate_split(small_spec, "test")
+    b = generate_split(small_spec, "test")
+    c = generate_split(small_spec.model_copy(update={"seed": 8}), "test")
     assert a.equals(b)
     assert a["image_sha256"].to_list() != c["image_sha256"].to_list()
 
@@ -42,7 +42,7 @@ def test_splits_are_disjoint(small_spec: WorldSpec) -> None:
 
 def test_a_split_does_not_depend_on_the_size_of_another(small_spec: WorldSpec) -> None:
     bigger = small_spec.model_copy(update={"splits": {**small_spec.splits, "seed_train": 999}})
-    assert generate_split(small_spec, "eval").equals(generate_split(bigger, "eval"))
+    assert generate_split(small_spec, "test").equals(generate_split(bigger, "test"))
 
 
 def test_improve_split_carries_no_labels(small_spec: WorldSpec) -> None:
@@ -74,7 +74,7 @@ def test_ground_truth_matches_what_is_drawn() -> None:
         min_contrast=1.0,
         pixel_noise=0.0,
         clutter=0,
-        splits={"seed_train": 1, "clip_train": 1, "improve": 1, "eval": 1},
+        splits={"seed_train": 1, "clip_train": 1, "improve": 1, "dev": 1, "test": 1},
     )
     for i in range(20):
         rng = np.random.default_rng(i)
@@ -94,9 +94,9 @@ def test_labeled_rows_agree_with_captions() -> None:
         seed=1,
         caption_noise=0.0,
         caption_order="kind",
-        splits={"seed_train": 50, "clip_train": 1, "improve": 1, "eval": 50},
+        splits={"seed_train": 50, "clip_train": 1, "improve": 1, "dev": 50, "test": 50},
     )
-    for split in ("seed_train", "eval"):
+    for split in ("seed_train", "dev", "test"):
         df = generate_split(spec, split)
         for row in df.iter_rows(named=True):
             assert row["caption"] == caption_for(list(zip(row["objects"], row["colours"])), spec.kinds)
@@ -107,8 +107,10 @@ def test_labeled_rows_agree_with_captions() -> None:
 
 
 def test_cooccurrence_prior_shows_in_the_data() -> None:
-    spec = WorldSpec(seed=0, caption_noise=0.0, splits={"seed_train": 1, "clip_train": 1, "improve": 1, "eval": 1500})
-    objects = generate_split(spec, "eval")["objects"].to_list()
+    spec = WorldSpec(
+        seed=0, caption_noise=0.0, splits={"seed_train": 1, "clip_train": 1, "improve": 1, "dev": 1500, "test": 1500}
+    )
+    objects = generate_split(spec, "test")["objects"].to_list()
     with_circle = [o for o in objects if "circle" in o]
     with_hexagon = [o for o in objects if "hexagon" in o]  # hexagon has no partner
     p_square_given_circle = sum("square" in o for o in with_circle) / len(with_circle)
@@ -119,7 +121,7 @@ def test_cooccurrence_prior_shows_in_the_data() -> None:
 
 def test_caption_noise_names_absent_partners_only_in_seed_train() -> None:
     spec = WorldSpec(
-        seed=0, caption_noise=1.0, splits={"seed_train": 400, "clip_train": 200, "improve": 1, "eval": 200}
+        seed=0, caption_noise=1.0, splits={"seed_train": 400, "clip_train": 200, "improve": 1, "dev": 200, "test": 200}
     )
     train = generate_split(spec, "seed_train")
     partner = spec.partner
@@ -133,13 +135,15 @@ def test_caption_noise_names_absent_partners_only_in_seed_train() -> None:
         extra = set(r["caption_objects"]) - set(r["objects"])
         assert len(extra) == 1
         assert extra <= {partner[k] for k in r["objects"] if k in partner}
-    for split in ("clip_train", "eval"):
+    for split in ("clip_train", "dev", "test"):
         df = generate_split(spec, split)
         assert (df["caption_objects"] == df["objects"]).all()
 
 
 def test_caption_noise_rate_is_the_configured_share() -> None:
-    spec = WorldSpec(seed=0, caption_noise=0.3, splits={"seed_train": 3000, "clip_train": 1, "improve": 1, "eval": 1})
+    spec = WorldSpec(
+        seed=0, caption_noise=0.3, splits={"seed_train": 3000, "clip_train": 1, "improve": 1, "dev": 1, "test": 1}
+    )
     train = generate_split(spec, "seed_train")
     partner = spec.partner
     eligible = [
@@ -166,7 +170,7 @@ def test_paired_captions_name_partners_together_and_noise_right_after_its_anchor
         seed=0,
         caption_order="paired",
         caption_noise=1.0,
-        splits={"seed_train": 300, "clip_train": 1, "improve": 1, "eval": 1},
+        splits={"seed_train": 300, "clip_train": 1, "improve": 1, "dev": 1, "test": 1},
     )
     partner, orders = spec.partner, set()
     for row in generate_split(spec, "seed_train").iter_rows(named=True):
@@ -231,7 +235,7 @@ def test_unknown_kind_still_renders() -> None:
 def test_vocabulary_and_partners_are_read_off_captioned_data() -> None:
     from si_assets.world.vocabulary import cooccurring_pairs, world_vocabulary
 
-    spec = WorldSpec(seed=0, splits={"seed_train": 1, "clip_train": 1500, "improve": 1, "eval": 1})
+    spec = WorldSpec(seed=0, splits={"seed_train": 1, "clip_train": 1500, "improve": 1, "dev": 1, "test": 1})
     table = generate_split(spec, "clip_train")
     kinds, colours = world_vocabulary(table)
     assert kinds == sorted(spec.kinds) and colours == sorted(spec.colours)
@@ -241,7 +245,9 @@ def test_vocabulary_and_partners_are_read_off_captioned_data() -> None:
 @pytest.mark.parametrize("caption_order", ["kind", "paired"])
 def test_caption_order_is_read_back_off_the_captions(caption_order: str) -> None:
     spec = WorldSpec(
-        seed=3, caption_order=caption_order, splits={"seed_train": 1, "clip_train": 200, "improve": 1, "eval": 1}
+        seed=3,
+        caption_order=caption_order,
+        splits={"seed_train": 1, "clip_train": 200, "improve": 1, "dev": 1, "test": 1},
     )
     table = generate_split(spec, "clip_train")
     assert caption_order_of(table) == caption_order

@@ -55,7 +55,7 @@ IDEFICS3_TEMPLATE = (
 
 
 def _tokenizer(special: dict[str, str], template: str) -> PreTrainedTokenizerFast:
-    spec = WorldSpec(seed=7, splits={"seed_train": 40, "clip_train": 2, "improve": 2, "eval": 2})
+    spec = WorldSpec(seed=7, splits={"seed_train": 40, "clip_train": 2, "improve": 2, "dev": 2, "test": 2})
     captions = generate_split(spec, "seed_train")["caption"].to_list()
     return build_tokenizer(tokenizer_corpus(captions, spec.kinds), 300, special, template)
 

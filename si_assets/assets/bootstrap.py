@@ -75,10 +75,10 @@ def bootstrap_clip(
     config: ClipBootstrapConfig,
     store: ArtifactStoreResource,
     world_clip_train: pl.DataFrame,
-    world_eval: pl.DataFrame,
+    world_dev: pl.DataFrame,
 ) -> dg.Output[Checkpoint]:
     """A tiny open_clip model trained contrastively on `clip_train` (plus hard-negative captions), saved
-    as a `local-dir:` folder. Its image→text recall@1 on `eval` is reported against chance."""
+    as a `local-dir:` folder. Its image→text recall@1 on `dev` is reported against chance."""
     artifact_store = store.get()
     train_cfg = ClipTrainConfig(**config.model_dump(exclude={"architecture"}))
     arch = TinyClipSpec(**config.architecture.model_dump())
@@ -86,11 +86,11 @@ def bootstrap_clip(
     def build() -> tuple[Checkpoint, dict]:
         staging = artifact_store.staging_dir()
         stats = train_bootstrap_clip(
-            world_clip_train, world_eval, arch, train_cfg, staging, train_cfg.retrieval_candidates, context.log.info
+            world_clip_train, world_dev, arch, train_cfg, staging, train_cfg.retrieval_candidates, context.log.info
         )
         return Checkpoint(staging), stats
 
-    key = config_key(config, content_hash(world_clip_train), content_hash(world_eval), CLIP_CODE_VERSION)
+    key = config_key(config, content_hash(world_clip_train), content_hash(world_dev), CLIP_CODE_VERSION)
     checkpoint, meta, reused = memoised_checkpoint(artifact_store, "bootstrap_clip", key, build)
     chance = 1 / config.retrieval_candidates
     context.log.info(f"bootstrap CLIP recall@1 = {meta['eval_recall_at_1']:.3f} (chance {chance:.3f}); reused={reused}")
@@ -101,5 +101,5 @@ def bootstrap_clip(
         chance_recall_at_1=chance,
         train_seconds=float(meta["seconds"]),
         final_loss=float(meta["final_loss"]),
-        **consumed(world_clip_train=world_clip_train, world_eval=world_eval),
+        **consumed(world_clip_train=world_clip_train, world_dev=world_dev),
     )

@@ -24,8 +24,8 @@ from si_assets.assets.common import (
 from si_assets.evaluation.data import EvalSettings
 from si_assets.plots import metric_bars_png, png_markdown
 from si_assets.rounds import ChampionRegistry, GatePolicy, Promotion
-from si_assets.rounds.steps import EVAL_CODE_VERSION, HEADLINE, Evaluation, column, evaluate
-from si_assets.rounds.summary import PLOTTED, plot_rounds, rounds_table
+from si_assets.rounds.steps import EVAL_CODE_VERSION, GATE_SPLIT, HEADLINE, Evaluation, column, evaluate
+from si_assets.rounds.summary import PLOTTED, headline_table, plot_rounds, rounds_table
 from si_assets.storage import Checkpoint
 
 
@@ -57,12 +57,14 @@ def eval_scores(
     store: ArtifactStoreResource,
     seed_checkpoint: Checkpoint,
     trained_model: Checkpoint,
-    world_eval: pl.DataFrame,
+    world_dev: pl.DataFrame,
+    world_test: pl.DataFrame,
 ) -> Iterator[dg.Output | dg.AssetCheckResult]:
-    """Base, seed and trained side by side on held-out images (the world's `eval` split or a COCO-format set,
-    `source`), with deltas: object precision
-    (1 − CHAIR_i), recall, F1, CHAIR_s and POPE (random / popular / adversarial); and the promotion gate.
-    Each checkpoint is evaluated once: the seed's scores are reused from the round that trained it."""
+    """Base, seed and trained side by side on the held-out `dev` and `test` splits (the world's, or COCO-format
+    sets, `source`), each metric with a bootstrap interval and each gain with a paired one: object precision
+    (1 − CHAIR_i), recall, F1, CHAIR_s and POPE (random / popular / adversarial). The promotion gate reads dev
+    only; test is reported. Each checkpoint is evaluated once: the seed's scores come from the round that trained
+    it."""
     artifact_store = store.get()
     with preflight("eval_scores"):
         result = evaluate(
@@ -72,12 +74,12 @@ def eval_scores(
             artifact_store,
             seed_checkpoint,
             trained_model,
-            world_eval,
+            {"dev": world_dev, "test": world_test},
             ChampionRegistry(artifact_store).champion_before(context.partition_key),
             context.log.info,
         )
     gate = result.gate
-    context.log.info(f"evaluation on held-out images:\n{headline(result)}\npromotion gate: {gate.summary()}")
+    context.log.info(f"held-out evaluation:\n{headline_table(result.table)}\npromotion gate (dev): {gate.summary()}")
     trained_meta = latest_metadata(context, "trained_model", context.partition_key)
     yield versioned(
         result.table,
@@ -101,27 +103,37 @@ def eval_scores(
     )
 
 
-def headline(result: Evaluation) -> pl.DataFrame:
-    return result.table.filter(pl.col("metric").is_in(HEADLINE))
-
-
 def evaluation_metadata(result: Evaluation, world: bool) -> dict:
-    """The table in markdown, a plot, the captions side by side, and every headline metric as a float (the UI
-    plots those across materializations)."""
-    seed_m, trained_m, base_m = result.seed.metrics, result.trained.metrics, result.base_metrics
+    """The tables in markdown (test, then dev), a plot, the test captions side by side, and every headline metric
+    as a float per split (the UI plots those across materializations)."""
+    floats = {}
+    for split, evaluation in result.splits.items():
+        seed, trained = evaluation.seed.metrics, evaluation.trained.metrics
+        bounds = evaluation.delta_intervals()
+        for m in HEADLINE:
+            floats |= {f"{split}/seed/{m}": seed[m], f"{split}/trained/{m}": trained[m]}
+            floats[f"{split}/delta/{m}"] = trained[m] - seed[m]
+            if m in bounds:
+                floats |= {f"{split}/delta/{m}_low": bounds[m][0], f"{split}/delta/{m}_high": bounds[m][1]}
+    test = result.splits["test"]
     return {
-        "eval_table": dg.MetadataValue.md(markdown_table(headline(result))),
-        "plot": dg.MetadataValue.md(png_markdown(metric_bars_png(result.table, PLOTTED), "seed vs trained")),
-        "captions": preview(result.side_by_side(), rows=10),
-        "images": len(result.data.ids),
-        "eval_source": result.data.source,
-        "seed_scores_reused": result.seed.reused,
+        "eval_table": dg.MetadataValue.md(markdown_table(headline_table(result.table))),
+        "plot": dg.MetadataValue.md(
+            png_markdown(metric_bars_png(result.table.filter(pl.col("split") == "test"), PLOTTED), "test split")
+        ),
+        "captions": preview(test.side_by_side(), rows=10),
+        **{f"images/{split}": len(e.data.ids) for split, e in result.splits.items()},
+        "eval_source": test.data.source,
+        "seed_scores_reused": all(e.seed.reused for e in result.splits.values()),
         "gate_passed": result.gate.passed,
         "gate": result.gate.summary(),
-        ("input/world_eval" if world else "input/eval_data"): result.data.fingerprint[:16],
-        **{f"{name}/{m}": float(v[m]) for name, v in (("seed", seed_m), ("trained", trained_m)) for m in HEADLINE},
-        **{f"base/{m}": float(base_m[m]) for m in HEADLINE if m in base_m},
-        **{f"delta/{m}": float(trained_m[m] - seed_m[m]) for m in HEADLINE},
+        "gate_data": result.splits[GATE_SPLIT].data.fingerprint[:16],
+        **{
+            f"input/{'world_' if world else 'eval_data/'}{split}": e.data.fingerprint[:16]
+            for split, e in result.splits.items()
+        },
+        **{k: float(v) for k, v in floats.items()},
+        **{f"base/{m}": float(result.base_metrics[m]) for m in HEADLINE if m in result.base_metrics},
     }
 
 
@@ -169,9 +181,9 @@ def champion(
         uri=stored["path"],
         content_hash=stored["content_hash"],
         seed_version=seed_checkpoint.version,
-        metrics=column(eval_scores, "trained"),
-        base_metrics=prior.base_metrics if prior is not None else column(eval_scores, "seed"),
-        eval_data=eval_meta.get("input/world_eval") or eval_meta.get("input/eval_data", ""),
+        metrics=column(eval_scores, "trained", GATE_SPLIT),  # the gate's split: the next round is gated on it
+        base_metrics=prior.base_metrics if prior is not None else column(eval_scores, "seed", GATE_SPLIT),
+        eval_data=eval_meta.get("gate_data", ""),
         run_id=context.run.run_id,
         promoted_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
@@ -217,7 +229,7 @@ def rounds_summary(context: dg.AssetExecutionContext, store: ArtifactStoreResour
             row[name] = pairs.get(name)
         for model in ("seed", "trained"):
             for metric in PLOTTED:
-                row[f"{model}_{metric}"] = scores.get(f"{model}/{metric}")
+                row[f"{model}_{metric}"] = scores.get(f"test/{model}/{metric}")
         row["gate_passed"] = scores.get("gate_passed")
         row["trained_version"] = scores.get("input/trained_model")
         row["promoted"] = row["trained_version"] is not None and promoted.get(key) == row["trained_version"]

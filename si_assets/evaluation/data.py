@@ -20,40 +20,59 @@ from si_assets.storage import content_hash
 from si_assets.world import EVAL_PROMPT, decode_png
 from si_assets.world.vocabulary import world_vocabulary
 
+Split = Literal["dev", "test"]
+
 
 class EvalSettings(BaseModel):
-    """The evaluation step: which held-out images, the prompts and how many POPE questions."""
+    """The evaluation step: the held-out `dev` split (defaults, promotion gate) and `test` split (reported only),
+    the prompts and how many POPE questions."""
 
     model_config = ConfigDict(frozen=True)
 
-    source: Literal["world", "coco"] = Field("world", description="'coco': the coco_* files below")
-    coco_instances: str | None = Field(None, description="instances_*.json (COCO format)")
-    coco_images: str | None = Field(None, description="the folder the instances' file_names are in")
+    source: Literal["world", "coco"] = Field("world", description="'coco': the coco_* files below, one set per split")
+    coco_dev_instances: str | None = Field(None, description="dev split: instances_*.json (COCO format)")
+    coco_dev_images: str | None = Field(None, description="dev split: the folder the instances' file_names are in")
+    coco_dev_pope_files: list[str] = Field(default_factory=list, description="dev split: POPE question files")
+    coco_test_instances: str | None = Field(None, description="test split: instances_*.json (COCO format)")
+    coco_test_images: str | None = Field(None, description="test split: the folder the instances' file_names are in")
+    coco_test_pope_files: list[str] = Field(default_factory=list, description="test split: POPE question files")
     coco_synonyms: str | None = Field(None, description="CHAIR's synonyms.txt (optional)")
-    pope_files: list[str] = Field(default_factory=list, description="POPE question files; none: built from labels")
-    max_images: int | None = Field(None, ge=1, description="evaluate the first N images only")
+    max_images: int | None = Field(None, ge=1, description="evaluate the first N images of each split only")
     caption_prompt: str = EVAL_PROMPT
-    pope_per_image: int = Field(2, ge=0)
+    pope_per_image: int = Field(2, ge=0, description="present objects asked per image when no POPE file is given")
     batch_size: int = Field(64, ge=1)
     max_new_tokens: int = Field(32, ge=1)
     seed: int = Field(0, description="POPE question sampling; the same in every round, so rounds compare")
 
     @model_validator(mode="after")
     def _coco_complete(self) -> EvalSettings:
-        if self.source == "coco" and not (self.coco_instances and self.coco_images):
-            raise ValueError("source 'coco' needs coco_instances and coco_images")
+        if self.source == "coco":
+            missing = [
+                f"coco_{split}_{part}"
+                for split in ("dev", "test")
+                for part in ("instances", "images")
+                if not getattr(self, f"coco_{split}_{part}")
+            ]
+            if missing:
+                raise ValueError(f"source 'coco' needs a dev and a test set: set {', '.join(missing)}")
+            if self.coco_dev_instances == self.coco_test_instances:
+                raise ValueError("the dev and test sets must differ: the test split is never used for a choice")
         return self
 
     def metrics_key(self) -> str:
-        """What determines a checkpoint's metrics besides the data (not the batch size, nor extra fields such as
-        the gate's)."""
-        return self.model_dump_json(include=set(EvalSettings.model_fields) - {"batch_size"})
+        """What determines a checkpoint's metrics besides the data itself (whose fingerprint is keyed apart)."""
+        return self.model_dump_json(include={"caption_prompt", "pope_per_image", "max_new_tokens", "seed"})
 
-    def data(self, world_eval: pl.DataFrame) -> EvalData:
+    def data(self, split: Split, world_split: pl.DataFrame) -> EvalData:
+        """The `split`'s images, ground truth and POPE questions: the world's split table, or the COCO set."""
         if self.source == "world":
-            return world_eval_data(world_eval.head(self.max_images) if self.max_images else world_eval)
+            return world_eval_data(world_split.head(self.max_images) if self.max_images else world_split, split)
         return coco_eval_data(
-            self.coco_instances, self.coco_images, self.coco_synonyms, self.pope_files, self.max_images
+            getattr(self, f"coco_{split}_instances"),
+            getattr(self, f"coco_{split}_images"),
+            self.coco_synonyms,
+            getattr(self, f"coco_{split}_pope_files"),
+            self.max_images,
         )
 
 
@@ -68,7 +87,7 @@ class EvalData:
     source: str
 
 
-def world_eval_data(world_eval: pl.DataFrame) -> EvalData:
+def world_eval_data(world_eval: pl.DataFrame, split: str = "test") -> EvalData:
     return EvalData(
         ids=world_eval["id"].to_list(),
         images=[decode_png(b) for b in world_eval["image_png"]],
@@ -76,7 +95,7 @@ def world_eval_data(world_eval: pl.DataFrame) -> EvalData:
         vocab=ObjectVocabulary.from_kinds(world_vocabulary(world_eval)[0]),
         questions=None,
         fingerprint=content_hash(world_eval),
-        source="world:eval",
+        source=f"world:{split}",
     )
 
 

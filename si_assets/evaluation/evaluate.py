@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 from PIL import Image
 
@@ -18,6 +19,7 @@ from si_assets.evaluation.metrics import (
     parse_yes_no,
     pope_scores,
 )
+from si_assets.evaluation.uncertainty import CAPTION_COUNTS, POPE_COUNTS
 from si_assets.modeling.generation import generate_greedy
 
 
@@ -91,4 +93,27 @@ def evaluate_model(
             "hallucinated": [[m for m in ms if m not in set(t)] for ms, t in zip(mentioned, truths)],
         }
     )
-    return EvalResult(metrics, table)
+    return EvalResult(metrics, table.with_columns(**image_counts(image_ids, mentioned, truths, questions, answer)))
+
+
+def image_counts(
+    image_ids: Sequence[str],
+    mentioned: Sequence[Sequence[str]],
+    truths: Sequence[Sequence[str]],
+    questions: Sequence[PopeQuestion],
+    answer: dict[tuple[str, str], bool | None],
+) -> dict[str, pl.Series]:
+    """Per image: distinct objects mentioned, hallucinated, covered and present; POPE's true / false positives and
+    negatives per strategy (an unparsed answer counts as 'no'). Every headline metric is a ratio of their sums,
+    which is what the bootstrap intervals resample (`si_assets.evaluation.uncertainty`)."""
+    row = {image_id: i for i, image_id in enumerate(image_ids)}
+    counts = {c: np.zeros(len(image_ids), dtype=np.int32) for c in (*CAPTION_COUNTS, *POPE_COUNTS)}
+    for i, (said, truth) in enumerate(zip(mentioned, truths)):
+        found, present = set(said), set(truth)
+        counts["n_mentioned"][i], counts["n_hallucinated"][i] = len(found), len(found - present)
+        counts["n_covered"][i], counts["n_truth"][i] = len(found & present), len(present)
+    for q in questions:
+        yes = bool(answer[(q.image_id, q.object)])
+        outcome = ("tp" if yes else "fn") if q.label else ("fp" if yes else "tn")
+        counts[f"pope_{q.strategy}_{outcome}"][row[q.image_id]] += 1
+    return {name: pl.Series(name, values) for name, values in counts.items()}

@@ -28,8 +28,9 @@ from si_assets.collection.images import (
 )
 from si_assets.collection.sampling import SamplingSettings, decode_plan, plan_requests
 from si_assets.collection.validation import InputLimits
-from si_assets.evaluation.data import EvalData, EvalSettings
+from si_assets.evaluation.data import EvalData, EvalSettings, Split
 from si_assets.evaluation.evaluate import evaluate_model
+from si_assets.evaluation.uncertainty import counts_of, intervals, paired_delta_intervals
 from si_assets.modeling.chat import patch_size, prompt_token_counter
 from si_assets.modeling.preflight import (
     image_tokens_fit,
@@ -72,7 +73,7 @@ from si_assets.verifier.clip import BOOTSTRAP, ClipScorer
 DECODER_CODE_VERSION = "collect-3"
 SCORING_VERSION = "verify-2"  # the stored CLIP scores: unchanged scores are reused across pair rules
 REFERENCE_CODE_VERSION = "reference-logps-2"
-EVAL_CODE_VERSION = "eval-3"
+EVAL_CODE_VERSION = "eval-4"  # eval-4: per-image counts for the bootstrap intervals
 
 Log = Callable[[str], None]
 
@@ -320,15 +321,20 @@ HEADLINE = (
     "pope_f1",
     "pope_yes_ratio",
 )
+SPLITS: tuple[Split, ...] = ("dev", "test")
+GATE_SPLIT: Split = "dev"  # the gate chooses; the test split is only reported
 
 
 @dataclass(frozen=True)
 class Scored:
-    """One checkpoint's evaluation."""
+    """One checkpoint's evaluation on one split."""
 
     metrics: dict[str, float]
-    captions: pl.DataFrame
+    captions: pl.DataFrame  # per image: caption, objects, mentions and the counts the intervals resample
     reused: bool
+
+    def intervals(self, seed: int = 0) -> dict[str, tuple[float, float]]:
+        return intervals(counts_of(self.captions), seed=seed)
 
 
 def score_checkpoint(
@@ -360,33 +366,51 @@ def score_checkpoint(
     return Scored(metrics, captions, reused)
 
 
-def metrics_table(results: dict[str, dict[str, float]]) -> pl.DataFrame:
-    """One row per metric, one column per model, and `delta` = trained − seed when both are present."""
-    names = [m for m in HEADLINE if all(m in r for r in results.values())]
-    names += sorted({k for r in results.values() for k in r} - set(names) - {"n_captions"})
-    table = pl.DataFrame({"metric": names, **{model: [r.get(m) for m in names] for model, r in results.items()}})
-    if {"seed", "trained"} <= set(results):
-        table = table.with_columns(delta=pl.col("trained") - pl.col("seed"))
-    return table
-
-
-def column(table: pl.DataFrame, model: str) -> dict[str, float]:
-    return dict(zip(table["metric"], table[model]))
-
-
 @dataclass(frozen=True)
-class Evaluation:
-    table: pl.DataFrame  # metric × (base, seed, trained, delta)
+class SplitEvaluation:
+    """Seed and trained model on one split, and how sure their difference is."""
+
+    data: EvalData
     seed: Scored
     trained: Scored
-    base_metrics: dict[str, float]
-    gate: GateDecision
-    data: EvalData
+
+    def delta_intervals(self) -> dict[str, tuple[float, float]]:
+        """Paired bootstrap interval of trained − seed per metric (both scored on the same images)."""
+        return paired_delta_intervals(counts_of(self.seed.captions), counts_of(self.trained.captions))
 
     def side_by_side(self) -> pl.DataFrame:
         """Seed and trained captions of the same images, with the true objects."""
         seed = self.seed.captions.select("id", "objects", seed="caption")
         return seed.join(self.trained.captions.select("id", trained="caption"), on="id")
+
+
+def metrics_table(split: str, results: dict[str, dict[str, float]], bounds: dict[str, dict]) -> pl.DataFrame:
+    """One row per metric of one split: a column per model, `delta` = trained − seed, and `<column>_low` /
+    `<column>_high` where an interval is known (`bounds`: column -> metric -> (low, high))."""
+    names = [m for m in HEADLINE if all(m in r for r in results.values())]
+    names += sorted({k for r in results.values() for k in r} - set(names) - {"n_captions"})
+    columns: dict[str, list] = {"split": [split] * len(names), "metric": names}
+    for model, values in results.items():
+        columns[model] = [values.get(m) for m in names]
+    columns["delta"] = [results["trained"][m] - results["seed"][m] for m in names]
+    for column, per_metric in bounds.items():
+        columns[f"{column}_low"] = [per_metric[m][0] if m in per_metric else None for m in names]
+        columns[f"{column}_high"] = [per_metric[m][1] if m in per_metric else None for m in names]
+    return pl.DataFrame(columns, schema_overrides={c: pl.Float64 for c in columns if c not in ("split", "metric")})
+
+
+def column(table: pl.DataFrame, model: str, split: str = GATE_SPLIT) -> dict[str, float]:
+    """A model's metrics on one split, as a dict."""
+    rows = table.filter(pl.col("split") == split)
+    return dict(zip(rows["metric"], rows[model]))
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    splits: dict[str, SplitEvaluation]  # dev and test
+    table: pl.DataFrame  # split × metric: base, seed, trained, delta and their intervals
+    base_metrics: dict[str, float]  # the chain's base model on the gate's split
+    gate: GateDecision  # decided on the dev split alone
 
 
 def evaluate(
@@ -396,25 +420,44 @@ def evaluate(
     store: ArtifactStore,
     seed_checkpoint: Checkpoint,
     trained: Checkpoint,
-    world_eval: pl.DataFrame,
+    world_splits: dict[str, pl.DataFrame],
     champion_before: Promotion | None,
     log: Log = _quiet,
 ) -> Evaluation:
-    """Base, seed and trained side by side on held-out images (the world's split, or the configured COCO-style
-    set), and the promotion gate's verdict. The base's metrics come from the chain's first promotion, so every
-    round of a chain is gated against the same base."""
+    """Base, seed and trained side by side on the held-out dev and test splits (the world's, or the configured
+    COCO-style sets), with bootstrap intervals, and the promotion gate's verdict on dev. The base's metrics come
+    from the chain's first promotion, so every round of a chain is gated against the same base."""
     try:
-        data = settings.data(world_eval)
+        data = {split: settings.data(split, world_splits.get(split, pl.DataFrame())) for split in SPLITS}
     except (ValueError, OSError) as exc:
         raise RoundError(f"evaluation data: {exc}") from exc
-    if champion_before is not None and champion_before.eval_data and champion_before.eval_data != data.fingerprint[:16]:
+    gate_data = data[GATE_SPLIT].fingerprint[:16]
+    if champion_before is not None and champion_before.eval_data and champion_before.eval_data != gate_data:
         raise RoundError(
             f"{champion_before.round}'s champion and the base model were scored on evaluation data "
-            f"{champion_before.eval_data}, this round's is {data.fingerprint[:16]}; the gate would compare across "
-            "data sets. Evaluate on the same data (eval_scores config), or start a new chain of rounds from a new base."
+            f"{champion_before.eval_data}, this round's is {gate_data}; the gate would compare across data sets. "
+            "Evaluate on the same data (eval_scores config), or start a new chain of rounds from a new base."
         )
-    seed = score_checkpoint(settings, models, store, seed_checkpoint, data, log)
-    after = score_checkpoint(settings, models, store, trained, data, log)
-    base = champion_before.base_metrics if champion_before is not None else seed.metrics
-    table = metrics_table({"base": base, "seed": seed.metrics, "trained": after.metrics})
-    return Evaluation(table, seed, after, base, gate_decision(seed.metrics, after.metrics, base, policy), data)
+    results = {
+        split: SplitEvaluation(
+            split_data,
+            score_checkpoint(settings, models, store, seed_checkpoint, split_data, log),
+            score_checkpoint(settings, models, store, trained, split_data, log),
+        )
+        for split, split_data in data.items()
+    }
+    gated = results[GATE_SPLIT]
+    base = champion_before.base_metrics if champion_before is not None else gated.seed.metrics
+    tables = []
+    for split, result in results.items():
+        models_metrics = {"seed": result.seed.metrics, "trained": result.trained.metrics}
+        if split == GATE_SPLIT:
+            models_metrics = {"base": base, **models_metrics}
+        bounds = {
+            "seed": result.seed.intervals(),
+            "trained": result.trained.intervals(),
+            "delta": result.delta_intervals(),
+        }
+        tables.append(metrics_table(split, models_metrics, bounds))
+    table = pl.concat(tables, how="diagonal_relaxed")
+    return Evaluation(results, table, base, gate_decision(gated.seed.metrics, gated.trained.metrics, base, policy))

@@ -9,8 +9,31 @@ import polars as pl
 
 from si_assets.plots import arrow, figure_png, plt
 from si_assets.rounds.naming import round_number
+from si_assets.rounds.steps import HEADLINE
 
 PLOTTED = ("precision", "recall", "chair_s", "pope_f1")
+
+
+def headline_table(table: pl.DataFrame, splits: Sequence[str] = ("test", "dev")) -> pl.DataFrame:
+    """An evaluation table for reading: per split and headline metric, each model's value with its 95% bootstrap
+    interval, and the gain with its paired interval."""
+    rows = table.filter(pl.col("metric").is_in(HEADLINE) & pl.col("split").is_in(list(splits)))
+    rows = rows.sort(pl.col("split").replace_strict({s: i for i, s in enumerate(splits)}), maintain_order=True)
+
+    def shown(column: str) -> pl.Expr:
+        value = pl.col(column).map_elements(lambda v: f"{v:+.3f}" if column == "delta" else f"{v:.3f}", pl.String)
+        if f"{column}_low" not in rows.columns:
+            return value.alias(column)
+        bounds = pl.format("[{}, {}]", pl.col(f"{column}_low").round(3), pl.col(f"{column}_high").round(3))
+        return (
+            pl.when(pl.col(f"{column}_low").is_null())
+            .then(value)
+            .otherwise(pl.format("{} {}", value, bounds))
+            .alias(column)
+        )
+
+    columns = [c for c in ("base", "seed", "trained", "delta") if c in rows.columns]
+    return rows.select("split", "metric", *[shown(c) for c in columns])
 
 
 def rounds_table(rows: Sequence[dict]) -> pl.DataFrame:

@@ -3,6 +3,7 @@
 from si_assets.world.generate import (
     CAPTION_PROMPTS,
     EVAL_PROMPT,
+    EVAL_SPLITS,
     LABELED_SPLITS,
     SPLIT_NAMES,
     caption_for,
@@ -20,6 +21,7 @@ from si_assets.world.spec import WorldSpec
 __all__ = [
     "CAPTION_PROMPTS",
     "EVAL_PROMPT",
+    "EVAL_SPLITS",
     "LABELED_SPLITS",
     "SPLIT_NAMES",
     "PlacedObject",

@@ -1,4 +1,4 @@
-"""Sampling scenes, captions and the four disjoint splits of the embedded world.
+"""Sampling scenes, captions and the five disjoint splits of the embedded world.
 
 Every image is drawn from its own child seed of (world seed, split), so a split is reproducible on its
 own and splits never share a random stream.
@@ -16,9 +16,10 @@ from si_assets.world.spec import WorldSpec
 
 CAPTION_PROMPTS = ["Describe the image.", "What objects are in the picture?", "List the objects you see."]
 EVAL_PROMPT = CAPTION_PROMPTS[0]
-SPLIT_NAMES = ("seed_train", "clip_train", "improve", "eval")
+SPLIT_NAMES = ("seed_train", "clip_train", "improve", "dev", "test")
+EVAL_SPLITS = ("dev", "test")  # dev: defaults and the promotion gate; test: reported, never a choice
 # Captioned splits carry ground truth; `improve` is the unlabeled pool the loop may read.
-LABELED_SPLITS = ("seed_train", "clip_train", "eval")
+LABELED_SPLITS = ("seed_train", "clip_train", "dev", "test")
 
 
 def sample_scene(spec: WorldSpec, rng: np.random.Generator) -> list[PlacedObject]:

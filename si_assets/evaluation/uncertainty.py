@@ -1,0 +1,113 @@
+"""How sure a metric is: bootstrap intervals over the evaluation images (Dagster-free).
+
+Every headline metric is a function of per-image counts (mentioned, hallucinated and covered objects; POPE's
+true/false positives and negatives per strategy), so a bootstrap resample is a vector of image weights and every
+metric of every resample is one matrix product. A difference between two models is resampled *paired*: the same
+images weigh the same in both, which is what makes a small gain on shared images visible above the image noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import polars as pl
+
+from si_assets.evaluation.metrics import POPE_STRATEGIES
+
+CAPTION_COUNTS = ("n_mentioned", "n_hallucinated", "n_covered", "n_truth")
+POPE_COUNTS = tuple(f"pope_{s}_{c}" for s in POPE_STRATEGIES for c in ("tp", "fp", "fn", "tn"))
+INTERVAL_METRICS = ("precision", "recall", "f1", "chair_i", "chair_s", "pope_accuracy", "pope_f1")
+RESAMPLES = 1000
+LEVEL = 0.95
+
+Counts = Mapping[str, np.ndarray]  # column -> one value per image, images in one fixed order
+
+
+def counts_of(table: pl.DataFrame) -> dict[str, np.ndarray]:
+    """The per-image count columns of an evaluation's captions table, as float arrays."""
+    missing = [c for c in (*CAPTION_COUNTS, *POPE_COUNTS) if c not in table.columns]
+    if missing:
+        raise ValueError(f"the evaluation table lacks the per-image counts {missing}; evaluate again")
+    return {c: table[c].cast(pl.Float64).to_numpy() for c in (*CAPTION_COUNTS, *POPE_COUNTS)}
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    return np.divide(numerator, denominator, out=np.zeros_like(numerator, dtype=float), where=denominator > 0)
+
+
+def _f1(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
+    return _ratio(2 * precision * recall, precision + recall)
+
+
+def metrics_of(counts: Counts, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Each interval metric under each row of image `weights` (shape resamples × images); a row of ones gives
+    the metric itself, computed as `caption_scores` and `pope_scores` compute it."""
+    total = {name: weights @ values for name, values in counts.items()}
+    mentioned, hallucinated = total["n_mentioned"], total["n_hallucinated"]
+    chair_i = _ratio(hallucinated, mentioned)
+    precision = np.where(mentioned > 0, 1.0 - chair_i, 0.0)
+    recall = _ratio(total["n_covered"], total["n_truth"])
+    out = {
+        "precision": precision,
+        "recall": recall,
+        "f1": _f1(precision, recall),
+        "chair_i": chair_i,
+        "chair_s": _ratio(weights @ (counts["n_hallucinated"] > 0), weights.sum(axis=1)),
+    }
+    accuracy, f1 = [], []
+    for strategy in POPE_STRATEGIES:
+        tp, fp, fn, tn = (total[f"pope_{strategy}_{c}"] for c in ("tp", "fp", "fn", "tn"))
+        asked = counts[f"pope_{strategy}_tp"] + counts[f"pope_{strategy}_fp"]
+        asked = asked + counts[f"pope_{strategy}_fn"] + counts[f"pope_{strategy}_tn"]
+        if not asked.any():  # a strategy nobody asked (e.g. only one POPE file given)
+            continue
+        accuracy.append(_ratio(tp + tn, tp + fp + fn + tn))
+        f1.append(_f1(_ratio(tp, tp + fp), _ratio(tp, tp + fn)))
+    # POPE's headline figures average the strategies, as the point estimates do
+    out["pope_accuracy"] = np.mean(accuracy, axis=0) if accuracy else np.zeros(len(weights))
+    out["pope_f1"] = np.mean(f1, axis=0) if f1 else np.zeros(len(weights))
+    return out
+
+
+def bootstrap_weights(images: int, resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:
+    """`resamples` draws of `images` images with replacement, as counts per image."""
+    if images < 1:
+        raise ValueError("no images to resample")
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(images, np.full(images, 1.0 / images), size=resamples).astype(float)
+
+
+def _bounds(samples: np.ndarray, level: float) -> tuple[float, float]:
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(samples, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def intervals(
+    counts: Counts, resamples: int = RESAMPLES, level: float = LEVEL, seed: int = 0
+) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap interval of each metric over the evaluation images."""
+    images = len(next(iter(counts.values())))
+    samples = metrics_of(counts, bootstrap_weights(images, resamples, seed))
+    return {name: _bounds(samples[name], level) for name in INTERVAL_METRICS}
+
+
+def paired_delta_intervals(
+    before: Counts, after: Counts, resamples: int = RESAMPLES, level: float = LEVEL, seed: int = 0
+) -> dict[str, tuple[float, float]]:
+    """Interval of `after` − `before` for each metric, both models scored on the same resampled images (the
+    count arrays of both must list the same images in the same order)."""
+    images = len(next(iter(before.values())))
+    if any(len(v) != images for v in (*before.values(), *after.values())):
+        raise ValueError("paired intervals need both models' counts over the same images")
+    weights = bootstrap_weights(images, resamples, seed)
+    a, b = metrics_of(before, weights), metrics_of(after, weights)
+    return {name: _bounds(b[name] - a[name], level) for name in INTERVAL_METRICS}
+
+
+def standard_error(counts: Counts, metric: str = "precision", resamples: int = RESAMPLES, seed: int = 0) -> float:
+    """The bootstrap standard error of one metric (how large an evaluation split must be: precision's should be
+    at most a point)."""
+    images = len(next(iter(counts.values())))
+    return float(np.std(metrics_of(counts, bootstrap_weights(images, resamples, seed))[metric], ddof=1))

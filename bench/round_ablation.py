@@ -1,16 +1,20 @@
 """Does one improvement round really reduce hallucination, and more than every baseline?
 
 Every variant is a set of the product's own settings (SamplingSettings, VerificationSettings, TrainingSettings) run
-through the product's round API (`si_assets.rounds.steps`: sample, verify, train, evaluate), over several training
-seeds, each evaluated on the held-out split. The world and the bootstrap seed + CLIP come from Dagster (reused when
-`make demo` built them); decoded responses, CLIP scores and reference log-probs are cached in the artifact store, so
-variants that share a setting share its work. Baselines: no verification, random negatives, label-free self-SFT,
-the literal recipe (1 sample, plain DPO); as a reference only, supervised training on `seed_train` captions with the
-same trainer and steps. Labels of `improve` are read only to diagnose the pairs (precision of chosen / rejected) and
-by the diagnosis variants that say so, never by the loop.
+through the product's round API (`si_assets.rounds.steps`: sample, verify, train, evaluate). A round seed is the
+whole round's: sampling, pair rule, probes and DPO all follow it; `--world-seeds` rebuild the world and its bootstrap
+seed + CLIP (through Dagster, memoised in the store). Every named baseline trains as many optimizer steps as the loop
+in the same world and round seed, computed from the rows each trains on (probes included), not from epochs. Each run
+is scored on the world's `dev` and `test` splits; the tables report `test` (never used for a choice) with bootstrap
+intervals over its images, and means over runs with t-intervals. Labels of `improve` are read only by the variants
+marked REFERENCE or DIAGNOSIS and to diagnose the pairs, never by the loop.
 
-    .venv/bin/python bench/round_ablation.py [--seeds 0 1 2] [--variants loop self_sft ...] [--out FILE.csv]
+    .venv/bin/python bench/round_ablation.py --world-seeds 0 1 2 --seeds 0 1 2 \\
+        --variants loop composed_sft self_sft no_verification random_negatives noisy_supervised clean_supervised \\
+        --out docs/results/baselines          # writes baselines.csv (one row per run) and baselines.md (the table)
     .venv/bin/python bench/round_ablation.py --variants loop oracle_pick true_caption  # better chosen data?
+
+A stopped run resumes: rows already in the CSV are not run again.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -38,11 +43,12 @@ from si_assets.assets.world import world_splits  # noqa: E402
 from si_assets.collection.images import decode_images  # noqa: E402
 from si_assets.collection.sampling import SamplingSettings  # noqa: E402
 from si_assets.definitions import build_resources  # noqa: E402
-from si_assets.evaluation.data import EvalSettings, world_eval_data  # noqa: E402
+from si_assets.evaluation.data import EvalSettings  # noqa: E402
 from si_assets.evaluation.metrics import ObjectVocabulary, caption_scores  # noqa: E402
+from si_assets.evaluation.uncertainty import counts_of, intervals, paired_delta_intervals  # noqa: E402
 from si_assets.modeling.generation import continue_without_image, generate_greedy  # noqa: E402
 from si_assets.optimization.dpo import LANGUAGE_MODEL_PROJECTIONS as LM_LORA  # noqa: E402
-from si_assets.optimization.dpo import DPOResult, TrainingSettings  # noqa: E402
+from si_assets.optimization.dpo import DPOResult, TrainingSettings, epochs_for_steps, optimizer_steps  # noqa: E402
 from si_assets.optimization.self_training import sft_pairs  # noqa: E402
 from si_assets.organization.composition import extra_candidates  # noqa: E402
 from si_assets.organization.probes import PROBE, YES  # noqa: E402
@@ -55,15 +61,16 @@ from si_assets.organization.verification import (  # noqa: E402
     decision_counts,
     training_pairs,
 )
+from si_assets.rounds.steps import Scored, score_checkpoint, train, verify  # noqa: E402
 from si_assets.rounds.steps import sample as sample_responses  # noqa: E402
-from si_assets.rounds.steps import score_checkpoint, train, verify  # noqa: E402
 from si_assets.storage import ArtifactStore, Checkpoint  # noqa: E402
 from si_assets.verifier.clip import ClipScorer, load_clip  # noqa: E402
 from si_assets.world import WorldSpec, improve_ground_truth, improve_true_captions  # noqa: E402
 from si_assets.world.vocabulary import world_vocabulary  # noqa: E402
 
 METRICS = ["precision", "recall", "f1", "chair_s", "mentions_per_caption", "pope_f1"]
-ROUND = "round-0001"  # the round key every variant runs as (a training seed varies the DPO seed only)
+ROUND = "round-0001"  # the round key every run uses; the round seed varies the round
+SPLITS = ("dev", "test")
 
 
 @dataclass(frozen=True)
@@ -72,21 +79,32 @@ class Variant:
     sampling: SamplingSettings = SamplingSettings()
     verification: VerificationSettings = VerificationSettings()
     training: TrainingSettings = TrainingSettings()
-    data: str = "pairs"  # "pairs" | "supervised" (seed_train labels; self-SFT is `training.optimization`)
+    # "pairs" (verified pairs) | "noisy_supervised" (seed_train's noisy captions) | "clean_supervised" (the improve
+    # images' true captions: reads labels); self-SFT is `training.optimization`
+    data: str = "pairs"
     # "clip" (the loop) | diagnosis only, reads the labels: "oracle_pick" (the most precise of the same samples)
     # or "true_caption" (the image's clean caption); how far better chosen data alone would move the round
     chosen: str = "clip"
     greedy_candidate: bool = False  # the seed's greedy caption joins the N samples CLIP picks from
     consensus: tuple[int, ...] = ()  # per vote threshold, a caption of the mentions that many samples share
     prior_swapped: bool = False  # rejected = the chosen caption with a mention the image-free stream puts there
+    matched: bool = True  # train the loop's optimizer steps (derived variants keep their own training length)
     note: str = ""
+
+    def seeded(self, seed: int) -> Variant:
+        """The variant with `seed` as the whole round's seed."""
+        return replace(
+            self,
+            sampling=updated(self.sampling, seed=seed),
+            verification=updated(self.verification, seed=seed),
+            training=updated(self.training, seed=seed),
+        )
 
 
 DEFAULT = TrainingSettings()
 PLAIN = VerificationSettings(**PairRule.plain().model_dump())  # best sample vs worst negative, one pair per image
 LITERAL_SAMPLING = SamplingSettings(n_samples=1, n_negatives=1)
-# One SFT target per image: as many epochs as the loop has pairs per image give the same optimizer steps.
-SFT_ONLY = TrainingSettings(objective="sft", epochs=DEFAULT.epochs * VerificationSettings().pairs_per_image)
+SFT = TrainingSettings(objective="sft")  # the SFT term alone on the chosen side; epochs follow the loop's steps
 VARIANTS = {
     v.name: v
     for v in [
@@ -94,6 +112,20 @@ VARIANTS = {
                 note="the defaults: CLIP composes the chosen caption from the best sample's segments and the others'; "
                      "2 best candidates vs 2 CLIP-worst negatives, one yes/no probe per image; DPO + SFT term, LoRA on "
                      "every linear layer"),
+        Variant("composed_sft", training=SFT,
+                note="the loop's own pairs, SFT on their chosen side only (captions and probe answers): what the "
+                     "preference term adds"),
+        Variant("self_sft", training=SFT.model_copy(update={"optimization": "self_sft"}),
+                note="label-free self-training on the seed's greedy captions"),
+        Variant("no_verification", verification=VerificationSettings(verification="none"),
+                note="pairs as generated, nothing composed"),
+        Variant("random_negatives", verification=VerificationSettings(negatives="random"),
+                note="negative = another image's response"),
+        Variant("noisy_supervised", data="noisy_supervised", training=SFT,
+                note="REFERENCE (reads the bootstrap's labels): SFT on seed_train's captions, noisy as the seed "
+                     "learned them"),
+        Variant("clean_supervised", data="clean_supervised", training=SFT,
+                note="REFERENCE (reads labels): SFT on the true captions of the same unlabeled images"),
         Variant("best_of_n", verification=PLAIN,
                 training=DEFAULT.model_copy(update={"lora_targets": LM_LORA}),
                 note="CLIP-best of the samples vs the CLIP-worst negative, language-model LoRA"),
@@ -102,23 +134,17 @@ VARIANTS = {
                 note="1 sample, CLIP swap/discard, plain DPO (the paper's recipe)"),
         Variant("literal_sft", sampling=LITERAL_SAMPLING, verification=PLAIN,
                 note="1 sample, CLIP swap/discard, DPO + SFT term"),
-        Variant("no_verification", verification=VerificationSettings(verification="none"),
-                note="pairs as generated"),
-        Variant("random_negatives", verification=VerificationSettings(negatives="random"),
-                note="negative = another image's response"),
-        Variant("self_sft", training=SFT_ONLY.model_copy(update={"optimization": "self_sft"}),
-                note="label-free self-training on the seed's greedy captions, same trainer and steps"),
-        Variant("supervised", data="supervised", training=SFT_ONLY,
-                note="REFERENCE ONLY (reads labels): SFT on seed_train captions, same steps"),
         Variant("prior_swapped", prior_swapped=True,
                 note="rejected = the chosen caption with the mention the image-free stream says at that place"),
         Variant("oracle_pick", verification=PLAIN, chosen="oracle_pick",
-                note="DIAGNOSIS ONLY (reads labels): chosen = the most precise of the same samples"),
+                note="DIAGNOSIS (reads labels): chosen = the most precise of the same samples"),
         Variant("true_caption", verification=PLAIN, chosen="true_caption",
-                note="DIAGNOSIS ONLY (reads labels): chosen = the image's clean caption"),
+                note="DIAGNOSIS (reads labels): chosen = the image's clean caption"),
     ]
 }  # fmt: skip
-LABEL_READING = {"supervised", "oracle_pick", "true_caption"}
+DEFAULT_VARIANTS = [
+    "loop", "composed_sft", "self_sft", "no_verification", "random_negatives", "noisy_supervised", "clean_supervised"
+]  # fmt: skip
 
 
 def updated(settings, **changes):
@@ -130,7 +156,7 @@ def derive(base: Variant, name: str, overrides: dict) -> Variant:
     """A variant of `base` from JSON overrides; nested keys for sampling, verification and training."""
     nested = {"sampling": base.sampling, "verification": base.verification, "training": base.training}
     fields = {k: updated(nested[k], **v) if k in nested else v for k, v in overrides.items()}
-    return replace(base, name=name, note=json.dumps(overrides), **fields)
+    return replace(base, name=name, note=json.dumps(overrides), matched=False, **fields)
 
 
 @dataclass
@@ -148,9 +174,15 @@ class Bench:
     def load(self, checkpoint: Checkpoint):
         return self.models.load(checkpoint.path)
 
-    def evaluate(self, checkpoint: Checkpoint) -> dict[str, float]:
-        data = world_eval_data(self.world["eval"])
-        return score_checkpoint(EvalSettings(), self.models, self.store, checkpoint, data, print).metrics
+    def evaluate(self, checkpoint: Checkpoint) -> dict[str, Scored]:
+        """The checkpoint on the dev and test splits, as `eval_scores` scores it (memoised in the store)."""
+        settings = EvalSettings()
+        return {
+            split: score_checkpoint(
+                settings, self.models, self.store, checkpoint, settings.data(split, self.world[split]), print
+            )
+            for split in SPLITS
+        }
 
 
 def build_bench(images: int, world: dict, clip: dict, seed_model: dict) -> Bench:
@@ -163,7 +195,7 @@ def build_bench(images: int, world: dict, clip: dict, seed_model: dict) -> Bench
         instance=dg.DagsterInstance.get(),
         run_config={"ops": {op: {"config": config} for op, config in configs.items()}},
     )
-    splits = {s: result.asset_value(f"world_{s}") for s in ("seed_train", "improve", "eval")}
+    splits = {s: result.asset_value(f"world_{s}") for s in ("seed_train", "improve", *SPLITS)}
     splits["improve"] = splits["improve"].head(images)
     store = resources["store"].get()  # the checkpoints as stored (the outputs' staging folders are gone)
     return Bench(
@@ -173,7 +205,7 @@ def build_bench(images: int, world: dict, clip: dict, seed_model: dict) -> Bench
         models=resources["models"],
         seed=store.local_checkpoint(store.head("bootstrap_seed_model")),
         clip_dir=Path(store.local_checkpoint(store.head("bootstrap_clip")).path),
-        vocab=ObjectVocabulary.from_kinds(world_vocabulary(splits["eval"])[0]),
+        vocab=ObjectVocabulary.from_kinds(world_vocabulary(splits["test"])[0]),
     )
 
 
@@ -254,11 +286,15 @@ def training_data(
     """(pairs, their images, diagnostics) for one round of `variant` from `checkpoint`: the product's sampling and
     verification steps, plus the variant's bench-only candidates and chosen sides."""
     improve = bench.world["improve"]
-    if variant.data == "supervised":
+    if variant.data == "noisy_supervised":
         train_split = bench.world["seed_train"].sample(improve.height, seed=0)
         prompts = ["Describe the image."] * train_split.height
         pairs = sft_pairs(train_split["id"], prompts, train_split["caption"]).with_columns(decision=pl.lit(KEPT))
         return pairs, train_split.with_columns(prompt=pl.Series(prompts)), {}
+    if variant.data == "clean_supervised":
+        true = improve_true_captions(bench.spec)
+        pairs = sft_pairs(improve["id"], improve["prompt"], [true[i] for i in improve["id"]])
+        return pairs.with_columns(decision=pl.lit(KEPT)), improve, {}
     if variant.training.optimization == "self_sft":
         return pl.DataFrame(), improve, {}  # the training step captions the images itself
     responses = responses_for(bench, variant.sampling, checkpoint)
@@ -310,7 +346,8 @@ def probe_diagnostics(pairs: pl.DataFrame, truth: dict) -> dict:
 
 def run(
     variants: list[Variant],
-    seeds: list[int],
+    round_seeds: list[int],
+    world_seeds: list[int],
     images: int,
     overrides: dict,
     world: dict,
@@ -320,48 +357,104 @@ def run(
     rounds: int = 1,
     out: Path | None = None,
 ) -> pl.DataFrame:
+    """One row per (world seed, round seed, variant) run, plus a `seed` row per world; written to `out` after every
+    run, and rows already there are not run again."""
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    bench = build_bench(images, world, clip, seed_model)
-    truth = improve_ground_truth(bench.spec)
-    scorer = ClipScorer(*load_clip(str(clip_dir or bench.clip_dir)))
-    if clip_dir:
-        bench.clip_dir = clip_dir
-    rows = [{"variant": "seed", "seed": -1, **bench.evaluate(bench.seed)}]
-    print("seed:", {m: round(rows[0][m], 3) for m in METRICS}, flush=True)
-    for variant in variants:
-        variant = replace(
-            variant,
-            sampling=updated(variant.sampling, **overrides.get("sampling", {})),
-            verification=updated(variant.verification, **overrides.get("verification", {})),
-            training=updated(variant.training, **overrides.get("training", {})),
-        )
-        first_round = training_data(bench, variant, scorer, truth, bench.seed)
-        if first_round[2]:
-            print(f"{variant.name}: pairs {first_round[2]}", flush=True)
-        for seed in seeds:
-            checkpoint, (pairs, pool, _) = bench.seed, first_round
-            for round_ in range(1, (rounds if variant.data == "pairs" else 1) + 1):
-                if round_ > 1:  # the next round samples from, and trains, the model the last one made
-                    pairs, pool, diagnostics = training_data(bench, variant, scorer, truth, checkpoint)
-                    print(f"{variant.name} seed {seed} round {round_}: pairs {diagnostics}", flush=True)
-                label = variant.name if round_ == 1 else f"{variant.name}@round{round_}"
-                started = time.perf_counter()
-                settings = updated(variant.training, seed=seed)
-                trained = train(
-                    settings, bench.models, bench.store, checkpoint, pairs, pool, ROUND, bench.device, torch.float32
-                )
-                checkpoint = bench.store.local_checkpoint(bench.store.put(trained.checkpoint, "_bench/trained", label))
-                metrics = bench.evaluate(checkpoint)
-                seconds = time.perf_counter() - started
-                steps = trained.result.steps
-                rows.append({"variant": label, "seed": seed, "steps": steps, "seconds": seconds, **metrics})
-                if out:  # after every run, so a stopped benchmark keeps what it measured
-                    pl.DataFrame(rows).write_csv(out)
-                shown = " ".join(f"{m} {metrics[m]:.3f}" for m in METRICS)
-                print(f"{label} seed {seed}: {shown} ({steps} steps, {seconds:.0f}s)", flush=True)
-                if trained.settings.objective == "dpo":
-                    print(f"{label} seed {seed} curve: {curve_note(trained.result)}", flush=True)
+    rows = pl.read_csv(out).to_dicts() if out and out.exists() else []
+    done = {(r["world"], r["seed"], r["variant"]) for r in rows}
+    loop = VARIANTS["loop"]
+    for world_seed in world_seeds:
+        bench = build_bench(images, {**world, "seed": world_seed}, clip, seed_model)
+        truth = improve_ground_truth(bench.spec)
+        scorer = ClipScorer(*load_clip(str(clip_dir or bench.clip_dir)))
+        bench.clip_dir = clip_dir or bench.clip_dir
+        seed_scores = bench.evaluate(bench.seed)
+        seed_row = {"world": world_seed, "seed": -1, "variant": "seed", **result_row(seed_scores, seed_scores)}
+        if (world_seed, -1, "seed") not in done:
+            rows.append(seed_row)
+        print(f"world {world_seed} seed model: {shown(seed_row)}", flush=True)
+        for round_seed in round_seeds:
+            loop_run = with_overrides(loop.seeded(round_seed), overrides)
+            budget = None
+            for variant in variants:
+                if (world_seed, round_seed, variant.name) in done:
+                    continue
+                variant = with_overrides(variant.seeded(round_seed), overrides)
+                pairs, pool, diagnostics = training_data(bench, variant, scorer, truth, bench.seed)
+                if diagnostics:
+                    print(f"world {world_seed} seed {round_seed} {variant.name}: pairs {diagnostics}", flush=True)
+                if variant.matched:
+                    budget = budget or loop_budget(bench, loop_run, scorer, truth)
+                    variant = with_budget(variant, budget, trained_rows(variant, pairs, pool))
+                checkpoint = bench.seed
+                for round_ in range(1, (rounds if variant.data == "pairs" else 1) + 1):
+                    if round_ > 1:  # the next round samples from, and trains, the model the last one made
+                        pairs, pool, diagnostics = training_data(bench, variant, scorer, truth, checkpoint)
+                        print(f"{variant.name} seed {round_seed} round {round_}: pairs {diagnostics}", flush=True)
+                    label = variant.name if round_ == 1 else f"{variant.name}@round{round_}"
+                    started = time.perf_counter()
+                    trained = train(
+                        variant.training, bench.models, bench.store, checkpoint, pairs, pool, ROUND, bench.device,
+                        torch.float32,
+                    )  # fmt: skip
+                    stored = bench.store.put(trained.checkpoint, "_bench/trained", label)
+                    checkpoint = bench.store.local_checkpoint(stored)
+                    scores = bench.evaluate(checkpoint)
+                    row = {"world": world_seed, "seed": round_seed, "variant": label, "steps": trained.result.steps}
+                    row |= {"seconds": time.perf_counter() - started, **result_row(scores, seed_scores)}
+                    rows.append(row)
+                    if out:  # after every run, so a stopped benchmark keeps what it measured
+                        pl.DataFrame(rows).write_csv(out)
+                    print(f"world {world_seed} seed {round_seed} {label}: {shown(row)}", flush=True)
+                    if trained.settings.objective == "dpo":
+                        print(f"{label} seed {round_seed} curve: {curve_note(trained.result)}", flush=True)
     return pl.DataFrame(rows)
+
+
+def with_overrides(variant: Variant, overrides: dict) -> Variant:
+    return replace(
+        variant,
+        sampling=updated(variant.sampling, **overrides.get("sampling", {})),
+        verification=updated(variant.verification, **overrides.get("verification", {})),
+        training=updated(variant.training, **overrides.get("training", {})),
+    )
+
+
+def trained_rows(variant: Variant, pairs: pl.DataFrame, pool: pl.DataFrame) -> int:
+    """The rows a variant trains on: its non-discarded pairs (probes included), or one caption per image for
+    self-training (the training step captions them)."""
+    return pool.height if variant.training.optimization == "self_sft" else training_pairs(pairs).height
+
+
+def loop_budget(bench: Bench, loop: Variant, scorer: ClipScorer, truth: dict) -> int:
+    """The loop's optimizer steps in this world and round seed, from the rows it trains on."""
+    pairs, pool, _ = training_data(bench, loop, scorer, truth, bench.seed)
+    return optimizer_steps(trained_rows(loop, pairs, pool), loop.training.batch_size, loop.training.epochs)
+
+
+def with_budget(variant: Variant, steps: int, rows: int) -> Variant:
+    """The variant with the epochs that give its `rows` the loop's `steps`."""
+    epochs = epochs_for_steps(steps, rows, variant.training.batch_size)
+    return replace(variant, training=updated(variant.training, epochs=epochs))
+
+
+def result_row(scores: dict[str, Scored], seed_scores: dict[str, Scored]) -> dict[str, float]:
+    """Every metric on both splits; on test, the precision's bootstrap interval and the gain over the seed model
+    with its paired interval (the same images for both)."""
+    row = {f"{split}_{m}": scores[split].metrics[m] for split in SPLITS for m in METRICS}
+    test, seed = counts_of(scores["test"].captions), counts_of(seed_scores["test"].captions)
+    row["test_precision_low"], row["test_precision_high"] = intervals(test)["precision"]
+    gain = paired_delta_intervals(seed, test)
+    for m in ("precision", "recall", "pope_f1"):
+        row[f"test_gain_{m}"] = scores["test"].metrics[m] - seed_scores["test"].metrics[m]
+        row[f"test_gain_{m}_low"], row[f"test_gain_{m}_high"] = gain[m]
+    return row
+
+
+def shown(row: dict) -> str:
+    return " ".join(f"{m} {row[f'test_{m}']:.3f}" for m in METRICS) + (
+        f" ({row['steps']} steps)" if "steps" in row else ""
+    )
 
 
 def curve_note(result: DPOResult) -> str:
@@ -374,20 +467,77 @@ def curve_note(result: DPOResult) -> str:
     return " | ".join(f"step {rows[i][0]:.0f}: acc {rows[i][1]:.2f} margin {rows[i][2]:.2f}" for i in picks)
 
 
+# t quantiles (0.975) for the interval of a mean over runs; 1.96 beyond the table
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+T975 |= {11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086}
+
+
+def mean_interval(values: pl.Series, digits: int = 3) -> str:
+    """mean [95% t-interval over runs]; one run: its value alone."""
+    n, mean = values.len(), float(values.mean())
+    if n < 2:
+        return f"{mean:.{digits}f}"
+    half = T975.get(n - 1, 1.96) * float(values.std()) / n**0.5
+    return f"{mean:.{digits}f} [{mean - half:.{digits}f}, {mean + half:.{digits}f}]"
+
+
 def summary(results: pl.DataFrame) -> pl.DataFrame:
-    seed = results.filter(pl.col("variant") == "seed").row(0, named=True)
+    """Per variant, over its runs (world seeds × round seeds), on the test split: precision with its interval over
+    runs and its spread, the gain over the seed model, recall, CHAIR_s and POPE F1; and how many runs' own paired
+    interval put the gain above zero."""
+    seed = results.filter(pl.col("variant") == "seed")
+    rows = [
+        {
+            "variant": "seed model",
+            "runs": seed.height,
+            "test precision": mean_interval(seed["test_precision"]),
+            "spread": "",
+            "gain (points)": "",
+            "runs gaining": "",
+            "recall": mean_interval(seed["test_recall"]),
+            "CHAIR_s": mean_interval(seed["test_chair_s"]),
+            "POPE F1": mean_interval(seed["test_pope_f1"]),
+            "dev precision": f"{float(seed['dev_precision'].mean()):.3f}",
+            "steps": "",
+        }
+    ]
+    for (name,), runs in results.filter(pl.col("variant") != "seed").group_by("variant", maintain_order=True):
+        gain = runs["test_gain_precision"] * 100
+        rows.append(
+            {
+                "variant": name,
+                "runs": runs.height,
+                "test precision": mean_interval(runs["test_precision"]),
+                "spread": f"{float(runs['test_precision'].max() - runs['test_precision'].min()) * 100:.1f}",
+                "gain (points)": mean_interval(gain, digits=1),
+                "runs gaining": f"{int((runs['test_gain_precision_low'] > 0).sum())}/{runs.height}",
+                "recall": mean_interval(runs["test_recall"]),
+                "CHAIR_s": mean_interval(runs["test_chair_s"]),
+                "POPE F1": mean_interval(runs["test_pope_f1"]),
+                "dev precision": f"{float(runs['dev_precision'].mean()):.3f}",
+                "steps": f"{float(runs['steps'].mean()):.0f}",
+            }
+        )
+    return pl.DataFrame(rows)
+
+
+def markdown(table: pl.DataFrame, command: str, results: pl.DataFrame) -> str:
+    """The table as README and docs show it, with the command that wrote it."""
+    head = "| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns) + "\n"
+    body = "\n".join("| " + " | ".join(str(v) for v in row) + " |" for row in table.iter_rows())
+    worlds = sorted(set(results["world"]))
+    seeds = sorted(set(results.filter(pl.col("seed") >= 0)["seed"]))
+    notes = "\n".join(f"- `{n}`: {VARIANTS[n].note}" for n in table["variant"] if n in VARIANTS)
     return (
-        results.filter(pl.col("variant") != "seed")
-        .group_by("variant", maintain_order=True)
-        .agg(
-            pl.len().alias("seeds"),
-            *[pl.col(m).mean().alias(m) for m in METRICS],
-            (pl.col("precision").max() - pl.col("precision").min()).alias("precision_spread"),
-            pl.col("precision").round(3).cast(pl.String).str.join(" / ").alias("precision_per_seed"),
-        )
-        .with_columns(
-            delta_precision=pl.col("precision") - seed["precision"], delta_recall=pl.col("recall") - seed["recall"]
-        )
+        f"<!-- written by: {command} -->\n"
+        f"Test split, world seeds {worlds} × round seeds {seeds}; "
+        "mean over runs [95% t-interval]; spread = max − min precision over runs, in points; runs gaining = runs "
+        "whose own paired bootstrap interval of the precision gain lies above zero.\n\n"
+        + head
+        + body
+        + "\n\n"
+        + notes
+        + "\n"
     )
 
 
@@ -396,7 +546,7 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         nargs="*",
-        default=[name for name in VARIANTS if name not in LABEL_READING - {"supervised"}],  # diagnoses on request
+        default=DEFAULT_VARIANTS,
         choices=list(VARIANTS),
     )
     parser.add_argument(
@@ -412,7 +562,8 @@ def main() -> None:
         choices=list(VARIANTS),
         help="the variant --derive changes",
     )
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="round seeds (the whole round's)")
+    parser.add_argument("--world-seeds", nargs="+", type=int, default=[0], help="worlds, each with its own bootstrap")
     parser.add_argument("--images", type=int, default=1500, help="unlabeled images used (the improve split's head)")
     for stage, example in (("sample", '{"n_samples": 4}'), ("verify", '{"margin": 0.01}'), ("train", '{"epochs": 3}')):
         parser.add_argument(
@@ -428,8 +579,9 @@ def main() -> None:
     )
     parser.add_argument("--clip-dir", type=Path, help="score with this open_clip folder instead of the bootstrap CLIP")
     parser.add_argument("--rounds", type=int, default=1, help="rounds per training seed (pair-based variants)")
-    parser.add_argument("--out", type=Path, help="write the per-seed results as CSV here")
+    parser.add_argument("--out", type=Path, help="write OUT.csv (one row per run) and OUT.md (the summary table)")
     args = parser.parse_args()
+    csv = args.out.with_suffix(".csv") if args.out else None
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
     variants = [VARIANTS[v] for v in args.variants]
@@ -439,6 +591,7 @@ def main() -> None:
     results = run(
         variants,
         args.seeds,
+        args.world_seeds,
         args.images,
         {"sampling": args.sample, "verification": args.verify, "training": args.train},
         args.world,
@@ -446,13 +599,15 @@ def main() -> None:
         args.seed_model,
         args.clip_dir,
         args.rounds,
-        args.out,
+        csv,
     )
     table = summary(results)
-    with pl.Config(tbl_rows=50, tbl_cols=20, float_precision=3, tbl_width_chars=200):
-        print(results.filter(pl.col("variant") == "seed").select("variant", *METRICS))
+    with pl.Config(tbl_rows=50, tbl_cols=20, tbl_width_chars=250):
         print(table)
-    print(f"spread of the per-seed precision, mean over variants: {float(table['precision_spread'].mean()):.3f}")
+    if args.out:
+        command = ".venv/bin/python bench/round_ablation.py " + shlex.join(sys.argv[1:])
+        args.out.with_suffix(".md").write_text(markdown(table, command, results))
+        print(f"wrote {csv} and {args.out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from si_assets.optimization.dpo import (
     DPOSettings,
     as_trained,
     compute_reference,
+    epochs_for_steps,
+    optimizer_steps,
     save_trained,
     train_dpo,
 )
@@ -68,7 +70,7 @@ def test_cached_reference_gives_the_same_training_with_half_the_forwards(world, 
     _, reused, cached = train_dpo(model, processor, pairs, images, SETTINGS, tmp_path / "b", reference=reference)
     assert reused is reference and not cached.reference_computed
     steps = cached.steps
-    assert steps == live.steps == 4  # 8 pairs / batch 4 × 2 epochs
+    assert steps == live.steps == 4 == optimizer_steps(8, 4, 2)  # 8 pairs / batch 4 × 2 epochs
     # live: one pass to fill the cache, then one policy forward per step; cached: policy forwards only
     assert counter.calls == steps
     assert forwards_live == steps + 2
@@ -172,3 +174,22 @@ def test_sft_probes_without_the_sft_term_are_refused(world) -> None:
         as_trained(probes, plain_dpo)
     assert as_trained(pairs, plain_dpo).equals(pairs)  # no probes, nothing to refuse
     assert as_trained(probes, plain_dpo.model_copy(update={"probe_loss": "dpo"})).equals(probes)
+
+
+def test_a_step_budget_is_met_by_tables_of_any_size(world, tmp_path: Path) -> None:
+    """Baselines train as many optimizer steps as the loop, whatever their row count: epochs follow the rows."""
+    tok, pairs, images = world
+    for rows in (3, 5, 8):
+        epochs = epochs_for_steps(7, rows, SETTINGS.batch_size)
+        assert optimizer_steps(rows, SETTINGS.batch_size, epochs) == 7
+    model, processor = _fresh_model(tok)
+    settings = SETTINGS.model_copy(update={"epochs": epochs_for_steps(7, 5, SETTINGS.batch_size)})
+    _, _, result = train_dpo(model, processor, pairs.head(5), images, settings, tmp_path)
+    assert result.steps == 7  # what the trainer really did
+    for loop_rows in range(100, 6000, 37):  # the loop's steps against every baseline table size
+        loop_steps = optimizer_steps(loop_rows, 16, 2.0)
+        for rows in (1500, 3000, loop_rows // 3 + 1):
+            steps = optimizer_steps(rows, 16, epochs_for_steps(loop_steps, rows, 16))
+            assert abs(steps - loop_steps) <= 0.02 * loop_steps
+    with pytest.raises(ValueError):
+        epochs_for_steps(0, 5, 4)

@@ -8,6 +8,7 @@ hyper-parameters then skip the reference forward.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -101,6 +102,20 @@ class TrainingSettings(DPOSettings):
         if self.optimization == "self_sft":
             fields["objective"] = "sft"
         return DPOSettings(**fields)
+
+
+def optimizer_steps(rows: int, batch_size: int, epochs: float) -> int:
+    """The optimizer steps training takes, as transformers' Trainer counts them: a step per batch (the last one
+    partial), times the epochs, rounded up."""
+    return math.ceil(epochs * math.ceil(rows / batch_size))
+
+
+def epochs_for_steps(steps: int, rows: int, batch_size: int) -> float:
+    """The (fractional) epochs that give `rows` exactly `steps` optimizer steps, so that two trainings on tables of
+    different sizes get the same budget."""
+    if steps < 1 or rows < 1:
+        raise ValueError(f"need steps >= 1 and rows >= 1, got {steps}, {rows}")
+    return (steps - 0.5) / math.ceil(rows / batch_size)  # rounds up to `steps` whatever the float error
 
 
 @dataclass

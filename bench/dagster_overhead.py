@@ -64,7 +64,9 @@ def direct(source: Path, seed: int) -> float:
     run_bootstrap(defs, instance)  # the world and bootstrap models, as the Dagster side has them
     store = ArtifactStoreResource(root=str(root))
     artifacts = store.get()
-    world_improve, world_eval = (artifacts.load(artifacts.head(f"world_{s}")) for s in ("improve", "eval"))
+    world_improve, world_dev, world_test = (
+        artifacts.load(artifacts.head(f"world_{s}")) for s in ("improve", "dev", "test")
+    )
     bootstrap_seed, bootstrap_clip = (
         artifacts.load(artifacts.head(a)) for a in ("bootstrap_seed_model", "bootstrap_clip")
     )
@@ -83,7 +85,7 @@ def direct(source: Path, seed: int) -> float:
     )
     pipes = dg.PipesSubprocessClient()  # unused by the default in-process training
     model = trained_model(context, TrainingConfig(), models, store, start, pairs, images, pipes).value
-    list(eval_scores(context, EvalConfig(), models, store, start, model, world_eval))
+    list(eval_scores(context, EvalConfig(), models, store, start, model, world_dev, world_test))
     return time.perf_counter() - started
 
 

@@ -135,7 +135,9 @@ def test_eval_scores_runs_on_a_coco_format_set(tmp_path: Path, coco: tuple[Path,
     models = VisionLanguageModels(compute=ComputeDevice(device="cpu"))
     store = ArtifactStoreResource(root=str(tmp_path / "store"))
     model = Checkpoint(tiny_llava_dir)
-    output, gate = list(eval_scores(context, config, models, store, model, model, pl.DataFrame(), pl.DataFrame()))
+    output, gate, answers = list(
+        eval_scores(context, config, models, store, model, model, pl.DataFrame(), pl.DataFrame())
+    )
     table = output.value
     metrics = {s: dict(zip(t["metric"], t["trained"])) for (s,), t in table.group_by("split")}
     assert output.metadata["images/test"].value == 3 and output.metadata["images/dev"].value == 2
@@ -145,6 +147,9 @@ def test_eval_scores_runs_on_a_coco_format_set(tmp_path: Path, coco: tuple[Path,
     assert "pope_popular_f1" in metrics["dev"]  # no file for dev: questions built from its labels
     assert 0.0 <= metrics["test"]["recall"] <= 1.0 and table["delta"].abs().max() == 0.0  # same model on both sides
     assert gate.check_name == "promotion_gate" and not gate.passed  # no gain: refused
+    # a random-weight model answers yes/no no better than chance: flagged, for the seed and the trained model alike
+    assert answers.check_name == "degenerate_answers" and not answers.passed
+    assert "seed:" in answers.description and "trained:" in answers.description
 
     (images / "b.jpg").write_bytes(b"")
     with pytest.raises(dg.Failure, match="b.jpg: zero_bytes"):

@@ -13,6 +13,7 @@ from si_assets.rounds import (
     ChampionRegistry,
     GatePolicy,
     Promotion,
+    degenerate_answers,
     gate_decision,
     latest_round,
     next_round_key,
@@ -50,6 +51,7 @@ def test_round_seed_is_stable_and_differs_between_rounds() -> None:
 
 
 SEED = {"precision": 0.75, "recall": 0.86, "pope_f1": 0.85}
+HEALTHY_ANSWERS = {"pope_accuracy": 0.85, "pope_yes_ratio": 0.5}
 
 
 @pytest.mark.parametrize(
@@ -80,6 +82,7 @@ SEED = {"precision": 0.75, "recall": 0.86, "pope_f1": 0.85}
 )
 def test_gate_decision(trained: dict, base: dict, passed: bool, reason: str | None) -> None:
     policy = GatePolicy(min_precision_gain=0.01, recall_tolerance=0.03, pope_tolerance=0.03)
+    trained = HEALTHY_ANSWERS | trained
     decision = gate_decision(SEED, trained, base, policy)
     assert decision.passed is passed
     assert decision.precision_gain == pytest.approx(trained["precision"] - SEED["precision"])
@@ -101,6 +104,27 @@ def test_gate_rejects_bad_policy_and_missing_metrics() -> None:
         gate_decision(SEED, {"precision": 0.9}, SEED, GatePolicy())
     with pytest.raises(KeyError, match="pope_f1"):
         gate_decision(SEED, {"precision": 0.9, "recall": 0.9}, SEED, GatePolicy())
+    with pytest.raises(KeyError, match="pope_yes_ratio"):
+        gate_decision(SEED, {**SEED, "precision": 0.9, "pope_accuracy": 0.8}, SEED, GatePolicy())
+    with pytest.raises(ValueError, match="min_yes_ratio"):
+        GatePolicy(min_yes_ratio=0.9, max_yes_ratio=0.1)
+
+
+def test_a_model_that_answers_yes_to_everything_is_never_promoted() -> None:
+    """A seed that answers "no" to every POPE question has F1 0, so a relative test alone would let a successor that
+    answers "yes" to everything through (F1 .667 >= 0 - tolerance). The absolute floors refuse it by name."""
+    always_no = {"precision": 0.75, "recall": 0.86, "pope_f1": 0.0, "pope_accuracy": 0.5, "pope_yes_ratio": 0.0}
+    always_yes = {"precision": 0.82, "recall": 0.85, "pope_f1": 0.667, "pope_accuracy": 0.5, "pope_yes_ratio": 1.0}
+    decision = gate_decision(always_no, always_yes, always_no, GatePolicy())
+    assert not decision.passed
+    assert any("always 'yes'" in r for r in decision.reasons), decision.reasons
+    assert any("POPE accuracy 0.500 < 0.600 (chance is 0.5)" in r for r in decision.reasons)
+    assert degenerate_answers(always_no, GatePolicy())[1].startswith(
+        "answers 'yes' to 0% of POPE questions (always 'no')"
+    )
+    healthy = {"precision": 0.82, "recall": 0.85, "pope_f1": 0.86, "pope_accuracy": 0.86, "pope_yes_ratio": 0.48}
+    assert gate_decision(always_no, healthy, always_no, GatePolicy()).passed  # a real answerer after a broken seed
+    assert degenerate_answers(healthy, GatePolicy()) == []
 
 
 def _stored_checkpoint(store: ArtifactStore, tmp_path: Path, name: str) -> tuple[str, str, str]:
@@ -181,7 +205,7 @@ def _scored(precision: float, images: int = 200) -> Scored:
     table = pl.DataFrame(
         {"id": [f"i{k}" for k in range(images)], "objects": [["circle"]] * images, "caption": [""] * images}
         | {"n_mentioned": [5] * images, "n_hallucinated": wrong, "n_covered": 5 - wrong, "n_truth": [6] * images}
-        | {c: [1] * images for c in POPE_COUNTS}
+        | {c: [2 if c.endswith(("_tp", "_tn")) else 0] * images for c in POPE_COUNTS}  # every answer right
     )
     metrics = {k: float(v[0]) for k, v in metrics_of(counts_of(table), np.ones((1, images))).items()}
     metrics |= {"mentions_per_caption": 5.0, "pope_yes_ratio": 0.5}

@@ -23,10 +23,12 @@ from si_assets.assets.common import (
 )
 from si_assets.evaluation.data import EvalSettings
 from si_assets.plots import metric_bars_png, png_markdown
-from si_assets.rounds import ChampionRegistry, GatePolicy, Promotion
+from si_assets.rounds import ChampionRegistry, GateDecision, GatePolicy, Promotion, degenerate_answers
 from si_assets.rounds.steps import EVAL_CODE_VERSION, GATE_SPLIT, HEADLINE, Evaluation, column, evaluate
 from si_assets.rounds.summary import PLOTTED, headline_table, plot_rounds, rounds_table
 from si_assets.storage import Checkpoint
+
+DEGENERATE_ANSWERS = "degenerate_answers"
 
 
 class EvalConfig(dg.Config, EvalSettings, GatePolicy):
@@ -47,7 +49,13 @@ class EvalConfig(dg.Config, EvalSettings, GatePolicy):
             blocking=True,
             partitions_def=ROUNDS,  # one verdict per round, so a refused round does not block the others
             description="trained beats its seed on precision without losing recall beyond the tolerance",
-        )
+        ),
+        dg.AssetCheckSpec(
+            DEGENERATE_ANSWERS,
+            asset="eval_scores",
+            partitions_def=ROUNDS,
+            description="seed or trained model answers the yes/no questions no better than a constant or a coin",
+        ),
     ],
 )
 def eval_scores(
@@ -87,7 +95,13 @@ def eval_scores(
         lineage=dg.MetadataValue.md(lineage_markdown(seed_checkpoint, trained_model, trained_meta)),
         **consumed(seed_checkpoint=seed_checkpoint, trained_model=trained_model),
     )
-    yield dg.AssetCheckResult(
+    yield gate_check(gate, config.policy())
+    yield answers_check(result, config.policy())
+
+
+def gate_check(gate: GateDecision, policy: GatePolicy) -> dg.AssetCheckResult:
+    """The blocking promotion gate, decided on the dev split."""
+    return dg.AssetCheckResult(
         check_name=PROMOTION_GATE,
         passed=gate.passed,
         severity=dg.AssetCheckSeverity.ERROR,
@@ -98,7 +112,23 @@ def eval_scores(
             "recall_change_vs_base": gate.recall_change_vs_base,
             "pope_f1_change_vs_seed": gate.pope_f1_change_vs_seed,
             "pope_f1_change_vs_base": gate.pope_f1_change_vs_base,
-            **config.policy().model_dump(),
+            **policy.model_dump(),
+        },
+    )
+
+
+def answers_check(result: Evaluation, policy: GatePolicy) -> dg.AssetCheckResult:
+    """Flags a seed or trained model whose yes/no answers are no better than a constant or a coin (dev split)."""
+    gated = result.splits[GATE_SPLIT]
+    models = {"seed": gated.seed.metrics, "trained": gated.trained.metrics}
+    found = {model: degenerate_answers(metrics, policy) for model, metrics in models.items()}
+    return dg.AssetCheckResult(
+        check_name=DEGENERATE_ANSWERS,
+        passed=not any(found.values()),
+        severity=dg.AssetCheckSeverity.WARN,
+        description="; ".join(f"{model}: {', '.join(r)}" for model, r in found.items() if r) or "both models answer",
+        metadata={
+            f"{model}/{m}": metrics[m] for model, metrics in models.items() for m in ("pope_accuracy", "pope_yes_ratio")
         },
     )
 

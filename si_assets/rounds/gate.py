@@ -6,7 +6,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+RELATIVE = frozenset({"precision", "recall", "pope_f1"})
+ABSOLUTE = frozenset({"pope_accuracy", "pope_yes_ratio"})
 
 
 class GatePolicy(BaseModel):
@@ -28,6 +31,24 @@ class GatePolicy(BaseModel):
     pope_tolerance: float = Field(
         0.03, ge=0, le=1, allow_inf_nan=False, description="promotion gate: largest POPE F1 loss vs seed and vs base"
     )
+
+    # Absolute floors, whatever the seed did: a seed that answers "no" to everything (F1 0) would let a successor that
+    # answers "yes" to everything pass every relative test. POPE is balanced, so chance accuracy is 0.5.
+    min_pope_accuracy: float = Field(
+        0.6, ge=0, le=1, allow_inf_nan=False, description="promotion gate: POPE accuracy must reach this (chance: 0.5)"
+    )
+    min_yes_ratio: float = Field(
+        0.2, ge=0, le=1, allow_inf_nan=False, description="promotion gate: POPE 'yes' share, lower end of the sane band"
+    )
+    max_yes_ratio: float = Field(
+        0.8, ge=0, le=1, allow_inf_nan=False, description="promotion gate: POPE 'yes' share, upper end of the sane band"
+    )
+
+    @model_validator(mode="after")
+    def _band(self) -> GatePolicy:
+        if self.min_yes_ratio > self.max_yes_ratio:
+            raise ValueError(f"min_yes_ratio {self.min_yes_ratio} > max_yes_ratio {self.max_yes_ratio}")
+        return self
 
     def policy(self) -> GatePolicy:
         """The gate's fields alone (settings classes that extend this one carry more)."""
@@ -53,13 +74,34 @@ class GateDecision:
         )
 
 
+def degenerate_answers(metrics: Mapping[str, float], policy: GatePolicy) -> list[str]:
+    """Why a model's yes/no answers are no better than a constant or a coin (empty: they are not)."""
+    found = []
+    accuracy, yes = metrics["pope_accuracy"], metrics["pope_yes_ratio"]
+    if accuracy < policy.min_pope_accuracy:
+        found.append(f"POPE accuracy {accuracy:.3f} < {policy.min_pope_accuracy:.3f} (chance is 0.5)")
+    if not policy.min_yes_ratio <= yes <= policy.max_yes_ratio:
+        constant = " (always 'yes')" if yes == 1 else " (always 'no')" if yes == 0 else ""
+        found.append(
+            f"answers 'yes' to {yes:.0%} of POPE questions{constant}, outside "
+            f"[{policy.min_yes_ratio:.0%}, {policy.max_yes_ratio:.0%}]"
+        )
+    return found
+
+
 def gate_decision(
     seed: Mapping[str, float], trained: Mapping[str, float], base: Mapping[str, float], policy: GatePolicy
 ) -> GateDecision:
-    """`seed`, `trained`, `base`: eval metrics (`precision`, `recall`, `pope_f1`) of the round's seed, its trained
-    model and the model the first round started from (the same as `seed` in round 1)."""
-    for name, metrics in (("seed", seed), ("trained", trained), ("base", base)):
-        missing = {"precision", "recall", "pope_f1"} - set(metrics)
+    """`seed`, `trained`, `base`: eval metrics (`precision`, `recall`, `pope_f1`; for the trained model also
+    `pope_accuracy` and `pope_yes_ratio`) of the round's seed, its trained model and the model the first round
+    started from (the same as `seed` in round 1). Relative tests compare with seed and base; the absolute floors hold
+    the trained model to chance whatever its seed did."""
+    for name, metrics, needed in (
+        ("seed", seed, RELATIVE),
+        ("trained", trained, RELATIVE | ABSOLUTE),
+        ("base", base, RELATIVE),
+    ):
+        missing = needed - set(metrics)
         if missing:
             raise KeyError(f"{name} metrics lack {sorted(missing)}")
     gain = trained["precision"] - seed["precision"]
@@ -78,4 +120,5 @@ def gate_decision(
     for change, against in ((pope_vs_seed, "the seed"), (pope_vs_base, "the base model")):
         if change < -policy.pope_tolerance:
             reasons.append(f"POPE F1 fell {-change:.3f} below {against} (tolerance {policy.pope_tolerance:.3f})")
+    reasons += [f"the trained model's yes/no answers are degenerate: {r}" for r in degenerate_answers(trained, policy)]
     return GateDecision(not reasons, gain, vs_seed, vs_base, pope_vs_seed, pope_vs_base, tuple(reasons))

@@ -32,7 +32,15 @@ BOOTSTRAP_CONFIG = {
 }
 TRAINING = {"epochs": 1, "batch_size": 8}
 # the tiny models: force each outcome
-PASS_GATE = {"min_precision_gain": -1.0, "recall_tolerance": 1.0, "pope_tolerance": 1.0}
+# The small test world's models are too weak for the real gate; this one passes anything.
+PASS_GATE = {
+    "min_precision_gain": -1.0,
+    "recall_tolerance": 1.0,
+    "pope_tolerance": 1.0,
+    "min_pope_accuracy": 0.0,
+    "min_yes_ratio": 0.0,
+    "max_yes_ratio": 1.0,
+}
 REFUSE_GATE = {"min_precision_gain": 1.0}
 
 

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from si_assets.evaluation.data import EvalSettings
-from si_assets.evaluation.uncertainty import POPE_COUNTS, counts_of, metrics_of
+from si_assets.evaluation.uncertainty import POPE_COUNTS, counts_of, metrics_of, paired_delta_intervals
 from si_assets.plots import metric_bars_png, png_markdown
 from si_assets.rounds import (
     ChampionRegistry,
@@ -81,7 +81,7 @@ HEALTHY_ANSWERS = {"pope_accuracy": 0.85, "pope_yes_ratio": 0.5}
     ],
 )
 def test_gate_decision(trained: dict, base: dict, passed: bool, reason: str | None) -> None:
-    policy = GatePolicy(min_precision_gain=0.01, recall_tolerance=0.03, pope_tolerance=0.03)
+    policy = GatePolicy(min_precision_gain=0.01, recall_tolerance=0.03, pope_tolerance=0.03, rule="point")
     trained = HEALTHY_ANSWERS | trained
     decision = gate_decision(SEED, trained, base, policy)
     assert decision.passed is passed
@@ -100,12 +100,14 @@ def test_gate_rejects_bad_policy_and_missing_metrics() -> None:
         GatePolicy(recall_tolerance=-0.1)
     with pytest.raises(ValueError, match="pope_tolerance"):
         GatePolicy(pope_tolerance=1.5)
+    with pytest.raises(KeyError, match="needs the paired intervals"):
+        gate_decision(SEED, {**SEED, **HEALTHY_ANSWERS}, SEED, GatePolicy())  # rule 'interval' without intervals
     with pytest.raises(KeyError, match="trained metrics lack"):
-        gate_decision(SEED, {"precision": 0.9}, SEED, GatePolicy())
+        gate_decision(SEED, {"precision": 0.9}, SEED, GatePolicy(rule="point"))
     with pytest.raises(KeyError, match="pope_f1"):
-        gate_decision(SEED, {"precision": 0.9, "recall": 0.9}, SEED, GatePolicy())
+        gate_decision(SEED, {"precision": 0.9, "recall": 0.9}, SEED, GatePolicy(rule="point"))
     with pytest.raises(KeyError, match="pope_yes_ratio"):
-        gate_decision(SEED, {**SEED, "precision": 0.9, "pope_accuracy": 0.8}, SEED, GatePolicy())
+        gate_decision(SEED, {**SEED, "precision": 0.9, "pope_accuracy": 0.8}, SEED, GatePolicy(rule="point"))
     with pytest.raises(ValueError, match="min_yes_ratio"):
         GatePolicy(min_yes_ratio=0.9, max_yes_ratio=0.1)
 
@@ -115,7 +117,7 @@ def test_a_model_that_answers_yes_to_everything_is_never_promoted() -> None:
     answers "yes" to everything through (F1 .667 >= 0 - tolerance). The absolute floors refuse it by name."""
     always_no = {"precision": 0.75, "recall": 0.86, "pope_f1": 0.0, "pope_accuracy": 0.5, "pope_yes_ratio": 0.0}
     always_yes = {"precision": 0.82, "recall": 0.85, "pope_f1": 0.667, "pope_accuracy": 0.5, "pope_yes_ratio": 1.0}
-    decision = gate_decision(always_no, always_yes, always_no, GatePolicy())
+    decision = gate_decision(always_no, always_yes, always_no, GatePolicy(rule="point"))
     assert not decision.passed
     assert any("always 'yes'" in r for r in decision.reasons), decision.reasons
     assert any("POPE accuracy 0.500 < 0.600 (chance is 0.5)" in r for r in decision.reasons)
@@ -123,7 +125,7 @@ def test_a_model_that_answers_yes_to_everything_is_never_promoted() -> None:
         "answers 'yes' to 0% of POPE questions (always 'no')"
     )
     healthy = {"precision": 0.82, "recall": 0.85, "pope_f1": 0.86, "pope_accuracy": 0.86, "pope_yes_ratio": 0.48}
-    assert gate_decision(always_no, healthy, always_no, GatePolicy()).passed  # a real answerer after a broken seed
+    assert gate_decision(always_no, healthy, always_no, GatePolicy(rule="point")).passed  # after a broken seed
     assert degenerate_answers(healthy, GatePolicy()) == []
 
 
@@ -237,3 +239,37 @@ def test_the_gate_reads_the_dev_split_only(monkeypatch: pytest.MonkeyPatch, tmp_
     test_rows = result.table.filter(pl.col("split") == "test")
     assert dict(zip(test_rows["metric"], test_rows["delta"]))["precision"] == pytest.approx(-dev_gain)
     assert result.base_metrics["precision"] == pytest.approx(0.80)  # round 1: the base is the seed, on dev
+
+
+def _fixed(before: dict[str, np.ndarray], share: float) -> dict[str, np.ndarray]:
+    """`before` with one hallucinated mention turned right on the first `share` of the images that have one."""
+    after = {k: v.copy() for k, v in before.items()}
+    wrong = np.flatnonzero(before["n_hallucinated"] > 0)
+    fixed = wrong[: int(len(wrong) * share)]
+    after["n_hallucinated"][fixed] -= 1
+    after["n_covered"][fixed] += 1
+    return after
+
+
+@pytest.mark.parametrize(("share", "promoted"), [(0.06, False), (0.5, True)])
+def test_the_interval_gate_refuses_a_gain_inside_the_noise(share: float, promoted: bool) -> None:
+    """300 images, 3 mentions each, a fifth of them wrong. Fixing 6% of the wrong images gains about a point, no more
+    than the evaluation's noise allows telling apart from nothing: refused, though the point gain clears the
+    minimum. Fixing half of them is clearly better: promoted."""
+    rng = np.random.default_rng(5)
+    wrong = rng.binomial(3, 0.2, 300).astype(float)
+    before = {"n_mentioned": np.full(300, 3.0), "n_hallucinated": wrong, "n_covered": 3 - wrong}
+    before |= {"n_truth": np.full(300, 4.0)} | {c: np.full(300, 1.0) for c in POPE_COUNTS}
+    after = _fixed(before, share)
+    ones = np.ones((1, 300))
+    seed, trained = ({k: float(v[0]) for k, v in metrics_of(c, ones).items()} for c in (before, after))
+    seed |= {"pope_yes_ratio": 0.5}
+    trained |= {"pope_accuracy": 0.9, "pope_yes_ratio": 0.5}
+    policy = GatePolicy(min_precision_gain=0.005)
+    assert trained["precision"] - seed["precision"] >= policy.min_precision_gain
+    intervals = paired_delta_intervals(before, after)
+    decision = gate_decision(seed, trained, seed, policy, intervals)
+    assert decision.passed is promoted
+    assert gate_decision(seed, trained, seed, policy.model_copy(update={"rule": "point"})).passed  # the old rule
+    if not promoted:
+        assert "(lower bound of its 95% interval)" in decision.summary()

@@ -41,7 +41,7 @@ GROUPS = {
 # context; the run from the UI opens the gate and tolerates the cut texts.
 ROUND_CONFIG = (
     "ops:\n  eval_scores:\n    config:\n      min_precision_gain: -1.0\n      recall_tolerance: 1.0\n"
-    "      pope_tolerance: 1.0\n"
+    "      pope_tolerance: 1.0\n      min_pope_accuracy: 0.0\n      min_yes_ratio: 0.0\n      max_yes_ratio: 1.0\n"
     "  verified_pairs:\n    config:\n      max_cut_share: 1.0\n"
 )
 WAIT_S = 600  # a bound for a busy CI machine, not a measurement

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -32,6 +33,12 @@ class GatePolicy(BaseModel):
         0.03, ge=0, le=1, allow_inf_nan=False, description="promotion gate: largest POPE F1 loss vs seed and vs base"
     )
 
+    rule: Literal["interval", "point"] = Field(
+        "interval",
+        description="'interval': the paired 95% bootstrap interval of each change against the seed must clear the "
+        "threshold (its lower bound), so a gain inside the evaluation's noise is refused; 'point': the measured "
+        "changes alone",
+    )
     # Absolute floors, whatever the seed did: a seed that answers "no" to everything (F1 0) would let a successor that
     # answers "yes" to everything pass every relative test. POPE is balanced, so chance accuracy is 0.5.
     min_pope_accuracy: float = Field(
@@ -90,12 +97,20 @@ def degenerate_answers(metrics: Mapping[str, float], policy: GatePolicy) -> list
 
 
 def gate_decision(
-    seed: Mapping[str, float], trained: Mapping[str, float], base: Mapping[str, float], policy: GatePolicy
+    seed: Mapping[str, float],
+    trained: Mapping[str, float],
+    base: Mapping[str, float],
+    policy: GatePolicy,
+    intervals: Mapping[str, tuple[float, float]] | None = None,
 ) -> GateDecision:
     """`seed`, `trained`, `base`: eval metrics (`precision`, `recall`, `pope_f1`; for the trained model also
     `pope_accuracy` and `pope_yes_ratio`) of the round's seed, its trained model and the model the first round
     started from (the same as `seed` in round 1). Relative tests compare with seed and base; the absolute floors hold
-    the trained model to chance whatever its seed did."""
+    the trained model to chance whatever its seed did. With `rule: interval`, `intervals` are the paired bootstrap
+    intervals of trained − seed per metric, and the tests against the seed read their bounds: the gain's lower bound
+    must clear the minimum, the losses' lower bounds must stay inside the tolerances."""
+    if policy.rule == "interval" and (intervals is None or not RELATIVE <= set(intervals)):
+        raise KeyError(f"rule 'interval' needs the paired intervals of {sorted(RELATIVE)}")
     for name, metrics, needed in (
         ("seed", seed, RELATIVE),
         ("trained", trained, RELATIVE | ABSOLUTE),
@@ -109,16 +124,25 @@ def gate_decision(
     vs_base = trained["recall"] - base["recall"]
     pope_vs_seed = trained["pope_f1"] - seed["pope_f1"]
     pope_vs_base = trained["pope_f1"] - base["pope_f1"]
+    # Against the seed: the measured change, or with rule 'interval' the worst case its paired interval admits.
+    low = {m: intervals[m][0] for m in RELATIVE} if policy.rule == "interval" else {}
+    bound = " (lower bound of its 95% interval)" if low else ""
     reasons = []
-    if gain < policy.min_precision_gain:
+    if low.get("precision", gain) < policy.min_precision_gain:
         # four decimals: a gain just under the minimum must not print as equal to it
-        reasons.append(f"precision gain {gain:+.4f} < {policy.min_precision_gain:+.4f}")
-    if vs_seed < -policy.recall_tolerance:
-        reasons.append(f"recall fell {-vs_seed:.3f} below the seed (tolerance {policy.recall_tolerance:.3f})")
+        measured = f"{gain:+.4f}" + (
+            f", interval [{low['precision']:+.4f}, {intervals['precision'][1]:+.4f}]" if low else ""
+        )
+        reasons.append(f"precision gain {measured} < {policy.min_precision_gain:+.4f}{bound}")
+    if low.get("recall", vs_seed) < -policy.recall_tolerance:
+        fell = -low.get("recall", vs_seed)
+        reasons.append(f"recall fell {fell:.3f} below the seed{bound} (tolerance {policy.recall_tolerance:.3f})")
     if vs_base < -policy.recall_tolerance:
         reasons.append(f"recall fell {-vs_base:.3f} below the base model (tolerance {policy.recall_tolerance:.3f})")
-    for change, against in ((pope_vs_seed, "the seed"), (pope_vs_base, "the base model")):
-        if change < -policy.pope_tolerance:
-            reasons.append(f"POPE F1 fell {-change:.3f} below {against} (tolerance {policy.pope_tolerance:.3f})")
+    if low.get("pope_f1", pope_vs_seed) < -policy.pope_tolerance:
+        fell = -low.get("pope_f1", pope_vs_seed)
+        reasons.append(f"POPE F1 fell {fell:.3f} below the seed{bound} (tolerance {policy.pope_tolerance:.3f})")
+    if pope_vs_base < -policy.pope_tolerance:
+        reasons.append(f"POPE F1 fell {-pope_vs_base:.3f} below the base model (tolerance {policy.pope_tolerance:.3f})")
     reasons += [f"the trained model's yes/no answers are degenerate: {r}" for r in degenerate_answers(trained, policy)]
     return GateDecision(not reasons, gain, vs_seed, vs_base, pope_vs_seed, pope_vs_base, tuple(reasons))

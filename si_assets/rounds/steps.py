@@ -460,4 +460,5 @@ def evaluate(
         }
         tables.append(metrics_table(split, models_metrics, bounds))
     table = pl.concat(tables, how="diagonal_relaxed")
-    return Evaluation(results, table, base, gate_decision(gated.seed.metrics, gated.trained.metrics, base, policy))
+    gate = gate_decision(gated.seed.metrics, gated.trained.metrics, base, policy, gated.delta_intervals())
+    return Evaluation(results, table, base, gate)

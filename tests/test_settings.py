@@ -115,3 +115,41 @@ def test_a_bad_setting_is_refused_with_its_name() -> None:
     ):
         with pytest.raises(ValueError, match=name):
             cls(**bad)
+
+
+def _numeric_fields() -> list[tuple[type[BaseModel], str, object]]:
+    """(class, field, a value outside its bounds) for every numeric field of every settings class; NaN for a float
+    without bounds to break."""
+    cases = []
+    for cls in settings_classes():
+        if issubclass(cls, dg.Config):
+            continue  # the Dagster Configs are these classes
+        for name in declared(cls):
+            field = cls.model_fields[name]
+            kind = field.annotation
+            if kind not in (int, float, int | None, float | None):
+                continue
+            bounds = {type(m).__name__: m for m in field.metadata}
+            if "Ge" in bounds:
+                cases.append((cls, name, bounds["Ge"].ge - 1))
+            elif "Gt" in bounds:
+                cases.append((cls, name, bounds["Gt"].gt - 1))
+            if "Le" in bounds:
+                cases.append((cls, name, bounds["Le"].le + 1))
+            elif "Lt" in bounds:
+                cases.append((cls, name, bounds["Lt"].lt + 1))
+            if kind in (float, float | None):
+                cases += [(cls, name, float("nan")), (cls, name, float("inf"))]
+            if not bounds:
+                cases.append((cls, name, "unbounded"))
+    return cases
+
+
+def test_every_numeric_setting_is_bounded_and_refuses_nan_naming_the_field() -> None:
+    cases = _numeric_fields()
+    assert len(cases) > 80
+    unbounded = [f"{cls.__name__}.{name}" for cls, name, value in cases if value == "unbounded"]
+    assert not unbounded, f"numeric settings without bounds: {unbounded}"
+    for cls, name, value in cases:
+        with pytest.raises(ValueError, match=name):
+            cls(**{name: value})

@@ -12,26 +12,25 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from si_assets.bootstrap.schedule import warmup_cosine_scheduler
 from si_assets.progress import progress
+from si_assets.settings import Settings
 from si_assets.verifier.clip import ClipScorer, load_clip, retrieval_recall_at_1, save_clip
 from si_assets.world import WorldSpec, decode_png, hard_negative_caption
 from si_assets.world.vocabulary import caption_mentions, caption_order_of, cooccurring_pairs, world_vocabulary
 
 
-class TinyClipSpec(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    image_size: int = 48
-    patch_size: int = 8
-    vision_width: int = 64
-    vision_layers: int = 3
-    text_width: int = 64
-    text_layers: int = 2
-    context_length: int = 32
-    embed_dim: int = 64
+class TinyClipSpec(Settings):
+    image_size: int = Field(48, ge=1)
+    patch_size: int = Field(8, ge=1)
+    vision_width: int = Field(64, ge=1)
+    vision_layers: int = Field(3, ge=1)
+    text_width: int = Field(64, ge=1)
+    text_layers: int = Field(2, ge=1)
+    context_length: int = Field(32, ge=1)
+    embed_dim: int = Field(64, ge=1)
 
     def open_clip_config(self) -> dict:
         """The `open_clip_config.json` layout open_clip's `local-dir:` loader reads."""
@@ -63,19 +62,17 @@ class TinyClipSpec(BaseModel):
         }
 
 
-class ClipTrainConfig(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    seed: int = 0
+class ClipTrainConfig(Settings):
+    seed: int = Field(0, ge=0)
     # 1,800 steps verify a little better (recall@1 .92 against .903) and cost the demo a minute. With 2 DPO epochs
     # (not 3) the round gains +5.5 instead of +6.8 and keeps its lead over random negatives, in 2 minutes less
     # (docs/results.md, "Training length")
-    steps: int = 1200
-    batch_size: int = 64
-    lr: float = 2e-3
+    steps: int = Field(1200, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(2e-3, gt=0)
     hard_negatives: bool = True
-    negatives_per_image: int = 4  # candidates generated per caption
-    negatives_per_step: int = 1  # how many of them each image meets in one batch
+    negatives_per_image: int = Field(4, ge=1)  # candidates generated per caption
+    negatives_per_step: int = Field(1, ge=1)  # how many of them each image meets in one batch
     retrieval_candidates: int = Field(50, ge=2, description="reported recall@1 ranks a caption among this many")
 
 

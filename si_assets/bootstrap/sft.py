@@ -17,37 +17,38 @@ import numpy as np
 import polars as pl
 import torch
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from si_assets.bootstrap.schedule import warmup_cosine
 from si_assets.modeling.chat import user_prompt
 from si_assets.progress import progress
+from si_assets.settings import Settings
 from si_assets.world import CAPTION_PROMPTS, decode_png
 
 QA_TEMPLATE = "Is there a {kind} in the image?"
 
 
-class SFTConfig(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    seed: int = 0
+class SFTConfig(Settings):
+    seed: int = Field(0, ge=0)
     vision_pretrain_steps: int = Field(1200, ge=0, description="stage 1: object classification for the vision tower")
-    max_steps: int = 1500
-    batch_size: int = 64
-    lr: float = 1e-3  # 3e-3 (the 0.7M seed's) stopped a 2.6M seed early and worse (docs/results.md, "Seed capacity")
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.1
+    max_steps: int = Field(1500, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(
+        1e-3, gt=0
+    )  # 3e-3 (the 0.7M seed's) stopped a 2.6M seed early and worse (docs/results.md, "Seed capacity")
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
     image_dropout: float = Field(0.25, ge=0.0, lt=1.0, description="share of caption examples given without image")
     qa_share: float = Field(0.5, ge=0.0, description="yes/no questions per image, on average")
-    val_size: int = 200
-    eval_every: int = 100
+    val_size: int = Field(200, ge=1)
+    eval_every: int = Field(100, ge=1)
     # Evaluations without gain before stopping. The validation loss is a full pass over fixed examples, not a noisy
     # minibatch: the default seed's improves up to step 900 and rises from 1,000 on, so stopping at the first rise
     # keeps the weights patience 5 kept (step 900) 400 steps sooner (docs/results.md, "Seed convergence and early
     # stopping").
-    patience: int = 1
-    min_improvement: float = 0.0
+    patience: int = Field(1, ge=1)
+    min_improvement: float = Field(0.0, ge=-1, le=1, description="validation-loss drop that counts as a gain")
 
 
 @dataclass
@@ -75,7 +76,7 @@ class EarlyStopping:
     `min_improvement`; training stops after `patience` evaluations in a row that did not."""
 
     patience: int
-    min_improvement: float = 0.0
+    min_improvement: float = Field(0.0, ge=-1, le=1, description="validation-loss drop that counts as a gain")
     best_loss: float = math.inf
     best_step: int = 0
     bad_evals: int = 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import Field
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     CLIPImageProcessor,
@@ -17,6 +17,8 @@ from transformers import (
     LlavaProcessor,
     PreTrainedTokenizerFast,
 )
+
+from si_assets.settings import Settings
 
 IMAGE_TOKEN = "<image>"
 BASE_SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
@@ -37,22 +39,20 @@ CHAT_TEMPLATE = (
 )
 
 
-class TinyVLMSpec(BaseModel):
+class TinyVLMSpec(Settings):
     """Sizes of the bootstrap LLaVA. Defaults: about 1.3M parameters, 36 image tokens (0.7M, 96 wide with 3 + 2
     layers, bootstraps in half the time but leaves one round too little capacity: docs/results.md, "Seed capacity")."""
 
-    model_config = ConfigDict(frozen=True)
-
-    image_size: int = 48
-    patch_size: int = 8
-    vision_width: int = 128
-    vision_layers: int = 4
-    vision_heads: int = 4
-    text_width: int = 128
-    text_layers: int = 3
-    text_heads: int = 4
-    vocab_size: int = 400
-    max_positions: int = 128
+    image_size: int = Field(48, ge=1)
+    patch_size: int = Field(8, ge=1)
+    vision_width: int = Field(128, ge=1)
+    vision_layers: int = Field(4, ge=1)
+    vision_heads: int = Field(4, ge=1)
+    text_width: int = Field(128, ge=1)
+    text_layers: int = Field(3, ge=1)
+    text_heads: int = Field(4, ge=1)
+    vocab_size: int = Field(400, ge=1)
+    max_positions: int = Field(128, ge=1)
 
 
 def build_tokenizer(

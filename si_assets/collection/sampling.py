@@ -13,25 +13,24 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import polars as pl
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from si_assets.modeling.mixed_decoding import MixedRequest, SamplerSettings, decode_mixed
+from si_assets.settings import Settings
 
 POSITIVE, NEGATIVE = "positive", "negative"
 
 
-class HallucinationRatios(BaseModel):
+class HallucinationRatios(Settings):
     """h_pos ~ N(mu_pos, sd_pos), h_neg ~ N(mu_neg, sd_neg), both clipped to [0, 1], h_neg > h_pos."""
 
-    model_config = ConfigDict(frozen=True)
-
-    mu_pos: float = Field(0.0, ge=0, le=1, allow_inf_nan=False)
-    sd_pos: float = Field(0.05, ge=0, allow_inf_nan=False)
+    mu_pos: float = Field(0.0, ge=0, le=1)
+    sd_pos: float = Field(0.05, ge=0)
     # At h .15 a negative is the model's own caption with a few more wrong mentions; it leads another image's
     # caption as a negative by 1.7-1.8 precision points over three training seeds, where h .35 led by 0.5 and h .7
     # did worse (docs/results.md, "The hallucination ratio").
-    mu_neg: float = Field(0.15, ge=0, le=1, allow_inf_nan=False)
-    sd_neg: float = Field(0.05, ge=0, allow_inf_nan=False)
+    mu_neg: float = Field(0.15, ge=0, le=1)
+    sd_neg: float = Field(0.05, ge=0)
 
     @model_validator(mode="after")
     def _ordered(self) -> HallucinationRatios:
@@ -46,7 +45,7 @@ class SamplingSettings(HallucinationRatios, SamplerSettings):
 
     n_samples: int = Field(8, ge=1, description="positives per image; CLIP picks the chosen one (1 = literal recipe)")
     n_negatives: int = Field(4, ge=1, description="negatives per image; CLIP picks the rejected one")
-    seed: int = Field(0, description="with the round key, the seed of every sampler draw")
+    seed: int = Field(0, ge=0, description="with the round key, the seed of every sampler draw")
     batch_size: int = Field(64, ge=1, description="requests per generate call (each is two rows)")
     chunk_size: int = Field(1024, ge=1, description="requests per stored chunk: a killed run resumes after the last")
     shards: int = Field(1, ge=1, description="sampling steps that split the chunks; run in parallel per `gpu` pool")

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from si_assets.settings import Settings
 
 
 class Reason(StrEnum):
@@ -53,10 +55,8 @@ REASON_HELP = {
 _CONVERTIBLE = {"RGB", "L", "LA", "RGBA", "P", "PA", "CMYK", "YCbCr", "1", "RGBX", "La"}
 
 
-class InputLimits(BaseModel):
+class InputLimits(Settings):
     """What every image and prompt is checked against before it reaches a model."""
-
-    model_config = ConfigDict(frozen=True)
 
     # a 6,300-pixel square; Pillow's own bomb guard stops at 89 M (warns) / 179 M
     max_pixels: int = Field(40_000_000, ge=1, description="larger images are rejected unread")

@@ -11,11 +11,12 @@ from typing import Literal
 
 import polars as pl
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from si_assets.collection.validation import InputLimits, Rejected, decode_image, read_file, resolve_inside
 from si_assets.evaluation.coco import coco_vocabulary, load_coco_instances, load_pope_questions, load_synonyms
 from si_assets.evaluation.metrics import ObjectVocabulary, PopeQuestion
+from si_assets.settings import Settings
 from si_assets.storage import content_hash
 from si_assets.world import EVAL_PROMPT, decode_png
 from si_assets.world.vocabulary import world_vocabulary
@@ -23,11 +24,9 @@ from si_assets.world.vocabulary import world_vocabulary
 Split = Literal["dev", "test"]
 
 
-class EvalSettings(BaseModel):
+class EvalSettings(Settings):
     """The evaluation step: the held-out `dev` split (defaults, promotion gate) and `test` split (reported only),
     the prompts and how many POPE questions."""
-
-    model_config = ConfigDict(frozen=True)
 
     source: Literal["world", "coco"] = Field("world", description="'coco': the coco_* files below, one set per split")
     coco_dev_instances: str | None = Field(None, description="dev split: instances_*.json (COCO format)")
@@ -42,7 +41,7 @@ class EvalSettings(BaseModel):
     pope_per_image: int = Field(2, ge=0, description="present objects asked per image when no POPE file is given")
     batch_size: int = Field(64, ge=1)
     max_new_tokens: int = Field(32, ge=1)
-    seed: int = Field(0, description="POPE question sampling; the same in every round, so rounds compare")
+    seed: int = Field(0, ge=0, description="POPE question sampling; the same in every round, so rounds compare")
 
     @model_validator(mode="after")
     def _coco_complete(self) -> EvalSettings:

@@ -17,22 +17,21 @@ from typing import Literal
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from si_assets.modeling.chat import user_prompt
 from si_assets.progress import progress
+from si_assets.settings import Settings
 
 MixSpace = Literal["probs", "logits"]
 
 
-class SamplerSettings(BaseModel):
+class SamplerSettings(Settings):
     """How each token is drawn from the mixture (the same for a positive and its negative)."""
 
-    model_config = ConfigDict(frozen=True)
-
-    temperature: float = Field(0.7, ge=0, allow_inf_nan=False, description="0 = greedy on the mixture")
-    top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
+    temperature: float = Field(0.7, ge=0, description="0 = greedy on the mixture")
+    top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(32, ge=1)
     mix_space: MixSpace = Field("probs", description="mix probabilities (the method) or logits")
     # the response then begins grounded and the language prior takes over mid-caption, where co-occurrence

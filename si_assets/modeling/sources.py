@@ -14,17 +14,17 @@ from pathlib import Path
 
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from si_assets.settings import Settings
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Everything a checkpoint needs besides pickled weights, which are never loaded.
 CHECKPOINT_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
 
 
-class SeedSettings(BaseModel):
+class SeedSettings(Settings):
     """The model round 1 starts from (later rounds start from the champion)."""
-
-    model_config = ConfigDict(frozen=True)
 
     base: str | None = Field(
         None,

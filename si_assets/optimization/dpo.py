@@ -21,7 +21,7 @@ import polars as pl
 import torch
 from peft import LoraConfig
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch.utils.data import DataLoader
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
@@ -29,6 +29,7 @@ from trl import DPOConfig, DPOTrainer
 
 from si_assets.organization.probes import PROBE
 from si_assets.progress import progress
+from si_assets.settings import Settings
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 # LoRA on the language model's projections (LLaVA / Qwen2-VL: `language_model`, Idefics3: `text_model`).
@@ -39,13 +40,11 @@ Objective = Literal["dpo", "sft"]
 ProbeLoss = Literal["dpo", "sft"]
 
 
-class DPOSettings(BaseModel):
+class DPOSettings(Settings):
     """DPO (TRL + PEFT LoRA) hyper-parameters."""
 
-    model_config = ConfigDict(frozen=True)
-
     objective: Objective = Field("dpo", description="'sft': the SFT term alone on the chosen responses")
-    beta: float = Field(0.1, gt=0, allow_inf_nan=False)
+    beta: float = Field(0.1, gt=0)
     rpo_alpha: float = Field(1.0, ge=0, description="weight of the SFT term on the chosen response; 0 = plain DPO")
     ld_alpha: float | None = Field(None, ge=0, le=1, description="LD-DPO weight of tokens past the shorter response")
     # 'sft' (the default): a probe's answer is the verifier's restatement, right 84-92% of the time; the SFT term
@@ -55,7 +54,7 @@ class DPOSettings(BaseModel):
         description="'sft': yes/no probe pairs train only the SFT term on their answer (their preference term is "
         "made constant, and the logged preference accuracy counts them as ties); 'dpo': the full DPO loss",
     )
-    learning_rate: float = Field(1e-3, gt=0, allow_inf_nan=False)
+    learning_rate: float = Field(1e-3, gt=0)
     # 3 epochs with a 1,800-step bootstrap CLIP gain 1.3 points more on the embedded world and take the demo 2.6
     # minutes longer on 2 CPU cores (docs/results.md, "Training length")
     epochs: float = Field(2.0, gt=0)
@@ -71,7 +70,7 @@ class DPOSettings(BaseModel):
         description=f"regex over module names (language model only: {LANGUAGE_MODEL_PROJECTIONS!r}), or 'all-linear'",
     )
     max_length: int | None = Field(None, ge=1, description="prompt (image tokens included) + response; None: no cut")
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     logging_steps: int = Field(10, ge=1)
 
     def losses(self) -> tuple[list[str], list[float]]:

@@ -13,12 +13,13 @@ from typing import Literal
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from si_assets.collection.sampling import NEGATIVE, POSITIVE, stable_seed
 from si_assets.organization.composition import composed_responses
 from si_assets.organization.probes import PROBE, probe_pairs
 from si_assets.organization.segments import swapped_responses
+from si_assets.settings import Settings
 from si_assets.verifier.clip import BOOTSTRAP, ScoreMode, VerifierSource
 
 KEPT, REVERSED, DISCARDED = "kept", "reversed", "discarded"
@@ -31,16 +32,12 @@ Score = Callable[[Sequence[str], Sequence[str]], np.ndarray]  # (image ids, text
 PairEdit = Callable[[pl.DataFrame, Score], pl.DataFrame]
 
 
-class PairRule(BaseModel):
+class PairRule(Settings):
     """How scored responses become preference pairs. The defaults are the product's (docs/method.md,
     "Organization"): CLIP composes a chosen caption, climbing from the best sample; the two best candidates meet
     the two worst negatives; one yes/no probe per image. `PairRule.plain()` is the method's literal pairing."""
 
-    model_config = ConfigDict(frozen=True)
-
-    margin: float = Field(
-        0.0, ge=0, allow_inf_nan=False, description="pairs whose CLIP scores differ by less are discarded"
-    )
+    margin: float = Field(0.0, ge=0, description="pairs whose CLIP scores differ by less are discarded")
     verification: Verification = Field(
         "clip", description="'none': pairs as generated, positive k vs negative k (baseline; nothing is composed)"
     )
@@ -49,16 +46,14 @@ class PairRule(BaseModel):
         description="'random': another image's response (baseline); 'own_samples': the CLIP-worst low-h sample; "
         "'swapped': the chosen response with one mention swapped for one of the hallucinated negative's",
     )
-    seed: int = Field(0, description="with the round key, the seed of random negatives and of the probes' draw")
+    seed: int = Field(0, ge=0, description="with the round key, the seed of random negatives and of the probes' draw")
     pairs_per_image: int = Field(2, ge=1, description="k best positives meet the k worst negatives, by rank")
     chosen: ChosenSource = Field(
         "composed",
         description="'best': the CLIP-best sample; 'composed': CLIP also builds a caption from the samples' segments "
         "(one added or dropped at a time while its score rises), which joins the candidates",
     )
-    compose_bonus: float = Field(
-        0.0, ge=0, allow_inf_nan=False, description="added per segment while composing: recall for precision"
-    )
+    compose_bonus: float = Field(0.0, ge=0, description="added per segment while composing: recall for precision")
     compose_from_best: bool = Field(
         True, description="composing starts from the CLIP-best sample's segments and may also drop them"
     )

@@ -7,30 +7,30 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from si_assets.settings import Settings
 
 RELATIVE = frozenset({"precision", "recall", "pope_f1"})
 ABSOLUTE = frozenset({"pope_accuracy", "pope_yes_ratio"})
 
 
-class GatePolicy(BaseModel):
+class GatePolicy(Settings):
     """When a trained model replaces its seed."""
-
-    model_config = ConfigDict(frozen=True)
 
     # Below about a point, precision moves between training seeds on a 300-image eval set (docs/results.md): a
     # smaller gain is noise, not a better model.
     min_precision_gain: float = Field(
-        0.01, ge=-1, le=1, allow_inf_nan=False, description="promotion gate: trained precision − seed precision"
+        0.01, ge=-1, le=1, description="promotion gate: trained precision − seed precision"
     )
     # Against the round's seed AND the original base model, so no chain of rounds can trade recall away a little at
     # a time.
     recall_tolerance: float = Field(
-        0.03, ge=0, le=1, allow_inf_nan=False, description="promotion gate: largest recall loss vs seed and vs base"
+        0.03, ge=0, le=1, description="promotion gate: largest recall loss vs seed and vs base"
     )
     # Fewer hallucinated mentions in captions do not make a better model if it now answers "yes" to every question.
     pope_tolerance: float = Field(
-        0.03, ge=0, le=1, allow_inf_nan=False, description="promotion gate: largest POPE F1 loss vs seed and vs base"
+        0.03, ge=0, le=1, description="promotion gate: largest POPE F1 loss vs seed and vs base"
     )
 
     rule: Literal["interval", "point"] = Field(
@@ -42,13 +42,13 @@ class GatePolicy(BaseModel):
     # Absolute floors, whatever the seed did: a seed that answers "no" to everything (F1 0) would let a successor that
     # answers "yes" to everything pass every relative test. POPE is balanced, so chance accuracy is 0.5.
     min_pope_accuracy: float = Field(
-        0.6, ge=0, le=1, allow_inf_nan=False, description="promotion gate: POPE accuracy must reach this (chance: 0.5)"
+        0.6, ge=0, le=1, description="promotion gate: POPE accuracy must reach this (chance: 0.5)"
     )
     min_yes_ratio: float = Field(
-        0.2, ge=0, le=1, allow_inf_nan=False, description="promotion gate: POPE 'yes' share, lower end of the sane band"
+        0.2, ge=0, le=1, description="promotion gate: POPE 'yes' share, lower end of the sane band"
     )
     max_yes_ratio: float = Field(
-        0.8, ge=0, le=1, allow_inf_nan=False, description="promotion gate: POPE 'yes' share, upper end of the sane band"
+        0.8, ge=0, le=1, description="promotion gate: POPE 'yes' share, upper end of the sane band"
     )
 
     @model_validator(mode="after")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from si_assets.settings import Settings
 
 DEFAULT_KINDS = ["circle", "square", "triangle", "star", "cross", "ring", "diamond", "hexagon"]
 DEFAULT_COLOURS = {
@@ -20,14 +22,12 @@ DEFAULT_COOCCURRENCE = [["circle", "square"], ["triangle", "star"], ["cross", "r
 DEFAULT_SPLITS = {"seed_train": 6000, "clip_train": 3000, "improve": 1500, "dev": 1000, "test": 1000}
 
 
-class WorldSpec(BaseModel):
+class WorldSpec(Settings):
     """A procedural image world. Plain pydantic so the world stays Dagster-free; the asset layer
     exposes the same fields as Dagster config."""
 
-    model_config = ConfigDict(frozen=True)
-
-    seed: int = 0
-    image_size: int = 48
+    seed: int = Field(0, ge=0)
+    image_size: int = Field(48, ge=16)
     kinds: list[str] = Field(default_factory=lambda: list(DEFAULT_KINDS))
     colours: dict[str, list[int]] = Field(default_factory=lambda: dict(DEFAULT_COLOURS))
     cooccurrence: list[list[str]] = Field(default_factory=lambda: [list(p) for p in DEFAULT_COOCCURRENCE])

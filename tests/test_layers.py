@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Lower layers never import higher ones; a layer may import its own and every lower one.
 LAYERS = [
-    ("si_assets.progress", "si_assets.plots", "si_assets.world", "si_assets.storage"),
+    ("si_assets.settings", "si_assets.progress", "si_assets.plots", "si_assets.world", "si_assets.storage"),
     ("si_assets.modeling", "si_assets.verifier"),
     (
         "si_assets.bootstrap",

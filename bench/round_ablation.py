@@ -20,6 +20,7 @@ A stopped run resumes: rows already in the CSV are not run again.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shlex
@@ -61,12 +62,12 @@ from si_assets.organization.verification import (  # noqa: E402
     decision_counts,
     training_pairs,
 )
+from si_assets.rounds.naming import round_key as round_key_of  # noqa: E402
 from si_assets.rounds.steps import Scored, score_checkpoint, train, verify  # noqa: E402
 from si_assets.rounds.steps import sample as sample_responses  # noqa: E402
 from si_assets.storage import ArtifactStore, Checkpoint  # noqa: E402
-from si_assets.verifier.clip import ClipScorer, load_clip  # noqa: E402
+from si_assets.verifier.clip import ClipScorer, VerifierSource, load_clip  # noqa: E402
 from si_assets.world import WorldSpec, improve_ground_truth, improve_true_captions  # noqa: E402
-from si_assets.world.vocabulary import world_vocabulary  # noqa: E402
 
 METRICS = ["precision", "recall", "f1", "chair_s", "mentions_per_caption", "pope_f1"]
 ROUND = "round-0001"  # the round key every run uses; the round seed varies the round
@@ -156,7 +157,9 @@ def derive(base: Variant, name: str, overrides: dict) -> Variant:
     """A variant of `base` from JSON overrides; nested keys for sampling, verification and training."""
     nested = {"sampling": base.sampling, "verification": base.verification, "training": base.training}
     fields = {k: updated(nested[k], **v) if k in nested else v for k, v in overrides.items()}
-    return replace(base, name=name, note=json.dumps(overrides), matched=False, **fields)
+    # the same optimizer steps as its base, unless the training length is the experiment
+    matched = base.matched and "epochs" not in overrides.get("training", {})
+    return replace(base, name=name, note=json.dumps(overrides), matched=matched, **fields)
 
 
 @dataclass
@@ -167,6 +170,7 @@ class Bench:
     models: object  # the `models` resource: loads checkpoints on the compute device
     seed: Checkpoint
     clip_dir: Path
+    clip_version: str  # what CLIP scores are cached under: the stored bootstrap's version, or a folder's hash
     vocab: ObjectVocabulary
     device: torch.device = torch.device("cpu")
     greedy: dict[str, dict[str, str]] = field(default_factory=dict)  # checkpoint version -> image id -> caption
@@ -198,24 +202,29 @@ def build_bench(images: int, world: dict, clip: dict, seed_model: dict) -> Bench
     splits = {s: result.asset_value(f"world_{s}") for s in ("seed_train", "improve", *SPLITS)}
     splits["improve"] = splits["improve"].head(images)
     store = resources["store"].get()  # the checkpoints as stored (the outputs' staging folders are gone)
+    clip_dir = Path(store.local_checkpoint(store.head("bootstrap_clip")).path)
+    spec = WorldSpec(**world)
     return Bench(
         world=splits,
-        spec=WorldSpec(**world),
+        spec=spec,
         store=store,
         models=resources["models"],
         seed=store.local_checkpoint(store.head("bootstrap_seed_model")),
-        clip_dir=Path(store.local_checkpoint(store.head("bootstrap_clip")).path),
-        vocab=ObjectVocabulary.from_kinds(world_vocabulary(splits["test"])[0]),
+        clip_dir=clip_dir,
+        clip_version=clip_dir.name,  # a stored version's folder is named by its hash
+        vocab=ObjectVocabulary.from_kinds(spec.kinds),
     )
 
 
-def responses_for(bench: Bench, settings: SamplingSettings, checkpoint: Checkpoint) -> pl.DataFrame:
+def responses_for(
+    bench: Bench, settings: SamplingSettings, checkpoint: Checkpoint, round_key: str = ROUND
+) -> pl.DataFrame:
     """The round's positives and negatives from `checkpoint`, decoded by the product's sampling step (chunks are
     cached in the store, so settings decoded before are read back)."""
     started = time.perf_counter()
     improve = bench.world["improve"]
     responses, _ = sample_responses(
-        settings, bench.models, bench.store, checkpoint, improve, ROUND, bench.device, torch.float32, log=print
+        settings, bench.models, bench.store, checkpoint, improve, round_key, bench.device, torch.float32, log=print
     )
     print(f"{responses.height} responses in {time.perf_counter() - started:.0f}s", flush=True)
     return responses
@@ -281,7 +290,7 @@ def labelled_chosen(kept: pl.DataFrame, responses: pl.DataFrame, mode: str, benc
 
 
 def training_data(
-    bench: Bench, variant: Variant, scorer: ClipScorer, truth: dict, checkpoint: Checkpoint
+    bench: Bench, variant: Variant, scorer: ClipScorer, truth: dict, checkpoint: Checkpoint, round_key: str = ROUND
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
     """(pairs, their images, diagnostics) for one round of `variant` from `checkpoint`: the product's sampling and
     verification steps, plus the variant's bench-only candidates and chosen sides."""
@@ -297,15 +306,14 @@ def training_data(
         return pairs.with_columns(decision=pl.lit(KEPT)), improve, {}
     if variant.training.optimization == "self_sft":
         return pl.DataFrame(), improve, {}  # the training step captions the images itself
-    responses = responses_for(bench, variant.sampling, checkpoint)
+    responses = responses_for(bench, variant.sampling, checkpoint, round_key)
     if variant.greedy_candidate:
         responses = with_greedy_candidate(bench, responses, checkpoint)
     if variant.consensus:
         responses = with_consensus_candidates(responses, variant.consensus, truth, bench.vocab)
     edit = prior_swap_edit(partial(continue_without_image, *bench.load(checkpoint))) if variant.prior_swapped else None
-    clip_version = bench.clip_dir.name
     verified = verify(
-        variant.verification, scorer, "cpu", bench.store, clip_version, responses, improve, ROUND, edit, print
+        variant.verification, scorer, "cpu", bench.store, bench.clip_version, responses, improve, round_key, edit, print
     )
     pairs = labelled_chosen(verified.pairs, responses, variant.chosen, bench, truth)
     kept = training_pairs(pairs)
@@ -361,54 +369,72 @@ def run(
     run, and rows already there are not run again."""
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     rows = pl.read_csv(out).to_dicts() if out and out.exists() else []
-    done = {(r["world"], r["seed"], r["variant"]) for r in rows}
     loop = VARIANTS["loop"]
     for world_seed in world_seeds:
         bench = build_bench(images, {**world, "seed": world_seed}, clip, seed_model)
         truth = improve_ground_truth(bench.spec)
         scorer = ClipScorer(*load_clip(str(clip_dir or bench.clip_dir)))
-        bench.clip_dir = clip_dir or bench.clip_dir
+        if clip_dir:
+            bench.clip_dir, bench.clip_version = clip_dir, VerifierSource(str(clip_dir)).identity("")
         seed_scores = bench.evaluate(bench.seed)
-        seed_row = {"world": world_seed, "seed": -1, "variant": "seed", **result_row(seed_scores, seed_scores)}
-        if (world_seed, -1, "seed") not in done:
-            rows.append(seed_row)
+        seed_row = {
+            "world": world_seed,
+            "seed": -1,
+            "variant": "seed",
+            "settings": "",
+            **result_row(seed_scores, seed_scores),
+        }
+        rows = [r for r in rows if (r["world"], r["variant"]) != (world_seed, "seed")] + [seed_row]
         print(f"world {world_seed} seed model: {shown(seed_row)}", flush=True)
         for round_seed in round_seeds:
             loop_run = with_overrides(loop.seeded(round_seed), overrides)
             budget = None
             for variant in variants:
-                if (world_seed, round_seed, variant.name) in done:
-                    continue
                 variant = with_overrides(variant.seeded(round_seed), overrides)
-                pairs, pool, diagnostics = training_data(bench, variant, scorer, truth, bench.seed)
-                if diagnostics:
-                    print(f"world {world_seed} seed {round_seed} {variant.name}: pairs {diagnostics}", flush=True)
-                if variant.matched:
-                    budget = budget or loop_budget(bench, loop_run, scorer, truth)
-                    variant = with_budget(variant, budget, trained_rows(variant, pairs, pool))
+                chain = rounds if variant.data == "pairs" else 1
+                labels = [variant.name] + [f"{variant.name}@round{n}" for n in range(2, chain + 1)]
+                digest = settings_digest(variant, images, bench.clip_version)
+                key = lambda r: (r["world"], r["seed"], r["variant"], r.get("settings"))  # noqa: E731
+                if all((world_seed, round_seed, label, digest) in {key(r) for r in rows} for label in labels):
+                    continue  # measured already, with these settings
+                rows = [r for r in rows if key(r)[:3] not in {(world_seed, round_seed, x) for x in labels}]
                 checkpoint = bench.seed
-                for round_ in range(1, (rounds if variant.data == "pairs" else 1) + 1):
-                    if round_ > 1:  # the next round samples from, and trains, the model the last one made
-                        pairs, pool, diagnostics = training_data(bench, variant, scorer, truth, checkpoint)
-                        print(f"{variant.name} seed {round_seed} round {round_}: pairs {diagnostics}", flush=True)
-                    label = variant.name if round_ == 1 else f"{variant.name}@round{round_}"
+                for number, label in enumerate(labels, start=1):
+                    # the next round samples from, and trains, the model the last one made, under its own round key
+                    round_key = round_key_of(number)
+                    pairs, pool, diagnostics = training_data(bench, variant, scorer, truth, checkpoint, round_key)
+                    if diagnostics:
+                        print(f"world {world_seed} seed {round_seed} {label}: pairs {diagnostics}", flush=True)
+                    run = variant
+                    if variant.matched:  # the loop's first-round optimizer steps, from this variant's rows
+                        budget = budget or loop_budget(bench, loop_run, scorer, truth)
+                        run = with_budget(variant, budget, trained_rows(variant, pairs, pool))
                     started = time.perf_counter()
                     trained = train(
-                        variant.training, bench.models, bench.store, checkpoint, pairs, pool, ROUND, bench.device,
+                        run.training, bench.models, bench.store, checkpoint, pairs, pool, round_key, bench.device,
                         torch.float32,
                     )  # fmt: skip
-                    stored = bench.store.put(trained.checkpoint, "_bench/trained", label)
-                    checkpoint = bench.store.local_checkpoint(stored)
+                    checkpoint = bench.store.local_checkpoint(
+                        bench.store.put(trained.checkpoint, "_bench/trained", label)
+                    )
                     scores = bench.evaluate(checkpoint)
-                    row = {"world": world_seed, "seed": round_seed, "variant": label, "steps": trained.result.steps}
-                    row |= {"seconds": time.perf_counter() - started, **result_row(scores, seed_scores)}
-                    rows.append(row)
+                    row = {"world": world_seed, "seed": round_seed, "variant": label, "settings": digest}
+                    row |= {"steps": trained.result.steps, "seconds": time.perf_counter() - started}
+                    rows.append(row | result_row(scores, seed_scores))
                     if out:  # after every run, so a stopped benchmark keeps what it measured
                         pl.DataFrame(rows).write_csv(out)
-                    print(f"world {world_seed} seed {round_seed} {label}: {shown(row)}", flush=True)
+                    print(f"world {world_seed} seed {round_seed} {label}: {shown(rows[-1])}", flush=True)
                     if trained.settings.objective == "dpo":
                         print(f"{label} seed {round_seed} curve: {curve_note(trained.result)}", flush=True)
     return pl.DataFrame(rows)
+
+
+def settings_digest(variant: Variant, images: int, clip_version: str) -> str:
+    """What a run's numbers depend on besides the world and round seed: rerun when any of it changes."""
+    parts = [variant.sampling, variant.verification, variant.training]
+    blob = json.dumps([p.model_dump(mode="json") for p in parts] + [variant.data, variant.chosen, images, clip_version])
+    extras = json.dumps([variant.greedy_candidate, list(variant.consensus), variant.prior_swapped, variant.matched])
+    return hashlib.sha256((blob + extras).encode()).hexdigest()[:12]
 
 
 def with_overrides(variant: Variant, overrides: dict) -> Variant:
@@ -439,15 +465,16 @@ def with_budget(variant: Variant, steps: int, rows: int) -> Variant:
 
 
 def result_row(scores: dict[str, Scored], seed_scores: dict[str, Scored]) -> dict[str, float]:
-    """Every metric on both splits; on test, the precision's bootstrap interval and the gain over the seed model
-    with its paired interval (the same images for both)."""
+    """Every metric on both splits, each split's precision interval over its images, and the gain over the seed
+    model with its paired interval (the same images for both)."""
     row = {f"{split}_{m}": scores[split].metrics[m] for split in SPLITS for m in METRICS}
-    test, seed = counts_of(scores["test"].captions), counts_of(seed_scores["test"].captions)
-    row["test_precision_low"], row["test_precision_high"] = intervals(test)["precision"]
-    gain = paired_delta_intervals(seed, test)
-    for m in ("precision", "recall", "pope_f1"):
-        row[f"test_gain_{m}"] = scores["test"].metrics[m] - seed_scores["test"].metrics[m]
-        row[f"test_gain_{m}_low"], row[f"test_gain_{m}_high"] = gain[m]
+    for split in SPLITS:
+        counts, seed = counts_of(scores[split].captions), counts_of(seed_scores[split].captions)
+        row[f"{split}_precision_low"], row[f"{split}_precision_high"] = intervals(counts)["precision"]
+        gain = paired_delta_intervals(seed, counts)
+        for m in ("precision", "recall", "pope_f1"):
+            row[f"{split}_gain_{m}"] = scores[split].metrics[m] - seed_scores[split].metrics[m]
+            row[f"{split}_gain_{m}_low"], row[f"{split}_gain_{m}_high"] = gain[m]
     return row
 
 
@@ -481,47 +508,48 @@ def mean_interval(values: pl.Series, digits: int = 3) -> str:
     return f"{mean:.{digits}f} [{mean - half:.{digits}f}, {mean + half:.{digits}f}]"
 
 
-def summary(results: pl.DataFrame) -> pl.DataFrame:
-    """Per variant, over its runs (world seeds × round seeds), on the test split: precision with its interval over
-    runs and its spread, the gain over the seed model, recall, CHAIR_s and POPE F1; and how many runs' own paired
-    interval put the gain above zero."""
+def summary(results: pl.DataFrame, split: str = "test") -> pl.DataFrame:
+    """Per variant, over its runs (world seeds × round seeds), on one split (`dev` to choose, `test` to report):
+    precision with its interval over runs and its spread, the gain over the seed model, recall, CHAIR_s and POPE F1;
+    and how many runs' own paired interval put the gain above zero."""
+    other = "dev" if split == "test" else "test"
     seed = results.filter(pl.col("variant") == "seed")
     rows = [
         {
             "variant": "seed model",
             "runs": seed.height,
-            "test precision": mean_interval(seed["test_precision"]),
+            f"{split} precision": mean_interval(seed[f"{split}_precision"]),
             "spread": "",
             "gain (points)": "",
             "runs gaining": "",
-            "recall": mean_interval(seed["test_recall"]),
-            "CHAIR_s": mean_interval(seed["test_chair_s"]),
-            "POPE F1": mean_interval(seed["test_pope_f1"]),
-            "dev precision": f"{float(seed['dev_precision'].mean()):.3f}",
+            "recall": mean_interval(seed[f"{split}_recall"]),
+            "CHAIR_s": mean_interval(seed[f"{split}_chair_s"]),
+            "POPE F1": mean_interval(seed[f"{split}_pope_f1"]),
+            f"{other} precision": f"{float(seed[f'{other}_precision'].mean()):.3f}",
             "steps": "",
         }
     ]
     for (name,), runs in results.filter(pl.col("variant") != "seed").group_by("variant", maintain_order=True):
-        gain = runs["test_gain_precision"] * 100
+        gain = runs[f"{split}_gain_precision"] * 100
         rows.append(
             {
                 "variant": name,
                 "runs": runs.height,
-                "test precision": mean_interval(runs["test_precision"]),
-                "spread": f"{float(runs['test_precision'].max() - runs['test_precision'].min()) * 100:.1f}",
+                f"{split} precision": mean_interval(runs[f"{split}_precision"]),
+                "spread": f"{float(runs[f'{split}_precision'].max() - runs[f'{split}_precision'].min()) * 100:.1f}",
                 "gain (points)": mean_interval(gain, digits=1),
-                "runs gaining": f"{int((runs['test_gain_precision_low'] > 0).sum())}/{runs.height}",
-                "recall": mean_interval(runs["test_recall"]),
-                "CHAIR_s": mean_interval(runs["test_chair_s"]),
-                "POPE F1": mean_interval(runs["test_pope_f1"]),
-                "dev precision": f"{float(runs['dev_precision'].mean()):.3f}",
+                "runs gaining": f"{int((runs[f'{split}_gain_precision_low'] > 0).sum())}/{runs.height}",
+                "recall": mean_interval(runs[f"{split}_recall"]),
+                "CHAIR_s": mean_interval(runs[f"{split}_chair_s"]),
+                "POPE F1": mean_interval(runs[f"{split}_pope_f1"]),
+                f"{other} precision": f"{float(runs[f'{other}_precision'].mean()):.3f}",
                 "steps": f"{float(runs['steps'].mean()):.0f}",
             }
         )
     return pl.DataFrame(rows)
 
 
-def markdown(table: pl.DataFrame, command: str, results: pl.DataFrame) -> str:
+def markdown(table: pl.DataFrame, command: str, results: pl.DataFrame, split: str) -> str:
     """The table as README and docs show it, with the command that wrote it."""
     head = "| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns) + "\n"
     body = "\n".join("| " + " | ".join(str(v) for v in row) + " |" for row in table.iter_rows())
@@ -530,7 +558,7 @@ def markdown(table: pl.DataFrame, command: str, results: pl.DataFrame) -> str:
     notes = "\n".join(f"- `{n}`: {VARIANTS[n].note}" for n in table["variant"] if n in VARIANTS)
     return (
         f"<!-- written by: {command} -->\n"
-        f"Test split, world seeds {worlds} × round seeds {seeds}; "
+        f"The {split} split, world seeds {worlds} × round seeds {seeds}; "
         "mean over runs [95% t-interval]; spread = max − min precision over runs, in points; runs gaining = runs "
         "whose own paired bootstrap interval of the precision gain lies above zero.\n\n"
         + head
@@ -579,6 +607,12 @@ def main() -> None:
     )
     parser.add_argument("--clip-dir", type=Path, help="score with this open_clip folder instead of the bootstrap CLIP")
     parser.add_argument("--rounds", type=int, default=1, help="rounds per training seed (pair-based variants)")
+    parser.add_argument(
+        "--split",
+        choices=["dev", "test"],
+        default="test",
+        help="the table's split: dev to choose a default, test to report",
+    )
     parser.add_argument("--out", type=Path, help="write OUT.csv (one row per run) and OUT.md (the summary table)")
     args = parser.parse_args()
     csv = args.out.with_suffix(".csv") if args.out else None
@@ -601,12 +635,12 @@ def main() -> None:
         args.rounds,
         csv,
     )
-    table = summary(results)
+    table = summary(results, args.split)
     with pl.Config(tbl_rows=50, tbl_cols=20, tbl_width_chars=250):
         print(table)
     if args.out:
         command = ".venv/bin/python bench/round_ablation.py " + shlex.join(sys.argv[1:])
-        args.out.with_suffix(".md").write_text(markdown(table, command, results))
+        args.out.with_suffix(".md").write_text(markdown(table, command, results, args.split))
         print(f"wrote {csv} and {args.out.with_suffix('.md')}")
 
 

@@ -4,7 +4,7 @@ import dagster as dg
 import polars as pl
 
 from resources import ArtifactStoreResource
-from si_assets.assets.common import BOOTSTRAP, GPU_POOL, GPU_STEP_TAGS, consumed, markdown_table, versioned
+from si_assets.assets.common import BOOTSTRAP, GPU_POOL, GPU_STEP_TAGS, consumed, markdown_table, staged, versioned
 from si_assets.bootstrap.clip import ClipTrainConfig, TinyClipSpec, train_bootstrap_clip
 from si_assets.bootstrap.seed_model import save_seed_model
 from si_assets.bootstrap.sft import SFTConfig
@@ -49,8 +49,8 @@ def bootstrap_seed_model(
     arch = TinyVLMSpec(**config.architecture.model_dump())
 
     def build() -> tuple[Checkpoint, dict]:
-        staging = artifact_store.staging_dir()
-        return Checkpoint(staging), save_seed_model(world_seed_train, arch, sft, staging, context.log.info)
+        with staged(artifact_store) as staging:
+            return Checkpoint(staging), save_seed_model(world_seed_train, arch, sft, staging, context.log.info)
 
     key = config_key(config, content_hash(world_seed_train), SEED_CODE_VERSION)
     checkpoint, meta, reused = memoised_checkpoint(artifact_store, "bootstrap_seed_model", key, build)
@@ -84,11 +84,11 @@ def bootstrap_clip(
     arch = TinyClipSpec(**config.architecture.model_dump())
 
     def build() -> tuple[Checkpoint, dict]:
-        staging = artifact_store.staging_dir()
-        stats = train_bootstrap_clip(
-            world_clip_train, world_dev, arch, train_cfg, staging, train_cfg.retrieval_candidates, context.log.info
-        )
-        return Checkpoint(staging), stats
+        with staged(artifact_store) as staging:
+            stats = train_bootstrap_clip(
+                world_clip_train, world_dev, arch, train_cfg, staging, train_cfg.retrieval_candidates, context.log.info
+            )
+            return Checkpoint(staging), stats
 
     key = config_key(config, content_hash(world_clip_train), content_hash(world_dev), CLIP_CODE_VERSION)
     checkpoint, meta, reused = memoised_checkpoint(artifact_store, "bootstrap_clip", key, build)

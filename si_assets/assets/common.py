@@ -1,7 +1,9 @@
 """What every asset shares: content-hash data versions, tables for the UI, logging."""
 
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -9,7 +11,8 @@ import polars as pl
 from si_assets.modeling.preflight import PreflightError
 from si_assets.modeling.sources import ModelSourceError
 from si_assets.rounds.steps import RoundError, table_version
-from si_assets.storage import Checkpoint, content_hash
+from si_assets.storage import ArtifactStore, Checkpoint, content_hash
+from si_assets.storage.lakefs_store import LakeFSArtifactStore
 
 # Group names follow the survey's stages (DESIGN.md §3), plus the embedded world's own.
 WORLD, BOOTSTRAP, COLLECTION, ORGANIZATION, OPTIMIZATION, EVALUATION = (
@@ -49,6 +52,18 @@ def preflight(asset: str) -> Iterator[None]:
     except (PreflightError, ModelSourceError, RoundError) as exc:
         check = getattr(exc, "check", "model_source")
         raise dg.Failure(f"{asset}: {exc}", metadata={"preflight_check": check}) from exc
+
+
+@contextmanager
+def staged(store: ArtifactStore | LakeFSArtifactStore) -> Iterator[Path]:
+    """A fresh staging folder to build a checkpoint in; removed again if the build fails or is killed, so nothing
+    half-written stays behind."""
+    path = store.staging_dir()
+    try:
+        yield path
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
 
 
 def data_version(value: pl.DataFrame | Checkpoint) -> str:

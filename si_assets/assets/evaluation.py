@@ -241,7 +241,7 @@ SUMMARY_AUTOMATION = (
 
 @dg.asset(
     group_name=EVALUATION,
-    code_version="summary-2",
+    code_version="summary-3",
     deps=[eval_scores, champion, "verified_pairs"],
     automation_condition=SUMMARY_AUTOMATION,
 )
@@ -259,7 +259,8 @@ def rounds_summary(context: dg.AssetExecutionContext, store: ArtifactStoreResour
             row[name] = pairs.get(name)
         for model in ("seed", "trained"):
             for metric in PLOTTED:
-                row[f"{model}_{metric}"] = scores.get(f"test/{model}/{metric}")
+                # test split; rounds evaluated on one split only recorded `<model>/<metric>`
+                row[f"{model}_{metric}"] = scores.get(f"test/{model}/{metric}", scores.get(f"{model}/{metric}"))
         row["gate_passed"] = scores.get("gate_passed")
         row["trained_version"] = scores.get("input/trained_model")
         row["promoted"] = row["trained_version"] is not None and promoted.get(key) == row["trained_version"]

@@ -54,7 +54,7 @@ class EvalSettings(Settings):
             ]
             if missing:
                 raise ValueError(f"source 'coco' needs a dev and a test set: set {', '.join(missing)}")
-            if self.coco_dev_instances == self.coco_test_instances:
+            if Path(self.coco_dev_instances).resolve() == Path(self.coco_test_instances).resolve():
                 raise ValueError("the dev and test sets must differ: the test split is never used for a choice")
         return self
 

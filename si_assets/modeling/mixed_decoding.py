@@ -40,7 +40,7 @@ class SamplerSettings(Settings):
 
     def sampler_key(self) -> str:
         """What a decoded response depends on among the sampling settings (subclasses add fields that do not)."""
-        return json.dumps({name: getattr(self, name) for name in SamplerSettings.model_fields}, sort_keys=True)
+        return json.dumps({name: getattr(self, name) for name in SamplerSettings.model_fields})  # in field order
 
 
 @dataclass(frozen=True)

@@ -376,6 +376,8 @@ class SplitEvaluation:
 
     def delta_intervals(self) -> dict[str, tuple[float, float]]:
         """Paired bootstrap interval of trained − seed per metric (both scored on the same images)."""
+        if not self.seed.captions["id"].equals(self.trained.captions["id"]):
+            raise RoundError("seed and trained model were scored on different images; evaluate both on the same data")
         return paired_delta_intervals(counts_of(self.seed.captions), counts_of(self.trained.captions))
 
     def side_by_side(self) -> pl.DataFrame:
@@ -392,7 +394,8 @@ def metrics_table(split: str, results: dict[str, dict[str, float]], bounds: dict
     columns: dict[str, list] = {"split": [split] * len(names), "metric": names}
     for model, values in results.items():
         columns[model] = [values.get(m) for m in names]
-    columns["delta"] = [results["trained"][m] - results["seed"][m] for m in names]
+    both = [(results["trained"].get(m), results["seed"].get(m)) for m in names]
+    columns["delta"] = [t - s if t is not None and s is not None else None for t, s in both]
     for column, per_metric in bounds.items():
         columns[f"{column}_low"] = [per_metric[m][0] if m in per_metric else None for m in names]
         columns[f"{column}_high"] = [per_metric[m][1] if m in per_metric else None for m in names]
@@ -431,6 +434,8 @@ def evaluate(
         data = {split: settings.data(split, world_splits.get(split, pl.DataFrame())) for split in SPLITS}
     except (ValueError, OSError) as exc:
         raise RoundError(f"evaluation data: {exc}") from exc
+    if data["dev"].fingerprint == data["test"].fingerprint:
+        raise RoundError("the dev and test sets are the same data: the test split must never be used for a choice")
     gate_data = data[GATE_SPLIT].fingerprint[:16]
     if champion_before is not None and champion_before.eval_data and champion_before.eval_data != gate_data:
         raise RoundError(

@@ -57,12 +57,13 @@ class LakeFSArtifactStore(StoreFiles):
         base_branch: str = "main",
         prefix: str = "si_store",
         cache_dir: Path | None = None,
-        branches_partition: Callable[[str], bool] | None = None,
+        *,
+        branches_partition: Callable[[str], bool],
     ):
         """`branches_partition(key)` says which partitions write to a branch of their own (named as the key);
         the others, and unpartitioned assets, write to `base_branch`."""
         self.client, self.repository, self.base_branch = client, repository, base_branch
-        self.branches_partition = branches_partition or (lambda _: False)
+        self.branches_partition = branches_partition
         self.cache_dir = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "si_store_cache"
         self.prefix = prefix.strip("/")
         self.api = client.sdk_client

@@ -613,6 +613,7 @@ def main() -> None:
         default="test",
         help="the table's split: dev to choose a default, test to report",
     )
+    parser.add_argument("--report-only", action="store_true", help="write OUT.md from the rows in OUT.csv; run nothing")
     parser.add_argument("--out", type=Path, help="write OUT.csv (one row per run) and OUT.md (the summary table)")
     args = parser.parse_args()
     csv = args.out.with_suffix(".csv") if args.out else None
@@ -622,24 +623,28 @@ def main() -> None:
     for spec in args.derive:
         name, overrides = spec.split("=", 1)
         variants.append(derive(VARIANTS[args.base], name, json.loads(overrides)))
-    results = run(
-        variants,
-        args.seeds,
-        args.world_seeds,
-        args.images,
-        {"sampling": args.sample, "verification": args.verify, "training": args.train},
-        args.world,
-        args.clip,
-        args.seed_model,
-        args.clip_dir,
-        args.rounds,
-        csv,
-    )
+    if args.report_only:  # the table from the rows measured so far
+        results = pl.read_csv(csv)
+    else:
+        results = run(
+            variants,
+            args.seeds,
+            args.world_seeds,
+            args.images,
+            {"sampling": args.sample, "verification": args.verify, "training": args.train},
+            args.world,
+            args.clip,
+            args.seed_model,
+            args.clip_dir,
+            args.rounds,
+            csv,
+        )
     table = summary(results, args.split)
     with pl.Config(tbl_rows=50, tbl_cols=20, tbl_width_chars=250):
         print(table)
     if args.out:
-        command = ".venv/bin/python bench/round_ablation.py " + shlex.join(sys.argv[1:])
+        given = [a for a in sys.argv[1:] if a != "--report-only"]  # the command that measures the rows
+        command = ".venv/bin/python bench/round_ablation.py " + shlex.join(given)
         args.out.with_suffix(".md").write_text(markdown(table, command, results, args.split))
         print(f"wrote {csv} and {args.out.with_suffix('.md')}")
 

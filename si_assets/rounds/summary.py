@@ -24,7 +24,8 @@ def headline_table(table: pl.DataFrame, splits: Sequence[str] = ("test", "dev"))
         value = pl.col(column).map_elements(lambda v: f"{v:+.3f}" if column == "delta" else f"{v:.3f}", pl.String)
         if f"{column}_low" not in rows.columns:
             return value.alias(column)
-        bounds = pl.format("[{}, {}]", pl.col(f"{column}_low").round(3), pl.col(f"{column}_high").round(3))
+        low, high = (pl.col(f"{column}_{end}").map_elements(lambda v: f"{v:.3f}", pl.String) for end in ("low", "high"))
+        bounds = pl.format("[{}, {}]", low, high)
         return (
             pl.when(pl.col(f"{column}_low").is_null())
             .then(value)

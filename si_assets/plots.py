@@ -33,14 +33,20 @@ def arrow(metric: str) -> str:
 
 
 def metric_bars_png(table: pl.DataFrame, metrics: Sequence[str], models: Sequence[str] = ("seed", "trained")) -> bytes:
-    """Grouped bars, one group per metric, one bar per model (columns of a `metric` table)."""
+    """Grouped bars, one group per metric, one bar per model (columns of a `metric` table); whiskers show a model's
+    interval where the table has `<model>_low` / `<model>_high`."""
     rows = table.filter(pl.col("metric").is_in(list(metrics)))
     names = rows["metric"].to_list()
     fig, ax = plt.subplots(figsize=(1.1 * len(names) + 2, 3.0))
     width = 0.8 / len(models)
     for i, model in enumerate(models):
         positions = [k + (i - (len(models) - 1) / 2) * width for k in range(len(names))]
-        bars = ax.bar(positions, rows[model].to_list(), width, label=model)
+        values = rows[model].to_list()
+        whiskers = None
+        if f"{model}_low" in rows.columns:
+            low, high = rows[f"{model}_low"].to_list(), rows[f"{model}_high"].to_list()
+            whiskers = [[v - lo for v, lo in zip(values, low)], [hi - v for v, hi in zip(values, high)]]
+        bars = ax.bar(positions, values, width, label=model, yerr=whiskers, capsize=2)
         ax.bar_label(bars, fmt="%.3f", fontsize=6, padding=1)
     ax.set_xticks(range(len(names)), [f"{n} {arrow(n)}" for n in names], rotation=20, fontsize=8)
     ax.set_ylim(0, 1.05)

@@ -185,17 +185,22 @@ def test_rounds_table_and_plot() -> None:
         {"round": "round-0002", "seed_precision": 0.75, "trained_precision": 0.78, "promoted": True},
         {"round": "round-0011", "seed_precision": None, "trained_precision": None, "promoted": False},  # running
     ]
+    for row, (low, high) in zip(rows, [(0.77, 0.81), (None, None), (None, None)]):  # an interval where recorded
+        row |= {"trained_precision_low": low, "trained_precision_high": high}
     table = rounds_table(rows)
     assert table["round"].to_list() == ["round-0002", "round-0010", "round-0011"]
     assert table["number"].to_list() == [2, 10, 11]
     png = plot_rounds(table, metrics=("precision", "recall"))  # recall absent: that panel stays empty
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 2000
     assert png_markdown(b"\x89PNG", "m") == "![m](data:image/png;base64,iVBORw==)"
-    bars = metric_bars_png(
-        pl.DataFrame({"metric": ["precision", "chair_s", "f1"], "seed": [0.7, 0.5, 0.8], "trained": [0.8, 0.4, 0.8]}),
-        ["precision", "chair_s"],
+    table = pl.DataFrame(
+        {"metric": ["precision", "chair_s", "f1"], "seed": [0.7, 0.5, 0.8], "trained": [0.8, 0.4, 0.8]}
     )
+    bars = metric_bars_png(table, ["precision", "chair_s"])
     assert bars.startswith(b"\x89PNG") and len(bars) > 2000
+    intervals = {"seed_low": [0.68, 0.47, 0.78], "seed_high": [0.72, 0.53, 0.82]}
+    whiskers = metric_bars_png(table.with_columns(**{k: pl.Series(v) for k, v in intervals.items()}), ["precision"])
+    assert whiskers != metric_bars_png(table, ["precision"])  # the interval is drawn
     assert rounds_table([]).height == 0 and set(rounds_table([]).columns) == {"round", "number"}
 
 

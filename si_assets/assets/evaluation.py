@@ -139,12 +139,15 @@ def evaluation_metadata(result: Evaluation, world: bool) -> dict:
     floats = {}
     for split, evaluation in result.splits.items():
         seed, trained = evaluation.seed.metrics, evaluation.trained.metrics
-        bounds = evaluation.delta_intervals()
+        bounds = {"seed": evaluation.seed.intervals(), "trained": evaluation.trained.intervals()}
+        bounds["delta"] = evaluation.delta_intervals()
         for m in HEADLINE:
             floats |= {f"{split}/seed/{m}": seed[m], f"{split}/trained/{m}": trained[m]}
             floats[f"{split}/delta/{m}"] = trained[m] - seed[m]
-            if m in bounds:
-                floats |= {f"{split}/delta/{m}_low": bounds[m][0], f"{split}/delta/{m}_high": bounds[m][1]}
+            for model, per_metric in bounds.items():
+                if m in per_metric:
+                    low, high = per_metric[m]
+                    floats |= {f"{split}/{model}/{m}_low": low, f"{split}/{model}/{m}_high": high}
     test = result.splits["test"]
     return {
         "eval_table": dg.MetadataValue.md(markdown_table(headline_table(result.table))),
@@ -261,6 +264,8 @@ def rounds_summary(context: dg.AssetExecutionContext, store: ArtifactStoreResour
             for metric in PLOTTED:
                 # test split; rounds evaluated on one split only recorded `<model>/<metric>`
                 row[f"{model}_{metric}"] = scores.get(f"test/{model}/{metric}", scores.get(f"{model}/{metric}"))
+                for end in ("low", "high"):
+                    row[f"{model}_{metric}_{end}"] = scores.get(f"test/{model}/{metric}_{end}")
         row["gate_passed"] = scores.get("gate_passed")
         row["trained_version"] = scores.get("input/trained_model")
         row["promoted"] = row["trained_version"] is not None and promoted.get(key) == row["trained_version"]

@@ -61,6 +61,13 @@ def plot_rounds(table: pl.DataFrame, metrics: Sequence[str] = PLOTTED) -> bytes:
         promoted = table["promoted"].fill_null(False).to_list() if "promoted" in table.columns else [False] * len(x)
         ax.plot(x, seed, "s--", color="0.55", label="seed", markersize=4)
         ax.plot(x, trained, "-", color="tab:blue", label="trained")
+        if f"{trained_col}_low" in table.columns:  # the 95% interval over the evaluation images
+            low, high = table[f"{trained_col}_low"].to_list(), table[f"{trained_col}_high"].to_list()
+            known = [(i, v, lo, hi) for i, v, lo, hi in zip(x, trained, low, high) if lo is not None]
+            if known:
+                at, mid, lo, hi = zip(*known)
+                err = [[m - a for m, a in zip(mid, lo)], [b - m for m, b in zip(mid, hi)]]
+                ax.errorbar(at, mid, yerr=err, fmt="none", ecolor="tab:blue", capsize=2, linewidth=1)
         ax.scatter(
             x,
             trained,

@@ -4,12 +4,13 @@ images of the dev and test splits, for the bootstrap seed and for the latest rou
 Reads the evaluations `make demo` stored (nothing is generated again). The protocol asks for precision's standard
 error to be at most a point on each split.
 
-    SI_STORE=.si_store DAGSTER_HOME=.dagster_home .venv/bin/python bench/eval_split_size.py [--sizes 300 1000]
+    SI_STORE=.si_store .venv/bin/python bench/eval_split_size.py [--sizes 300 1000] [--world JSON]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -21,6 +22,7 @@ from si_assets.evaluation.data import EvalSettings  # noqa: E402
 from si_assets.evaluation.uncertainty import counts_of, standard_error  # noqa: E402
 from si_assets.rounds.steps import score_checkpoint  # noqa: E402
 from si_assets.storage import ArtifactStore  # noqa: E402
+from si_assets.world import WorldSpec, generate_split  # noqa: E402
 
 SHOWN = ("precision", "recall", "chair_s", "pope_f1")
 
@@ -29,6 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", type=int, default=[300, 1000])
     parser.add_argument("--round", default="round-0001", help="the round whose seed and trained model are read")
+    parser.add_argument("--world", type=json.loads, default={}, help="the world's config (WorldConfig) as JSON")
     args = parser.parse_args()
     store = ArtifactStore(os.environ.get("SI_STORE", ".si_store"))
     models = VisionLanguageModels(compute=ComputeDevice(device="cpu"))
@@ -39,7 +42,7 @@ def main() -> None:
     }
     rows = []
     for split in ("dev", "test"):
-        data = settings.data(split, store.load(store.head(f"world_{split}")))
+        data = settings.data(split, generate_split(WorldSpec(**args.world), split))  # the split the round saw
         for model, checkpoint in checkpoints.items():
             # the evaluation eval_scores stored: read back, not generated again
             captions = score_checkpoint(settings, models, store, checkpoint, data, print).captions

@@ -139,8 +139,7 @@ def evaluation_metadata(result: Evaluation, world: bool) -> dict:
     floats = {}
     for split, evaluation in result.splits.items():
         seed, trained = evaluation.seed.metrics, evaluation.trained.metrics
-        bounds = {"seed": evaluation.seed.intervals(), "trained": evaluation.trained.intervals()}
-        bounds["delta"] = evaluation.delta_intervals()
+        bounds = evaluation.bounds
         for m in HEADLINE:
             floats |= {f"{split}/seed/{m}": seed[m], f"{split}/trained/{m}": trained[m]}
             floats[f"{split}/delta/{m}"] = trained[m] - seed[m]

@@ -12,6 +12,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -333,9 +334,6 @@ class Scored:
     captions: pl.DataFrame  # per image: caption, objects, mentions and the counts the intervals resample
     reused: bool
 
-    def intervals(self, seed: int = 0) -> dict[str, tuple[float, float]]:
-        return intervals(counts_of(self.captions), seed=seed)
-
 
 def score_checkpoint(
     settings: EvalSettings, models: ModelLoader, store: ArtifactStore, checkpoint: Checkpoint, data: EvalData, log: Log
@@ -374,11 +372,14 @@ class SplitEvaluation:
     seed: Scored
     trained: Scored
 
-    def delta_intervals(self) -> dict[str, tuple[float, float]]:
-        """Paired bootstrap interval of trained − seed per metric (both scored on the same images)."""
+    @cached_property
+    def bounds(self) -> dict[str, dict[str, tuple[float, float]]]:
+        """Per column (`seed`, `trained`, `delta`) and metric, the 95% bootstrap interval; `delta` (trained − seed)
+        is paired: both models scored on the same resampled images. Computed once per evaluation."""
         if not self.seed.captions["id"].equals(self.trained.captions["id"]):
             raise RoundError("seed and trained model were scored on different images; evaluate both on the same data")
-        return paired_delta_intervals(counts_of(self.seed.captions), counts_of(self.trained.captions))
+        seed, trained = counts_of(self.seed.captions), counts_of(self.trained.captions)
+        return {"seed": intervals(seed), "trained": intervals(trained), "delta": paired_delta_intervals(seed, trained)}
 
     def side_by_side(self) -> pl.DataFrame:
         """Seed and trained captions of the same images, with the true objects."""
@@ -458,12 +459,8 @@ def evaluate(
         models_metrics = {"seed": result.seed.metrics, "trained": result.trained.metrics}
         if split == GATE_SPLIT:
             models_metrics = {"base": base, **models_metrics}
-        bounds = {
-            "seed": result.seed.intervals(),
-            "trained": result.trained.intervals(),
-            "delta": result.delta_intervals(),
-        }
+        bounds = result.bounds
         tables.append(metrics_table(split, models_metrics, bounds))
     table = pl.concat(tables, how="diagonal_relaxed")
-    gate = gate_decision(gated.seed.metrics, gated.trained.metrics, base, policy, gated.delta_intervals())
+    gate = gate_decision(gated.seed.metrics, gated.trained.metrics, base, policy, gated.bounds["delta"])
     return Evaluation(results, table, base, gate)

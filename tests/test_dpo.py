@@ -9,6 +9,7 @@ from transformers import AutoModelForImageTextToText
 
 from si_assets.bootstrap.seed_model import tokenizer_corpus
 from si_assets.bootstrap.tiny_vlm import TinyVLMSpec, build_model, build_processor, build_tokenizer
+from si_assets.modeling.loading import load_checkpoint
 from si_assets.optimization.dpo import (
     LANGUAGE_MODEL_PROJECTIONS,
     DPOSettings,
@@ -17,6 +18,7 @@ from si_assets.optimization.dpo import (
     epochs_for_steps,
     optimizer_steps,
     save_trained,
+    stored_dtype,
     train_dpo,
 )
 from si_assets.optimization.self_training import sft_pairs
@@ -115,6 +117,26 @@ def test_saved_model_loads_with_plain_from_pretrained(world, tmp_path: Path, tar
     assert changed, "the merged adapter should change the language model's projections"
     vision_unchanged = all(torch.equal(before[k], after[k]) for k in before if "vision_tower" in k)
     assert vision_unchanged == (targets == LANGUAGE_MODEL_PROJECTIONS)
+
+
+def test_a_lower_precision_run_merges_into_the_base_at_its_stored_precision(world, tmp_path: Path) -> None:
+    """Trained in bfloat16 (as on a GPU) over float32 weights: the merged checkpoint stays float32, the weights
+    LoRA did not touch keep their exact values, and the trained projections move."""
+    tok, pairs, images = world
+    model, processor = _fresh_model(tok)
+    base = tmp_path / "base"
+    model.save_pretrained(base)
+    processor.save_pretrained(base)
+    assert stored_dtype(base) == torch.float32 and stored_dtype(tmp_path) is None
+    low, processor = load_checkpoint(base, torch.device("cpu"), torch.bfloat16)
+    settings = SETTINGS.model_copy(update={"lora_targets": LANGUAGE_MODEL_PROJECTIONS})
+    peft_model, _, _ = train_dpo(low, processor, pairs, images, settings, tmp_path / "w")
+    save_trained(peft_model, processor, tmp_path / "merged", tmp_path / "merged" / "adapter", base)
+    assert stored_dtype(tmp_path / "merged") == torch.float32
+    before = model.state_dict()
+    after = AutoModelForImageTextToText.from_pretrained(tmp_path / "merged", use_safetensors=True).state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all("language_model" in k and "proj" in k for k in changed), sorted(changed)[:5]
 
 
 def test_no_pairs_and_missing_reference_rows_are_clear_errors(world, tmp_path: Path) -> None:

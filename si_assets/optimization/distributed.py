@@ -138,7 +138,14 @@ def run(job: DistributedJob, pipes: PipesContext | None) -> dict:
     backend = dist.get_backend() if dist.is_initialized() else "none"
     if pipes is not None:
         pipes.log.info(f"DPO on {world_size} processes ({backend}): {result.steps} steps in {result.seconds:.1f}s")
-        save_trained(peft_model, processor, Path(job.output), Path(job.output) / "adapter")
+        save_trained(
+            peft_model,
+            processor,
+            Path(job.output),
+            Path(job.output) / "adapter",
+            Path(job.checkpoint),
+            job.trust_remote_code,
+        )
     if dist.is_initialized():
         dist.barrier()  # every rank is done before rank 0 reports and the group exits
     return {

@@ -19,14 +19,16 @@ import datasets
 import numpy as np
 import polars as pl
 import torch
-from peft import LoraConfig
+from peft import LoraConfig, PeftModel
 from PIL import Image
 from pydantic import Field
+from safetensors import safe_open
 from torch.utils.data import DataLoader
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 from trl import DPOConfig, DPOTrainer
 
+from si_assets.modeling.loading import load_checkpoint
 from si_assets.organization.probes import PROBE
 from si_assets.progress import progress
 from si_assets.settings import Settings
@@ -330,9 +332,42 @@ def train_dpo(
     return trainer.model, reference, result
 
 
-def save_trained(peft_model, processor, merged_dir: Path, adapter_dir: Path) -> None:
-    """The adapter alone, and the merged model that plain `from_pretrained` loads (safetensors)."""
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def stored_dtype(checkpoint: Path) -> torch.dtype | None:
+    """The floating dtype most of a checkpoint's stored parameters have, read from its safetensors headers (no
+    tensor is loaded); None where the folder holds no safetensors."""
+    counts: dict[torch.dtype, int] = {}
+    for file in sorted(Path(checkpoint).glob("*.safetensors")):
+        with safe_open(file, framework="pt") as weights:
+            for name in weights.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                tensor = weights.get_slice(name)
+                dtype = SAFETENSORS_DTYPES.get(tensor.get_dtype())
+                if dtype is not None:
+                    counts[dtype] = counts.get(dtype, 0) + math.prod(tensor.get_shape())
+    return max(counts, key=counts.__getitem__) if counts else None
+
+
+def save_trained(
+    peft_model,
+    processor,
+    merged_dir: Path,
+    adapter_dir: Path,
+    base: Path | None = None,
+    trust_remote_code: bool = False,
+) -> None:
+    """The adapter alone, and the merged model that plain `from_pretrained` loads (safetensors).
+
+    Where the model trained at another precision than `base` is stored in (bfloat16 on a GPU over float32 or
+    float16 weights), the adapter is merged into a copy of `base` loaded at its stored precision on the CPU: the
+    weights LoRA did not train keep their exact values and the checkpoint keeps its dtype, round after round."""
     peft_model.save_pretrained(adapter_dir)
-    merged = peft_model.merge_and_unload()
+    stored = stored_dtype(base) if base is not None else None
+    if stored is None or stored == peft_model.get_base_model().dtype:
+        merged = peft_model.merge_and_unload()
+    else:
+        full, _ = load_checkpoint(base, torch.device("cpu"), stored, trust_remote_code)
+        merged = PeftModel.from_pretrained(full, adapter_dir).merge_and_unload()
     merged.save_pretrained(merged_dir)
     processor.save_pretrained(merged_dir)

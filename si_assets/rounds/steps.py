@@ -299,7 +299,7 @@ def train(
             peft_model, _, result = train_dpo(
                 model, processor, pairs, image_by_id, dpo, work / "trainer", ref.table, log
             )
-            save_trained(peft_model, processor, merged, merged / "adapter")
+            save_trained(peft_model, processor, merged, merged / "adapter", seed_checkpoint.path, trust_remote_code)
             distributed = {}
     except BaseException:
         shutil.rmtree(merged, ignore_errors=True)

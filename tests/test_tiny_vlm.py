@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -121,3 +122,36 @@ def test_early_stopping_keeps_the_best_evaluation() -> None:
     assert _stop_on(SEED_VAL_CURVE, EarlyStopping(1, 0.002)) == (800, 700)
     never = EarlyStopping(patience=100, min_improvement=-np.inf)  # continue_training: keep the last weights
     assert _stop_on(SEED_VAL_CURVE, never) == (1100, 1100)
+
+
+def test_yes_no_questions_are_balanced_per_held_back_image(small_spec: WorldSpec) -> None:
+    from si_assets.bootstrap.yes_no import held_out_questions
+
+    df = generate_split(small_spec, "seed_train").head(40)
+    index, questions, labels = held_out_questions(df, small_spec.kinds)
+    assert labels == [True, False] * (len(labels) // 2) and len(labels) == 2 * df.height  # every image asked twice
+    objects = df["objects"].to_list()
+    for i, question, label in zip(index, questions, labels):
+        kind = question.removeprefix("Is there a ").removesuffix(" in the image?")
+        assert (kind in objects[i]) == label
+    assert held_out_questions(df, small_spec.kinds) == (index, questions, labels)  # seeded
+    everything = pl.Series([small_spec.kinds] * df.height)
+    crowded = df.with_columns(objects=everything)
+    assert held_out_questions(crowded, small_spec.kinds) == ([], [], [])  # nothing absent to ask about
+
+
+def test_a_seed_that_answers_at_chance_trains_on_then_fails_clearly(small_spec: WorldSpec) -> None:
+    import pytest
+
+    from si_assets.bootstrap.seed_model import SeedTrainingError, learn_yes_no, train_seed_model
+    from si_assets.world.vocabulary import world_vocabulary
+
+    df = generate_split(small_spec, "seed_train")
+    kinds, colours = world_vocabulary(df)
+    sft = SFTConfig(vision_pretrain_steps=0, max_steps=2, batch_size=8, val_size=16, eval_every=2, yes_no_steps=2)
+    model, processor, _ = train_seed_model(df, kinds, colours, TinyVLMSpec(), sft)
+    skill, further = learn_yes_no(model, processor, df, kinds, sft.model_copy(update={"min_yes_no_accuracy": 0.0}))
+    assert further == 0 and skill.questions == 32 and 0.0 <= skill.accuracy <= 1.0  # measured, not required
+    with pytest.raises(SeedTrainingError, match=r"after 4 further steps, below min_yes_no_accuracy=1\.0"):
+        strict = sft.model_copy(update={"min_yes_no_accuracy": 1.0, "yes_no_rounds": 2})
+        learn_yes_no(model, processor, df, kinds, strict)

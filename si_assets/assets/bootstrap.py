@@ -64,6 +64,9 @@ def bootstrap_seed_model(
         best_step=meta["best_step"],
         best_val_loss=float(meta["best_val_loss"]),
         train_seconds=float(meta["train_seconds"]),
+        yes_no_accuracy=float(meta["yes_no_accuracy"]),
+        yes_no_yes_ratio=float(meta["yes_no_yes_ratio"]),
+        yes_no_further_steps=int(meta["yes_no_further_steps"]),
         training_curve=dg.MetadataValue.md(markdown_table(curve) if curve.height else "(no evaluations)"),
         **consumed(world_seed_train=world_seed_train),
     )

@@ -21,6 +21,7 @@ from si_assets.bootstrap.sft import (
 )
 from si_assets.bootstrap.tiny_vlm import TinyVLMSpec, build_model, build_processor, build_tokenizer
 from si_assets.bootstrap.vision_pretrain import multi_hot, pretrain_vision_tower
+from si_assets.bootstrap.yes_no import YesNoSkill, yes_no_skill
 from si_assets.world import CAPTION_PROMPTS, decode_png
 from si_assets.world.vocabulary import world_vocabulary
 
@@ -109,6 +110,45 @@ def train_seed_model(
     return model, processor, result
 
 
+class SeedTrainingError(RuntimeError):
+    """The bootstrap seed did not become a model a round can start from."""
+
+
+def learn_yes_no(
+    model,
+    processor,
+    seed_train: pl.DataFrame,
+    kinds: Sequence[str],
+    sft: SFTConfig,
+    log: Callable[[str], None] | None = None,
+) -> tuple[YesNoSkill, int]:
+    """The seed's yes/no skill on the held-back images; below `min_yes_no_accuracy`, up to `yes_no_rounds` further
+    rounds of training with twice the questions per image. Returns (skill, further steps); raises when the seed
+    still answers at chance."""
+    held_back = seed_train.head(sft.val_size)
+    skill = yes_no_skill(model, processor, held_back, kinds)
+    further = 0
+    for attempt in range(sft.yes_no_rounds):
+        if skill.accuracy >= sft.min_yes_no_accuracy:
+            break
+        if log:
+            log(f"seed yes/no {skill}: below {sft.min_yes_no_accuracy}, training {sft.yes_no_steps} steps more")
+        more_questions = sft.model_copy(update={"qa_share": max(1.0, 2 * sft.qa_share), "seed": sft.seed + attempt})
+        continue_training(model, processor, seed_train, kinds, more_questions, sft.yes_no_steps, log)
+        further += sft.yes_no_steps
+        skill = yes_no_skill(model, processor, held_back, kinds)
+    if log:
+        log(f"seed yes/no on the held-back images: {skill}")
+    if skill.accuracy < sft.min_yes_no_accuracy:
+        raise SeedTrainingError(
+            f"the bootstrap seed answers yes/no questions about held-back images at {skill} after {further} "
+            f"further steps, below min_yes_no_accuracy={sft.min_yes_no_accuracy}: the promotion gate's POPE would "
+            "measure nothing. Give it more steps (max_steps, yes_no_rounds), more questions (qa_share) or a larger "
+            "model; min_yes_no_accuracy: 0 skips the check"
+        )
+    return skill, further
+
+
 def save_seed_model(
     seed_train: pl.DataFrame,
     model_spec: TinyVLMSpec,
@@ -120,6 +160,7 @@ def save_seed_model(
     `directory`; returns what a person reads about the training."""
     kinds, colours = world_vocabulary(seed_train)
     model, processor, result = train_seed_model(seed_train, kinds, colours, model_spec, sft, log)
+    skill, further = learn_yes_no(model, processor, seed_train, kinds, sft, log)
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return {
@@ -129,4 +170,6 @@ def save_seed_model(
         "best_val_loss": result.best_val_loss,
         "train_seconds": result.seconds,
         "curve": result.curve,
+        "yes_no_further_steps": further,
+        **skill.as_dict(),
     }

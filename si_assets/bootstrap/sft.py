@@ -49,6 +49,16 @@ class SFTConfig(Settings):
     # stopping").
     patience: int = Field(1, ge=1)
     min_improvement: float = Field(0.0, ge=-1, le=1, description="validation-loss drop that counts as a gain")
+    # The early stop watches caption loss: a seed can stop before it has learned to answer yes/no from the image.
+    min_yes_no_accuracy: float = Field(
+        0.75,
+        ge=0.0,
+        le=1.0,
+        description="accuracy on balanced yes/no questions about the held-back images the seed must reach "
+        "(chance is 0.5); 0 skips the check",
+    )
+    yes_no_rounds: int = Field(3, ge=0, description="further training rounds while the seed is below that accuracy")
+    yes_no_steps: int = Field(300, ge=1, description="steps per further round, with twice the questions per image")
 
 
 @dataclass

@@ -69,7 +69,7 @@ from si_assets.storage import ArtifactStore, Checkpoint  # noqa: E402
 from si_assets.verifier.clip import ClipScorer, VerifierSource, load_clip  # noqa: E402
 from si_assets.world import WorldSpec, improve_ground_truth, improve_true_captions  # noqa: E402
 
-METRICS = ["precision", "recall", "f1", "chair_s", "mentions_per_caption", "pope_f1"]
+METRICS = ["precision", "recall", "f1", "chair_s", "mentions_per_caption", "pope_f1", "pope_accuracy", "pope_yes_ratio"]
 ROUND = "round-0001"  # the round key every run uses; the round seed varies the round
 SPLITS = ("dev", "test")
 

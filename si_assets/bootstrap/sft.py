@@ -50,8 +50,10 @@ class SFTConfig(Settings):
     patience: int = Field(1, ge=1)
     min_improvement: float = Field(0.0, ge=-1, le=1, description="validation-loss drop that counts as a gain")
     # The early stop watches caption loss: a seed can stop before it has learned to answer yes/no from the image.
+    # 0.7 is 8 standard errors above chance on the 400 questions of the default 200 held-back images; the default
+    # world's seed answers 0.792 (world seed 1's: 0.818).
     min_yes_no_accuracy: float = Field(
-        0.75,
+        0.7,
         ge=0.0,
         le=1.0,
         description="accuracy on balanced yes/no questions about the held-back images the seed must reach "

@@ -74,7 +74,7 @@ from si_assets.verifier.clip import BOOTSTRAP, ClipScorer
 DECODER_CODE_VERSION = "collect-3"
 SCORING_VERSION = "verify-2"  # the stored CLIP scores: unchanged scores are reused across pair rules
 REFERENCE_CODE_VERSION = "reference-logps-2"
-EVAL_CODE_VERSION = "eval-4"  # eval-4: per-image counts for the bootstrap intervals
+EVAL_CODE_VERSION = "eval-5"  # eval-5: CHAIR's rules on COCO data, every mention counted
 
 Log = Callable[[str], None]
 
@@ -356,6 +356,7 @@ def score_checkpoint(
             max_new_tokens=settings.max_new_tokens,
             log=log,
             questions=data.questions,
+            pope_truths=data.annotated,
         )
         return result.captions, result.metrics
 

@@ -162,6 +162,23 @@ def test_eval_scores_runs_on_a_coco_format_set(tmp_path: Path, coco: tuple[Path,
     assert answers.check_name == "degenerate_answers" and not answers.passed
     assert "seed:" in answers.description and "trained:" in answers.description
 
+    # each model's results per split, in lmms-eval's layout
+    written = {k.removeprefix("results_json/"): v.path for k, v in output.metadata.items() if "results_json/" in k}
+    assert sorted(written) == ["dev/seed", "dev/trained", "test/seed", "test/trained"]
+    test = json.loads(Path(written["test/trained"]).read_text())
+    assert test["results"]["coco_cap_chair"]["coco_cap_chair_i,none"] == pytest.approx(metrics["test"]["chair_i"])
+    assert test["results"]["pope_random"]["pope_f1_score,none"] == pytest.approx(metrics["test"]["pope_random_f1"])
+    assert (
+        "pope_pop" not in test["results"]
+        and "pope_pop" in json.loads(Path(written["dev/trained"]).read_text())["results"]
+    )
+    assert test["n-samples"]["coco_cap_chair"] == {"original": 3, "effective": 3}
+    assert (test["split"], test["chair_variant"], test["config"]["model_version"]) == (
+        "test",
+        "reference",
+        model.version,
+    )
+
     with pytest.raises(dg.Failure, match="captions file .*nowhere.json does not exist"):
         broken = config.model_copy(update={"coco_test_captions": str(tmp_path / "nowhere.json")})
         list(eval_scores(context, broken, models, store, model, model, pl.DataFrame(), pl.DataFrame()))

@@ -421,6 +421,8 @@ def test_bad_captions_files_are_clear_errors(tmp_path: Path) -> None:
     stray = {"images": [{"id": 1}], "annotations": [{"id": 7, "image_id": 5, "caption": "A dog."}]}
     with pytest.raises(ValueError, match="c.json: caption 7 names unknown image 5"):
         load_coco_captions(_write(tmp_path / "c.json", stray), [1])
+    with pytest.raises(ValueError, match="c.json: every entry of 'images' needs an id"):
+        load_coco_captions(_write(tmp_path / "c.json", {"images": [{"file_name": "a.jpg"}], "annotations": []}), [1])
     no_text = {"annotations": [{"id": 7, "image_id": 1}]}
     with pytest.raises(ValueError, match="c.json: annotation 0 needs an image_id and a caption"):
         load_coco_captions(_write(tmp_path / "c.json", no_text), [1])

@@ -179,8 +179,8 @@ def test_eval_scores_runs_on_a_coco_format_set(tmp_path: Path, coco: tuple[Path,
         model.version,
     )
 
+    broken = config.model_copy(update={"coco_test_captions": str(tmp_path / "nowhere.json")})
     with pytest.raises(dg.Failure, match="captions file .*nowhere.json does not exist"):
-        broken = config.model_copy(update={"coco_test_captions": str(tmp_path / "nowhere.json")})
         list(eval_scores(context, broken, models, store, model, model, pl.DataFrame(), pl.DataFrame()))
     (images / "b.jpg").write_bytes(b"")
     with pytest.raises(dg.Failure, match="b.jpg: zero_bytes"):

@@ -253,7 +253,7 @@ _US_PLURALS = {"emus", "gnus", "menus", "tutus", "haikus", "tofus"}
 _IE_SINGULARS = set(  # "-ies" plurals whose singular ends in "-ie", not "-y"
     "tie pie lie die magpie doggie collie cookie movie goalie hippie selfie zombie rookie genie calorie prairie "
     "brownie smoothie hoodie beanie birdie veggie budgie auntie sweetie cutie bootie lingerie eerie pixie "
-    "freebie junkie hottie newbie oldie quickie rookie techie toughie valkyrie".split()
+    "freebie junkie hottie newbie oldie quickie techie toughie valkyrie".split()
 )
 _OE_SINGULARS = set("shoe canoe toe hoe oboe horseshoe snowshoe tiptoe floe sloe foe mistletoe".split())
 _CHE_SINGULARS = set(

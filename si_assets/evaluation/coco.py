@@ -74,7 +74,11 @@ def load_coco_captions(path: str | Path, image_ids: Sequence[int]) -> list[list[
     belongs to another split, and a caption of an image the file does not list means it is broken: both are
     errors."""
     data = _read_json(path, "captions", ("annotations",))
-    listed = {image["id"] for image in data["images"]} if "images" in data else None
+    listed = None
+    if "images" in data:
+        if not all(isinstance(image, dict) and "id" in image for image in data["images"]):
+            raise ValueError(f"{path}: every entry of 'images' needs an id")
+        listed = {image["id"] for image in data["images"]}
     wanted: dict[int, list[str]] = {image_id: [] for image_id in image_ids}
     for number, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict) or not isinstance(ann.get("caption"), str) or "image_id" not in ann:

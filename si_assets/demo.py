@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                 decided = ", ".join(f"{n} {d}" for d, n in counts.items())
                 print(f"\n{run.key}: verified pairs {decided}; {pairs.height - sum(counts.values())} yes/no probes")
                 print("held-out evaluation, 95% bootstrap intervals; test is reported, dev gates the promotion")
-                print("(precision = 1 - CHAIR_i; POPE averaged over strategies):")
+                print("(precision: distinct named objects present / distinct named; POPE averaged over strategies):")
                 print(headline_table(scores))
                 verdict = "REFUSED: the seed stays champion" if run.refused else "passed"
                 print(f"{run.key}: promotion gate (dev) {verdict}")

@@ -1,4 +1,5 @@
-"""COCO-format evaluation data: CHAIR on a hand-checked fixture, synonyms, POPE's question files, bad files."""
+"""COCO-format evaluation data: CHAIR on a hand-checked set, POPE's question files, bad files, and eval_scores on a
+COCO-format set end to end (its lmms-eval-style results.json included). CHAIR's rules: tests/test_chair.py."""
 
 import json
 from pathlib import Path
@@ -11,7 +12,7 @@ from PIL import Image
 
 from resources import ArtifactStoreResource, ComputeDevice, VisionLanguageModels
 from si_assets.assets.evaluation import EvalConfig, eval_scores
-from si_assets.evaluation.coco import coco_vocabulary, load_coco_instances, load_pope_questions, load_synonyms
+from si_assets.evaluation.coco import load_chair, load_coco_instances, load_pope_questions
 from si_assets.evaluation.metrics import caption_scores, pope_scores
 from si_assets.storage import Checkpoint
 
@@ -43,16 +44,17 @@ def coco(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_chair_on_coco_annotations_matches_the_hand_count(coco: tuple[Path, Path]) -> None:
     labeled = load_coco_instances(coco[0])
+    assert labeled.ids == [10, 11, 12]
     assert labeled.files == ["a.jpg", "b.jpg", "c.jpg"]
     assert labeled.objects == [["dog", "person"], ["dining table", "knife"], []]
     assert labeled.categories == ["person", "dog", "dining table", "knife"]
-    vocab = coco_vocabulary(labeled.categories, load_synonyms(coco[1]))
+    vocab = load_chair(coco[1], labeled.categories)
     captions = [
         "A man walks his puppy past a table.",  # person, dog, dining table (absent): 3 mentions, 1 hallucinated
         "Knives on a dining table.",  # knife, dining table: 2 mentions, none hallucinated
         "An empty room with a dog.",  # dog (absent): 1 mention, 1 hallucinated
     ]
-    assert vocab.mentions(captions[0]) == ["person", "dog", "dining table"]
+    assert [m.object for m in vocab.find(captions[0])] == ["person", "dog", "dining table"]
     scores = caption_scores(captions, labeled.objects, vocab)
     # By hand: 6 mentions, 2 hallucinated; 2 of 3 captions hallucinate; all 4 annotated objects are mentioned.
     assert scores.chair_i == pytest.approx(2 / 6)
@@ -92,16 +94,19 @@ def test_bad_evaluation_files_are_clear_errors(tmp_path: Path, coco: tuple[Path,
     broken.write_text(json.dumps(stray))
     with pytest.raises(ValueError, match="unknown image 99"):
         load_coco_instances(broken)
-    with pytest.raises(ValueError, match="the annotations do not have"):
-        coco_vocabulary(["person"], {"giraffe": ["tall animal"]})
-    (tmp_path / "dup.txt").write_text("dog, puppy\ndog, hound\n")
-    with pytest.raises(ValueError, match="has a line already"):
-        load_synonyms(tmp_path / "dup.txt")
+    broken.write_text(json.dumps(INSTANCES)[:-5])
+    with pytest.raises(ValueError, match=f"{broken} is not valid JSON"):
+        load_coco_instances(broken)
+    with pytest.raises(ValueError, match="instances file .*nowhere.json does not exist"):
+        load_coco_instances(tmp_path / "nowhere.json")
     questions = tmp_path / "questions.json"
     questions.write_text(json.dumps({"question_id": 1, "image": "a.jpg", "text": "Is it red?", "label": "yes"}))
     with pytest.raises(ValueError, match="say which POPE strategy"):
         load_pope_questions(questions)
     with pytest.raises(ValueError, match="not a POPE question"):
+        load_pope_questions(questions, strategy="random")
+    questions.write_text('{"question_id": 1, "image": "a.jpg",\n')
+    with pytest.raises(ValueError, match="questions.json:1: not valid JSON"):
         load_pope_questions(questions, strategy="random")
 
 
@@ -117,6 +122,11 @@ def test_eval_scores_runs_on_a_coco_format_set(tmp_path: Path, coco: tuple[Path,
         + "\n"
         + json.dumps({"question_id": 2, "image": "b.jpg", "text": "Is there a person in the image?", "label": "no"})
     )
+    said = {10: "A man walks his dog.", 11: "Knives on a table.", 12: "An empty bus stop."}
+    captions = tmp_path / "captions_val.json"
+    captions.write_text(
+        json.dumps({"annotations": [{"id": k, "image_id": i, "caption": c} for k, (i, c) in enumerate(said.items())]})
+    )
     dev = tmp_path / "instances_dev.json"  # a dev set of its own: two of the images
     dev.write_text(
         json.dumps({**INSTANCES, "images": INSTANCES["images"][:2]} | {"annotations": INSTANCES["annotations"]})
@@ -128,6 +138,7 @@ def test_eval_scores_runs_on_a_coco_format_set(tmp_path: Path, coco: tuple[Path,
         coco_test_instances=str(coco[0]),
         coco_test_images=str(images),
         coco_test_pope_files=[str(pope)],
+        coco_test_captions=str(captions),
         coco_synonyms=str(coco[1]),
         max_new_tokens=8,
     )
@@ -151,6 +162,26 @@ def test_eval_scores_runs_on_a_coco_format_set(tmp_path: Path, coco: tuple[Path,
     assert answers.check_name == "degenerate_answers" and not answers.passed
     assert "seed:" in answers.description and "trained:" in answers.description
 
+    # each model's results per split, in lmms-eval's layout
+    written = {k.removeprefix("results_json/"): v.path for k, v in output.metadata.items() if "results_json/" in k}
+    assert sorted(written) == ["dev/seed", "dev/trained", "test/seed", "test/trained"]
+    test = json.loads(Path(written["test/trained"]).read_text())
+    assert test["results"]["coco_cap_chair"]["coco_cap_chair_i,none"] == pytest.approx(metrics["test"]["chair_i"])
+    assert test["results"]["pope_random"]["pope_f1_score,none"] == pytest.approx(metrics["test"]["pope_random_f1"])
+    assert (
+        "pope_pop" not in test["results"]
+        and "pope_pop" in json.loads(Path(written["dev/trained"]).read_text())["results"]
+    )
+    assert test["n-samples"]["coco_cap_chair"] == {"original": 3, "effective": 3}
+    assert (test["split"], test["chair_variant"], test["config"]["model_version"]) == (
+        "test",
+        "reference",
+        model.version,
+    )
+
+    broken = config.model_copy(update={"coco_test_captions": str(tmp_path / "nowhere.json")})
+    with pytest.raises(dg.Failure, match="captions file .*nowhere.json does not exist"):
+        list(eval_scores(context, broken, models, store, model, model, pl.DataFrame(), pl.DataFrame()))
     (images / "b.jpg").write_bytes(b"")
     with pytest.raises(dg.Failure, match="b.jpg: zero_bytes"):
         list(eval_scores(context, config, models, store, model, model, pl.DataFrame(), pl.DataFrame()))

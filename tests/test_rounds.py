@@ -211,6 +211,7 @@ def _scored(precision: float, images: int = 200) -> Scored:
     wrong[: total % images] += 1
     table = pl.DataFrame(
         {"id": [f"i{k}" for k in range(images)], "objects": [["circle"]] * images, "caption": [""] * images}
+        | {"n_mentions": [5] * images, "n_hallucinated_mentions": wrong}
         | {"n_mentioned": [5] * images, "n_hallucinated": wrong, "n_covered": 5 - wrong, "n_truth": [6] * images}
         | {c: [2 if c.endswith(("_tp", "_tn")) else 0] * images for c in POPE_COUNTS}  # every answer right
     )
@@ -263,7 +264,8 @@ def test_the_interval_gate_refuses_a_gain_inside_the_noise(share: float, promote
     minimum. Fixing half of them is clearly better: promoted."""
     rng = np.random.default_rng(5)
     wrong = rng.binomial(3, 0.2, 300).astype(float)
-    before = {"n_mentioned": np.full(300, 3.0), "n_hallucinated": wrong, "n_covered": 3 - wrong}
+    before = {"n_mentions": np.full(300, 3.0), "n_hallucinated_mentions": wrong}
+    before |= {"n_mentioned": np.full(300, 3.0), "n_hallucinated": wrong, "n_covered": 3 - wrong}
     before |= {"n_truth": np.full(300, 4.0)} | {c: np.full(300, 1.0) for c in POPE_COUNTS}
     after = _fixed(before, share)
     ones = np.ones((1, 300))

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from si_assets.evaluation.metrics import POPE_STRATEGIES, ObjectVocabulary, caption_scores, pope_scores
+from si_assets.evaluation.chair import Chair
+from si_assets.evaluation.metrics import POPE_STRATEGIES, ObjectVocabulary, caption_counts, caption_scores, pope_scores
 from si_assets.evaluation.uncertainty import (
     CAPTION_COUNTS,
     INTERVAL_METRICS,
@@ -22,6 +23,8 @@ def _counts(images: int, hallucination: float, seed: int) -> dict[str, np.ndarra
     rng = np.random.default_rng(seed)
     wrong = rng.binomial(3, hallucination, images)
     counts = {
+        "n_mentions": np.full(images, 3.0),
+        "n_hallucinated_mentions": wrong.astype(float),
         "n_mentioned": np.full(images, 3.0),
         "n_hallucinated": wrong.astype(float),
         "n_covered": (3 - wrong).astype(float),
@@ -38,30 +41,33 @@ def _counts(images: int, hallucination: float, seed: int) -> dict[str, np.ndarra
     return counts
 
 
-def test_a_row_of_ones_is_the_metric_as_caption_and_pope_scores_compute_it() -> None:
-    vocab = ObjectVocabulary.from_kinds(["circle", "square", "star"])
-    captions = ["a circle and a square.", "a star.", "a square and a star and a circle.", "nothing here."]
+@pytest.mark.parametrize("finder", ["world", "chair"])
+def test_a_row_of_ones_is_the_metric_as_caption_and_pope_scores_compute_it(finder: str) -> None:
+    kinds = ["circle", "square", "star"]
+    vocab = ObjectVocabulary.from_kinds(kinds) if finder == "world" else Chair([[k] for k in kinds])
+    captions = ["a circle and a square.", "a star.", "a square and a star and a circle.", "a star and a star."]
     truths = [["circle"], ["star", "square"], ["square"], ["circle"]]
     expected = caption_scores(captions, truths, vocab)
-    mentioned = [set(vocab.mentions(c)) for c in captions]
-    counts = {
-        "n_mentioned": np.array([len(m) for m in mentioned], float),
-        "n_hallucinated": np.array([len(m - set(t)) for m, t in zip(mentioned, truths)], float),
-        "n_covered": np.array([len(m & set(t)) for m, t in zip(mentioned, truths)], float),
-        "n_truth": np.array([len(set(t)) for t in truths], float),
-    }
+    per_caption = [caption_counts(vocab.find(c), t) for c, t in zip(captions, truths)]
+    counts = {name: np.array([c[name] for c in per_caption], float) for name in CAPTION_COUNTS}
     labels, answers = [True, False, True, False], [True, True, False, None]
     expected_pope = pope_scores(labels, answers)
-    for strategy in POPE_STRATEGIES:  # one question per image, the same in every strategy
+    for strategy in POPE_STRATEGIES[:2]:  # one question per image, the same in the two strategies asked
         counts[f"pope_{strategy}_tp"] = np.array([y and bool(a) for y, a in zip(labels, answers)], float)
         counts[f"pope_{strategy}_fp"] = np.array([(not y) and bool(a) for y, a in zip(labels, answers)], float)
         counts[f"pope_{strategy}_fn"] = np.array([y and not a for y, a in zip(labels, answers)], float)
         counts[f"pope_{strategy}_tn"] = np.array([not y and not a for y, a in zip(labels, answers)], float)
+    counts |= {f"pope_{POPE_STRATEGIES[2]}_{c}": np.zeros(4) for c in ("tp", "fp", "fn", "tn")}
     point = {k: float(v[0]) for k, v in metrics_of(counts, np.ones((1, 4))).items()}
     for name in ("precision", "recall", "f1", "chair_i", "chair_s"):
         assert point[name] == pytest.approx(getattr(expected, name))
-    assert point["pope_f1"] == pytest.approx(expected_pope["f1"])
-    assert point["pope_accuracy"] == pytest.approx(expected_pope["accuracy"])
+    for name, value in expected_pope.items():
+        assert point[f"pope_{name}"] == pytest.approx(value)
+        assert point[f"pope_{POPE_STRATEGIES[0]}_{name}"] == pytest.approx(value)
+    assert not any(k.startswith(f"pope_{POPE_STRATEGIES[2]}") for k in point)  # nobody asked: no metrics of its own
+    # the world counts each object once per caption; CHAIR counts the last caption's two stars as two mentions
+    assert expected.chair_i == pytest.approx(4 / 7 if finder == "world" else 5 / 8)
+    assert expected.precision == pytest.approx(3 / 7) and expected.recall == pytest.approx(3 / 5)
 
 
 def test_intervals_hold_the_estimate_and_shrink_with_more_images() -> None:
@@ -102,4 +108,4 @@ def test_weights_are_seeded_resamples_of_every_image_count() -> None:
     assert (w == bootstrap_weights(50, resamples=20, seed=3)).all()
     with pytest.raises(ValueError):
         bootstrap_weights(0)
-    assert len(CAPTION_COUNTS) == 4 and len(POPE_COUNTS) == 12
+    assert len(CAPTION_COUNTS) == 6 and len(POPE_COUNTS) == 12

@@ -24,7 +24,15 @@ from si_assets.assets.common import (
 from si_assets.evaluation.data import EvalSettings
 from si_assets.plots import metric_bars_png, png_markdown
 from si_assets.rounds import ChampionRegistry, GateDecision, GatePolicy, Promotion, degenerate_answers
-from si_assets.rounds.steps import EVAL_CODE_VERSION, GATE_SPLIT, HEADLINE, Evaluation, column, evaluate
+from si_assets.rounds.steps import (
+    EVAL_CODE_VERSION,
+    GATE_SPLIT,
+    HEADLINE,
+    Evaluation,
+    column,
+    evaluate,
+    write_results,
+)
 from si_assets.rounds.summary import PLOTTED, headline_table, plot_rounds, rounds_table
 from si_assets.storage import Checkpoint
 
@@ -69,10 +77,10 @@ def eval_scores(
     world_test: pl.DataFrame,
 ) -> Iterator[dg.Output | dg.AssetCheckResult]:
     """Base, seed and trained side by side on the held-out `dev` and `test` splits (the world's, or COCO-format
-    sets, `source`), each metric with a bootstrap interval and each gain with a paired one: object precision
-    (1 − CHAIR_i), recall, F1, CHAIR_s and POPE (random / popular / adversarial). The promotion gate reads dev
-    only; test is reported. Each checkpoint is evaluated once: the seed's scores come from the round that trained
-    it."""
+    sets, `source`), each metric with a bootstrap interval and each gain with a paired one: object precision,
+    recall, F1, CHAIR_i, CHAIR_s and POPE (random / popular / adversarial). The promotion gate reads dev only;
+    test is reported. Each checkpoint is evaluated once: the seed's scores come from the round that trained it.
+    Each model's results per split are also written as an lmms-eval-style results.json into the store."""
     artifact_store = store.get()
     with preflight("eval_scores"):
         result = evaluate(
@@ -89,9 +97,14 @@ def eval_scores(
     gate = result.gate
     context.log.info(f"held-out evaluation:\n{headline_table(result.table)}\npromotion gate (dev): {gate.summary()}")
     trained_meta = latest_metadata(context, "trained_model", context.partition_key)
+    results = write_results(artifact_store, result, context.partition_key)
     yield versioned(
         result.table,
         **evaluation_metadata(result, config.source == "world"),
+        **{
+            f"results_json/{name}": dg.MetadataValue.path(f"{artifact_store.root_url}/{p}")
+            for name, p in results.items()
+        },
         lineage=dg.MetadataValue.md(lineage_markdown(seed_checkpoint, trained_model, trained_meta)),
         **consumed(seed_checkpoint=seed_checkpoint, trained_model=trained_model),
     )

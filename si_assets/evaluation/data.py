@@ -1,5 +1,5 @@
 """What an evaluation runs on (Dagster-free): the embedded world's `eval` split, or a COCO-format set (images
-folder, `instances_*.json`, optional CHAIR synonyms and POPE question files)."""
+folder, `instances_*.json`, optional human captions, CHAIR synonyms and POPE question files)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from PIL import Image
 from pydantic import Field, model_validator
 
 from si_assets.collection.validation import InputLimits, Rejected, decode_image, read_file, resolve_inside
-from si_assets.evaluation.coco import coco_vocabulary, load_coco_instances, load_pope_questions, load_synonyms
-from si_assets.evaluation.metrics import ObjectVocabulary, PopeQuestion
+from si_assets.evaluation.chair import ChairVariant
+from si_assets.evaluation.coco import load_chair, load_coco_captions, load_coco_instances, load_pope_questions
+from si_assets.evaluation.metrics import MentionFinder, ObjectVocabulary, PopeQuestion
 from si_assets.settings import Settings
 from si_assets.storage import content_hash
 from si_assets.world import EVAL_PROMPT, decode_png
@@ -24,18 +25,31 @@ from si_assets.world.vocabulary import world_vocabulary
 Split = Literal["dev", "test"]
 
 
+_CAPTIONS = (
+    "{split} split: captions_*.json (COCO format, optional); objects its human captions name count as present, "
+    "as CHAIR's ground truth has it"
+)
+
+
 class EvalSettings(Settings):
     """The evaluation step: the held-out `dev` split (defaults, promotion gate) and `test` split (reported only),
     the prompts and how many POPE questions."""
 
     source: Literal["world", "coco"] = Field("world", description="'coco': the coco_* files below, one set per split")
     coco_dev_instances: str | None = Field(None, description="dev split: instances_*.json (COCO format)")
+    coco_dev_captions: str | None = Field(None, description=_CAPTIONS.format(split="dev"))
     coco_dev_images: str | None = Field(None, description="dev split: the folder the instances' file_names are in")
     coco_dev_pope_files: list[str] = Field(default_factory=list, description="dev split: POPE question files")
     coco_test_instances: str | None = Field(None, description="test split: instances_*.json (COCO format)")
+    coco_test_captions: str | None = Field(None, description=_CAPTIONS.format(split="test"))
     coco_test_images: str | None = Field(None, description="test split: the folder the instances' file_names are in")
     coco_test_pope_files: list[str] = Field(default_factory=list, description="test split: POPE question files")
     coco_synonyms: str | None = Field(None, description="CHAIR's synonyms.txt (optional)")
+    chair_variant: ChairVariant = Field(
+        "reference",
+        description="CHAIR on COCO data: 'reference' follows the published implementation, quirks included, so "
+        "numbers compare with published CHAIR; 'corrected' applies the same rules without them (docs/metrics.md)",
+    )
     max_images: int | None = Field(None, ge=1, description="evaluate the first N images of each split only")
     caption_prompt: str = EVAL_PROMPT
     pope_per_image: int = Field(2, ge=0, description="present objects asked per image when no POPE file is given")
@@ -72,6 +86,8 @@ class EvalSettings(Settings):
             self.coco_synonyms,
             getattr(self, f"coco_{split}_pope_files"),
             self.max_images,
+            getattr(self, f"coco_{split}_captions"),
+            self.chair_variant,
         )
 
 
@@ -79,11 +95,13 @@ class EvalSettings(Settings):
 class EvalData:
     ids: list[str]
     images: list[Image.Image]
-    truths: list[list[str]]
-    vocab: ObjectVocabulary
-    questions: list[PopeQuestion] | None  # None: built from the ground truth
-    fingerprint: str  # changes when any image, label, synonym or question changes
+    truths: list[list[str]]  # objects present, per image: what captions are scored against
+    vocab: MentionFinder
+    questions: list[PopeQuestion] | None  # None: built from `annotated`
+    fingerprint: str  # changes when any image, label, caption, synonym, question or the CHAIR variant changes
     source: str
+    annotated: list[list[str]]  # the annotations alone (POPE's questions come from them)
+    chair_variant: ChairVariant | None = None  # None: the world's metric, each object once per caption
 
 
 def world_eval_data(world_eval: pl.DataFrame, split: str = "test") -> EvalData:
@@ -95,6 +113,7 @@ def world_eval_data(world_eval: pl.DataFrame, split: str = "test") -> EvalData:
         questions=None,
         fingerprint=content_hash(world_eval),
         source=f"world:{split}",
+        annotated=world_eval["objects"].to_list(),
     )
 
 
@@ -104,15 +123,21 @@ def coco_eval_data(
     synonyms: str | Path | None = None,
     pope_files: Sequence[str | Path] = (),
     limit: int | None = None,
+    captions: str | Path | None = None,
+    chair_variant: ChairVariant = "reference",
 ) -> EvalData:
     """The first `limit` annotated images (all by default). Every image must be readable: an evaluation set with
-    holes would not compare with published numbers, so a bad file is an error that names it."""
+    holes would not compare with published numbers, so a bad file is an error that names it. Captions are scored
+    with CHAIR (`chair_variant`) against the annotations plus the objects the human `captions` name."""
     labeled = load_coco_instances(instances)
-    digest = hashlib.sha256(Path(instances).read_bytes())
-    synonym_map = load_synonyms(synonyms) if synonyms else {}
-    if synonyms:
-        digest.update(Path(synonyms).read_bytes())
-    files, truths = labeled.files[:limit], labeled.objects[:limit]
+    chair = load_chair(synonyms, labeled.categories, chair_variant)
+    files, annotated = labeled.files[:limit], labeled.objects[:limit]
+    human = load_coco_captions(captions, labeled.ids[:limit]) if captions else [[] for _ in files]
+    digest = hashlib.sha256(f"chair:{chair_variant}\n".encode())
+    digest.update("\n".join(files).encode())  # which images, by name
+    for path in (instances, synonyms, captions):
+        if path:
+            digest.update(Path(path).read_bytes())
     images, problems = [], []
     for name in files:
         try:
@@ -132,9 +157,11 @@ def coco_eval_data(
     return EvalData(
         ids=list(files),
         images=images,
-        truths=truths,
-        vocab=coco_vocabulary(labeled.categories, synonym_map),
+        truths=[sorted(chair.ground_truth(objects, said)) for objects, said in zip(annotated, human)],
+        vocab=chair,
         questions=questions,
         fingerprint=digest.hexdigest(),
         source=str(instances),
+        annotated=[sorted(chair.ground_truth(objects)) for objects in annotated],
+        chair_variant=chair_variant,
     )

@@ -10,23 +10,26 @@ import polars as pl
 from PIL import Image
 
 from si_assets.evaluation.metrics import (
+    CAPTION_COUNTS,
     POPE_PROMPT,
     POPE_STRATEGIES,
-    ObjectVocabulary,
+    Mention,
+    MentionFinder,
     PopeQuestion,
     build_pope_questions,
+    caption_counts,
     caption_scores,
     parse_yes_no,
     pope_scores,
 )
-from si_assets.evaluation.uncertainty import CAPTION_COUNTS, POPE_COUNTS
+from si_assets.evaluation.uncertainty import POPE_COUNTS
 from si_assets.modeling.generation import generate_greedy
 
 
 @dataclass
 class EvalResult:
     metrics: dict[str, float]  # flat: precision, recall, f1, chair_s, ..., pope_f1, pope_random_f1, ...
-    captions: pl.DataFrame  # id, caption, objects, mentioned, hallucinated
+    captions: pl.DataFrame  # id, caption, objects, mentioned, hallucinated, mentions, mention_words, counts
 
 
 def evaluate_model(
@@ -35,7 +38,7 @@ def evaluate_model(
     image_ids: Sequence[str],
     images: Sequence[Image.Image],
     truths: Sequence[Sequence[str]],
-    vocab: ObjectVocabulary,
+    vocab: MentionFinder,
     caption_prompt: str,
     pope_per_image: int = 2,
     seed: int = 0,
@@ -43,16 +46,18 @@ def evaluate_model(
     max_new_tokens: int = 32,
     log: Callable[[str], None] | None = None,
     questions: Sequence[PopeQuestion] | None = None,
+    pope_truths: Sequence[Sequence[str]] | None = None,
 ) -> EvalResult:
     """Captions scored with CHAIR / precision / recall against `truths`, and POPE: `questions` when given (e.g.
-    POPE's published files), else built from the ground truth (`pope_per_image`, `seed`)."""
+    POPE's published files), else built from `pope_truths` (default: `truths`; `pope_per_image`, `seed`)."""
     captions = generate_greedy(
         model, processor, images, [caption_prompt] * len(images), max_new_tokens, batch_size, log, "eval captions"
     )
     metrics = caption_scores(captions, truths, vocab).as_dict()
 
     if questions is None:
-        questions = build_pope_questions(image_ids, truths, vocab.objects, per_image=pope_per_image, seed=seed)
+        asked = truths if pope_truths is None else pope_truths
+        questions = build_pope_questions(image_ids, asked, vocab.objects, per_image=pope_per_image, seed=seed)
     if not questions:
         raise ValueError("no POPE questions: the evaluation images have no annotated objects to ask about")
     by_id = dict(zip(image_ids, images))
@@ -83,7 +88,8 @@ def evaluate_model(
         metrics[f"pope_{name}"] = sum(s[name] for s in per_strategy.values()) / len(per_strategy)
     metrics["pope_unparsed"] = sum(a is None for a in answer.values()) / max(1, len(answer))
 
-    mentioned = [vocab.mentions(c) for c in captions]
+    found = [vocab.find(c) for c in captions]
+    mentioned = [list(dict.fromkeys(m.object for m in f)) for f in found]
     table = pl.DataFrame(
         {
             "id": list(image_ids),
@@ -91,27 +97,32 @@ def evaluate_model(
             "objects": [list(t) for t in truths],
             "mentioned": mentioned,
             "hallucinated": [[m for m in ms if m not in set(t)] for ms, t in zip(mentioned, truths)],
-        }
+            "mentions": [[m.object for m in f] for f in found],  # every mention, as CHAIR_i counts them
+            "mention_words": [[m.word for m in f] for f in found],
+        },
+        schema_overrides={
+            c: pl.List(pl.String) for c in ("objects", "mentioned", "hallucinated", "mentions", "mention_words")
+        },
     )
-    return EvalResult(metrics, table.with_columns(**image_counts(image_ids, mentioned, truths, questions, answer)))
+    return EvalResult(metrics, table.with_columns(**image_counts(image_ids, found, truths, questions, answer)))
 
 
 def image_counts(
     image_ids: Sequence[str],
-    mentioned: Sequence[Sequence[str]],
+    found: Sequence[Sequence[Mention]],
     truths: Sequence[Sequence[str]],
     questions: Sequence[PopeQuestion],
     answer: dict[tuple[str, str], bool | None],
 ) -> dict[str, pl.Series]:
-    """Per image: distinct objects mentioned, hallucinated, covered and present; POPE's true / false positives and
-    negatives per strategy (an unparsed answer counts as 'no'). Every headline metric is a ratio of their sums,
-    which is what the bootstrap intervals resample (`si_assets.evaluation.uncertainty`)."""
+    """Per image: the caption's mentions and hallucinated mentions, its distinct objects mentioned, hallucinated,
+    covered and present (`caption_counts`); POPE's true / false positives and negatives per strategy (an unparsed
+    answer counts as 'no'). Every headline metric is a ratio of their sums, which is what the bootstrap intervals
+    resample (`si_assets.evaluation.uncertainty`)."""
     row = {image_id: i for i, image_id in enumerate(image_ids)}
     counts = {c: np.zeros(len(image_ids), dtype=np.int32) for c in (*CAPTION_COUNTS, *POPE_COUNTS)}
-    for i, (said, truth) in enumerate(zip(mentioned, truths)):
-        found, present = set(said), set(truth)
-        counts["n_mentioned"][i], counts["n_hallucinated"][i] = len(found), len(found - present)
-        counts["n_covered"][i], counts["n_truth"][i] = len(found & present), len(present)
+    for i, (mentions, truth) in enumerate(zip(found, truths)):
+        for name, value in caption_counts(mentions, truth).items():
+            counts[name][i] = value
     for q in questions:
         yes = bool(answer[(q.image_id, q.object)])
         outcome = ("tp" if yes else "fn") if q.label else ("fp" if yes else "tn")

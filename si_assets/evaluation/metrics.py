@@ -1,7 +1,8 @@
 """Object hallucination metrics: CHAIR, object precision/recall/F1, and POPE yes/no probing.
 
-Object mentions are found with a vocabulary + synonyms (CHAIR's method): each canonical object has
-surface forms, multi-word forms match before single words, plurals fold to the singular.
+A caption's object mentions come from a `MentionFinder`: the embedded world's `ObjectVocabulary` (each object
+once per caption: canonical names plus synonyms, multi-word forms first, plurals folded), or CHAIR's rules for
+COCO-style data (`si_assets.evaluation.chair`: every mention counts).
 """
 
 from __future__ import annotations
@@ -10,11 +11,26 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 _WORD = re.compile(r"[a-z]+")
 POPE_PROMPT = "Is there a {object} in the image?"  # POPE's question (Li et al. 2023)
+
+
+@dataclass(frozen=True)
+class Mention:
+    word: str  # the words as matched, singular ("knife", "dining table")
+    object: str  # the canonical object they name
+
+
+class MentionFinder(Protocol):
+    """What finds the objects a caption names."""
+
+    objects: list[str]  # every canonical object, in a fixed order (POPE draws absent objects from it)
+
+    def find(self, text: str) -> list[Mention]: ...
 
 
 def _singular(word: str) -> str:
@@ -33,7 +49,8 @@ def singular_words(text: str) -> list[str]:
 
 
 class ObjectVocabulary:
-    """Maps surface forms ('disc', 'dining table', 'knives') to canonical objects."""
+    """Maps surface forms ('disc', 'dining table', 'knives') to canonical objects; each object counts once per
+    caption (the embedded world's metric)."""
 
     def __init__(self, synonyms: Mapping[str, Iterable[str]]) -> None:
         self.objects = list(synonyms)
@@ -52,30 +69,58 @@ class ObjectVocabulary:
     def from_kinds(cls, kinds: Iterable[str]) -> ObjectVocabulary:
         return cls({k: [] for k in kinds})
 
-    def mentions(self, text: str) -> list[str]:
-        """Canonical objects mentioned, in order of first mention, each once."""
+    def find(self, text: str) -> list[Mention]:
+        """Each object mentioned, once, at its first mention, longest form first."""
         words = singular_words(text)
-        found: list[str] = []
+        found: dict[str, Mention] = {}
         i = 0
         while i < len(words):
             for n in range(min(self._max_len, len(words) - i), 0, -1):
-                obj = self._forms.get(tuple(words[i : i + n]))
+                form = tuple(words[i : i + n])
+                obj = self._forms.get(form)
                 if obj is not None:
-                    if obj not in found:
-                        found.append(obj)
+                    found.setdefault(obj, Mention(" ".join(form), obj))
                     i += n
                     break
             else:
                 i += 1
-        return found
+        return list(found.values())
+
+    def mentions(self, text: str) -> list[str]:
+        """Canonical objects mentioned, in order of first mention, each once."""
+        return [m.object for m in self.find(text)]
+
+
+def hallucinated(found: Sequence[Mention], truth: Iterable[str]) -> list[Mention]:
+    """The mentions of objects that are not in the ground truth, every one of them."""
+    present = set(truth)
+    return [m for m in found if m.object not in present]
+
+
+# Per-caption counts; every caption metric is a ratio of their sums (`si_assets.evaluation.uncertainty`).
+CAPTION_COUNTS = ("n_mentions", "n_hallucinated_mentions", "n_mentioned", "n_hallucinated", "n_covered", "n_truth")
+
+
+def caption_counts(found: Sequence[Mention], truth: Iterable[str]) -> dict[str, int]:
+    """Mentions and hallucinated mentions (CHAIR_i counts every one); distinct objects mentioned, hallucinated
+    and covered (precision and recall count each object once); objects present."""
+    present, named = set(truth), {m.object for m in found}
+    return {
+        "n_mentions": len(found),
+        "n_hallucinated_mentions": len(hallucinated(found, present)),
+        "n_mentioned": len(named),
+        "n_hallucinated": len(named - present),
+        "n_covered": len(named & present),
+        "n_truth": len(present),
+    }
 
 
 @dataclass(frozen=True)
 class CaptionScores:
-    precision: float  # 1 - CHAIR_i
+    precision: float  # distinct objects named that are present / distinct objects named
     recall: float
     f1: float
-    chair_i: float
+    chair_i: float  # hallucinated mentions / mentions
     chair_s: float
     mentions_per_caption: float
     n_captions: int
@@ -84,34 +129,29 @@ class CaptionScores:
         return {k: float(v) for k, v in self.__dict__.items()}
 
 
-def caption_scores(captions: Sequence[str], truths: Sequence[Iterable[str]], vocab: ObjectVocabulary) -> CaptionScores:
-    """CHAIR_i = hallucinated mentions / all mentions; CHAIR_s = captions with any hallucination / all;
-    recall = ground-truth objects mentioned / all ground-truth objects (micro-averaged)."""
+def caption_scores(captions: Sequence[str], truths: Sequence[Iterable[str]], vocab: MentionFinder) -> CaptionScores:
+    """CHAIR_i = hallucinated mentions / all mentions (micro-averaged); CHAIR_s = captions with any hallucination /
+    all; precision = distinct objects named that are present / distinct objects named, summed over captions;
+    recall = ground-truth objects named / all ground-truth objects. With a finder that reports each object once
+    per caption (the world's vocabulary), precision = 1 - CHAIR_i."""
     if len(captions) != len(truths):
         raise ValueError(f"{len(captions)} captions but {len(truths)} ground-truth lists")
     if not captions:
         raise ValueError("no captions to score")
-    mentioned = hallucinated = covered = gt_total = bad_captions = 0
-    for caption, truth in zip(captions, truths):
-        gt = set(truth)
-        found = set(vocab.mentions(caption))
-        wrong = found - gt
-        mentioned += len(found)
-        hallucinated += len(wrong)
-        covered += len(found & gt)
-        gt_total += len(gt)
-        bad_captions += bool(wrong)
-    chair_i = hallucinated / mentioned if mentioned else 0.0
-    precision = 1.0 - chair_i if mentioned else 0.0
-    recall = covered / gt_total if gt_total else 0.0
+    per_caption = [caption_counts(vocab.find(c), t) for c, t in zip(captions, truths)]
+    total = {name: sum(c[name] for c in per_caption) for name in CAPTION_COUNTS}
+    mentions, mentioned = total["n_mentions"], total["n_mentioned"]
+    chair_i = total["n_hallucinated_mentions"] / mentions if mentions else 0.0
+    precision = 1.0 - total["n_hallucinated"] / mentioned if mentioned else 0.0
+    recall = total["n_covered"] / total["n_truth"] if total["n_truth"] else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return CaptionScores(
         precision=precision,
         recall=recall,
         f1=f1,
         chair_i=chair_i,
-        chair_s=bad_captions / len(captions),
-        mentions_per_caption=mentioned / len(captions),
+        chair_s=sum(c["n_hallucinated_mentions"] > 0 for c in per_caption) / len(captions),
+        mentions_per_caption=mentions / len(captions),
         n_captions=len(captions),
     )
 

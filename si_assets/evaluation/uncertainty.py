@@ -1,9 +1,10 @@
 """How sure a metric is: bootstrap intervals over the evaluation images (Dagster-free).
 
-Every headline metric is a function of per-image counts (mentioned, hallucinated and covered objects; POPE's
-true/false positives and negatives per strategy), so a bootstrap resample is a vector of image weights and every
-metric of every resample is one matrix product. A difference between two models is resampled *paired*: the same
-images weigh the same in both, which is what makes a small gain on shared images visible above the image noise.
+Every headline metric is a function of per-image counts (mentions and hallucinated mentions; mentioned,
+hallucinated and covered objects; POPE's true/false positives and negatives per strategy), so a bootstrap resample
+is a vector of image weights and every metric of every resample is one matrix product. A difference between two
+models is resampled *paired*: the same images weigh the same in both, which is what makes a small gain on shared
+images visible above the image noise.
 """
 
 from __future__ import annotations
@@ -13,11 +14,20 @@ from collections.abc import Mapping
 import numpy as np
 import polars as pl
 
-from si_assets.evaluation.metrics import POPE_STRATEGIES
+from si_assets.evaluation.metrics import CAPTION_COUNTS, POPE_STRATEGIES
 
-CAPTION_COUNTS = ("n_mentioned", "n_hallucinated", "n_covered", "n_truth")
 POPE_COUNTS = tuple(f"pope_{s}_{c}" for s in POPE_STRATEGIES for c in ("tp", "fp", "fn", "tn"))
-INTERVAL_METRICS = ("precision", "recall", "f1", "chair_i", "chair_s", "pope_accuracy", "pope_f1")
+POPE_METRICS = ("accuracy", "precision", "recall", "f1", "yes_ratio")
+# Every metric with an interval: captions', POPE's averaged over the strategies asked, and each strategy's own.
+INTERVAL_METRICS = (
+    "precision",
+    "recall",
+    "f1",
+    "chair_i",
+    "chair_s",
+    *(f"pope_{m}" for m in POPE_METRICS),
+    *(f"pope_{s}_{m}" for s in POPE_STRATEGIES for m in POPE_METRICS),
+)
 RESAMPLES = 1000
 LEVEL = 0.95
 
@@ -42,31 +52,39 @@ def _f1(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
 
 def metrics_of(counts: Counts, weights: np.ndarray) -> dict[str, np.ndarray]:
     """Each interval metric under each row of image `weights` (shape resamples × images); a row of ones gives
-    the metric itself, computed as `caption_scores` and `pope_scores` compute it."""
+    the metric itself, computed as `caption_scores` and `pope_scores` compute it. A POPE strategy nobody was
+    asked about (e.g. only one POPE file given) has no metrics of its own and stays out of the averages."""
     total = {name: weights @ values for name, values in counts.items()}
-    mentioned, hallucinated = total["n_mentioned"], total["n_hallucinated"]
-    chair_i = _ratio(hallucinated, mentioned)
-    precision = np.where(mentioned > 0, 1.0 - chair_i, 0.0)
+    mentioned = total["n_mentioned"]
+    precision = np.where(mentioned > 0, 1.0 - _ratio(total["n_hallucinated"], mentioned), 0.0)
     recall = _ratio(total["n_covered"], total["n_truth"])
     out = {
         "precision": precision,
         "recall": recall,
         "f1": _f1(precision, recall),
-        "chair_i": chair_i,
-        "chair_s": _ratio(weights @ (counts["n_hallucinated"] > 0), weights.sum(axis=1)),
+        "chair_i": _ratio(total["n_hallucinated_mentions"], total["n_mentions"]),
+        "chair_s": _ratio(weights @ (counts["n_hallucinated_mentions"] > 0), weights.sum(axis=1)),
     }
-    accuracy, f1 = [], []
+    per_strategy: dict[str, list[np.ndarray]] = {m: [] for m in POPE_METRICS}
     for strategy in POPE_STRATEGIES:
-        tp, fp, fn, tn = (total[f"pope_{strategy}_{c}"] for c in ("tp", "fp", "fn", "tn"))
-        asked = counts[f"pope_{strategy}_tp"] + counts[f"pope_{strategy}_fp"]
-        asked = asked + counts[f"pope_{strategy}_fn"] + counts[f"pope_{strategy}_tn"]
-        if not asked.any():  # a strategy nobody asked (e.g. only one POPE file given)
+        if not any(counts[f"pope_{strategy}_{c}"].any() for c in ("tp", "fp", "fn", "tn")):
             continue
-        accuracy.append(_ratio(tp + tn, tp + fp + fn + tn))
-        f1.append(_f1(_ratio(tp, tp + fp), _ratio(tp, tp + fn)))
+        tp, fp, fn, tn = (total[f"pope_{strategy}_{c}"] for c in ("tp", "fp", "fn", "tn"))
+        asked = tp + fp + fn + tn
+        pope_precision, pope_recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+        values = {
+            "accuracy": _ratio(tp + tn, asked),
+            "precision": pope_precision,
+            "recall": pope_recall,
+            "f1": _f1(pope_precision, pope_recall),
+            "yes_ratio": _ratio(tp + fp, asked),
+        }
+        for name, value in values.items():
+            out[f"pope_{strategy}_{name}"] = value
+            per_strategy[name].append(value)
     # POPE's headline figures average the strategies, as the point estimates do
-    out["pope_accuracy"] = np.mean(accuracy, axis=0) if accuracy else np.zeros(len(weights))
-    out["pope_f1"] = np.mean(f1, axis=0) if f1 else np.zeros(len(weights))
+    for name, values in per_strategy.items():
+        out[f"pope_{name}"] = np.mean(values, axis=0) if values else np.zeros(len(weights))
     return out
 
 
@@ -90,7 +108,7 @@ def intervals(
     """Percentile bootstrap interval of each metric over the evaluation images."""
     images = len(next(iter(counts.values())))
     samples = metrics_of(counts, bootstrap_weights(images, resamples, seed))
-    return {name: _bounds(samples[name], level) for name in INTERVAL_METRICS}
+    return {name: _bounds(samples[name], level) for name in INTERVAL_METRICS if name in samples}
 
 
 def paired_delta_intervals(
@@ -103,7 +121,7 @@ def paired_delta_intervals(
         raise ValueError("paired intervals need both models' counts over the same images")
     weights = bootstrap_weights(images, resamples, seed)
     a, b = metrics_of(before, weights), metrics_of(after, weights)
-    return {name: _bounds(b[name] - a[name], level) for name in INTERVAL_METRICS}
+    return {name: _bounds(b[name] - a[name], level) for name in INTERVAL_METRICS if name in a and name in b}
 
 
 def standard_error(counts: Counts, metric: str = "precision", resamples: int = RESAMPLES, seed: int = 0) -> float:

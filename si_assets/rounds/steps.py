@@ -8,6 +8,8 @@ numbers a person reads about it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import time
 from collections.abc import Callable
@@ -31,6 +33,7 @@ from si_assets.collection.sampling import SamplingSettings, decode_plan, plan_re
 from si_assets.collection.validation import InputLimits
 from si_assets.evaluation.data import EvalData, EvalSettings, Split
 from si_assets.evaluation.evaluate import evaluate_model
+from si_assets.evaluation.results import results_json
 from si_assets.evaluation.uncertainty import counts_of, intervals, paired_delta_intervals
 from si_assets.modeling.chat import patch_size, prompt_token_counter
 from si_assets.modeling.preflight import (
@@ -74,7 +77,7 @@ from si_assets.verifier.clip import BOOTSTRAP, ClipScorer
 DECODER_CODE_VERSION = "collect-3"
 SCORING_VERSION = "verify-2"  # the stored CLIP scores: unchanged scores are reused across pair rules
 REFERENCE_CODE_VERSION = "reference-logps-2"
-EVAL_CODE_VERSION = "eval-4"  # eval-4: per-image counts for the bootstrap intervals
+EVAL_CODE_VERSION = "eval-5"  # eval-5: CHAIR's rules on COCO data, every mention counted
 
 Log = Callable[[str], None]
 
@@ -356,6 +359,7 @@ def score_checkpoint(
             max_new_tokens=settings.max_new_tokens,
             log=log,
             questions=data.questions,
+            pope_truths=data.annotated,
         )
         return result.captions, result.metrics
 
@@ -415,6 +419,37 @@ class Evaluation:
     table: pl.DataFrame  # split × metric: base, seed, trained, delta and their intervals
     base_metrics: dict[str, float]  # the chain's base model on the gate's split
     gate: GateDecision  # decided on the dev split alone
+    versions: dict[str, str]  # seed, trained -> checkpoint version
+
+    def results_documents(self) -> dict[str, dict]:
+        """`<split>/<model>` -> that model's results.json on that split (`si_assets.evaluation.results`)."""
+        documents = {}
+        for split, evaluation in self.splits.items():
+            for model, scored in (("seed", evaluation.seed), ("trained", evaluation.trained)):
+                documents[f"{split}/{model}"] = results_json(
+                    scored.metrics,
+                    evaluation.bounds[model],
+                    counts_of(scored.captions),
+                    model=model,
+                    model_version=self.versions[model],
+                    split=split,
+                    data_fingerprint=evaluation.data.fingerprint,
+                    data_source=evaluation.data.source,
+                    chair_variant=evaluation.data.chair_variant,
+                )
+        return documents
+
+
+def write_results(store: ArtifactStore, evaluation: Evaluation, round_key: str) -> dict[str, str]:
+    """Each model's results.json per split into the store, named by the round and the document's content (nothing
+    is overwritten); returns `<split>/<model>` -> its path in the store."""
+    paths = {}
+    for name, document in evaluation.results_documents().items():
+        data = json.dumps(document, indent=2, sort_keys=True).encode()
+        path = f"eval_results/{round_key}/{name}/{hashlib.sha256(data).hexdigest()[:16]}/results.json"
+        store.write_bytes(path, data)
+        paths[name] = path
+    return paths
 
 
 def evaluate(
@@ -463,4 +498,4 @@ def evaluate(
         tables.append(metrics_table(split, models_metrics, bounds))
     table = pl.concat(tables, how="diagonal_relaxed")
     gate = gate_decision(gated.seed.metrics, gated.trained.metrics, base, policy, gated.bounds["delta"])
-    return Evaluation(results, table, base, gate)
+    return Evaluation(results, table, base, gate, {"seed": seed_checkpoint.version, "trained": trained.version})

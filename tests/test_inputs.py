@@ -374,3 +374,25 @@ def test_a_folder_or_manifest_names_the_source_read() -> None:
     ):
         with pytest.raises(ValueError, match=message):
             ImagePoolSettings(**bad)
+
+
+def test_whatever_the_decoder_raises_is_one_files_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hostile bytes can trip a decoder in ways no list of exceptions foresees; a malformed EXIF block leaves the
+    pixels as stored, as viewers do."""
+    data = encoded(noise(seed=1))
+
+    def tripped(image: Image.Image, limits: InputLimits) -> np.ndarray:
+        raise IndexError("tile index out of range")
+
+    monkeypatch.setattr(validation, "_checked_pixels", tripped)
+    with pytest.raises(validation.Rejected) as failure:
+        validation.decode_image(data, InputLimits(), "x.png")
+    assert failure.value.reason is Reason.NOT_AN_IMAGE
+    assert failure.value.detail == "Pillow failed on 'x.png': IndexError: tile index out of range"
+    monkeypatch.undo()
+
+    def unreadable_exif(image: Image.Image) -> Image.Image:
+        raise SyntaxError("not a TIFF file")
+
+    monkeypatch.setattr(validation.ImageOps, "exif_transpose", unreadable_exif)
+    np.testing.assert_array_equal(validation.decode_image(data, InputLimits()), np.asarray(noise(seed=1)))

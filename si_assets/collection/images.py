@@ -59,13 +59,7 @@ class ImagePoolSettings(InputLimits):
     folder: str | None = Field(None, description="the image root: all images under it, or the manifest's paths")
     manifest: str | None = Field(None, description="Parquet / CSV / JSONL with `path` (under `folder`), `prompt`")
     prompts: list[str] = Field(default_factory=lambda: list(CAPTION_PROMPTS), description="for images without one")
-    max_reject_rate: float = Field(
-        0.1,
-        ge=0,
-        le=1,
-        description="the blocking check fails above this share (duplicates, system files, uploads "
-        "in flight not counted)",
-    )
+    max_reject_rate: float = Field(0.1, ge=0, le=1, description="the blocking check fails above this share")
 
     @model_validator(mode="before")
     @classmethod

@@ -186,39 +186,40 @@ def _kind(mode: int) -> str:
 
 def decode_image(data: bytes, limits: InputLimits, name: str = "image") -> np.ndarray:
     """8-bit RGB pixels of a single-frame image, turned upright by its EXIF orientation, or `Rejected` with the
-    reason. `name` names the file in the reasons."""
+    reason. `name` names the file in the reasons. Whatever Pillow raises on these bytes becomes a reason."""
     buffer = io.BytesIO(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(buffer)
+        with image:
+            return _checked_pixels(image, limits)
+    except Rejected:
+        raise
     except UnidentifiedImageError as exc:
         # Pillow names the buffer it was given (`<_io.BytesIO object at 0x...>`); the file's name says more.
         message = str(exc).replace(repr(buffer), f"'{name}'")
         raise Rejected(Reason.NOT_AN_IMAGE, f"{message} (Pillow; it starts with {data[:16]!r})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise Rejected(Reason.TOO_MANY_PIXELS, str(exc)) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # a known format whose header already ends early
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # a known format whose data ends early
         raise Rejected(Reason.TRUNCATED, f"{type(exc).__name__}: {exc}") from None
     except Exception as exc:  # a decoder tripping over hostile bytes (struct.error, IndexError, ...): this file only
         raise Rejected(Reason.NOT_AN_IMAGE, f"Pillow failed on '{name}': {type(exc).__name__}: {exc}") from None
-    with image:
-        width, height = image.size
-        if width * height > limits.max_pixels:  # checked from the header, before decoding any pixel
-            raise Rejected(Reason.TOO_MANY_PIXELS, f"{width}x{height} > {limits.max_pixels} pixels")
-        if getattr(image, "n_frames", 1) > 1:
-            raise Rejected(Reason.MULTI_FRAME, f"{image.n_frames} frames")
-        if image.mode not in _CONVERTIBLE:
-            raise Rejected(Reason.UNSUPPORTED_MODE, f"mode {image.mode}")
-        if min(width, height) < limits.min_side:  # a quarter turn keeps the shorter side
-            raise Rejected(Reason.TOO_SMALL, f"{width}x{height}, min side {limits.min_side}")
-        try:
-            image.load()
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise Rejected(Reason.TRUNCATED, f"{type(exc).__name__}: {exc}") from None
-        except Exception as exc:
-            raise Rejected(Reason.NOT_AN_IMAGE, f"Pillow failed on '{name}': {type(exc).__name__}: {exc}") from None
-        return np.asarray(to_rgb(upright(image)))
+
+
+def _checked_pixels(image: Image.Image, limits: InputLimits) -> np.ndarray:
+    width, height = image.size
+    if width * height > limits.max_pixels:  # checked from the header, before decoding any pixel
+        raise Rejected(Reason.TOO_MANY_PIXELS, f"{width}x{height} > {limits.max_pixels} pixels")
+    if getattr(image, "n_frames", 1) > 1:
+        raise Rejected(Reason.MULTI_FRAME, f"{image.n_frames} frames")
+    if image.mode not in _CONVERTIBLE:
+        raise Rejected(Reason.UNSUPPORTED_MODE, f"mode {image.mode}")
+    if min(width, height) < limits.min_side:  # a quarter turn keeps the shorter side
+        raise Rejected(Reason.TOO_SMALL, f"{width}x{height}, min side {limits.min_side}")
+    image.load()
+    return np.asarray(to_rgb(upright(image)))
 
 
 def upright(image: Image.Image) -> Image.Image:

@@ -1,6 +1,7 @@
 """Why a run stopped, as `make demo` prints it: real rounds through Dagster on a tiny world (a few seconds), stopped
 by the blocking `reject_rate` check, by a step's `dg.Failure` and by an exception a step raised."""
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,12 +36,13 @@ class Tiny:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tiny]:
     root = tmp_path_factory.mktemp("store")
     defs = build_definitions(build_resources(str(root), device="cpu"))
-    instance = dg.DagsterInstance.ephemeral()
-    run_bootstrap(defs, instance, TINY_BOOTSTRAP)
-    return Tiny(defs, instance, ArtifactStore(root))
+    # Entered, so that the definitions load against this instance, not one an earlier test left as current.
+    with dg.DagsterInstance.ephemeral() as instance:
+        run_bootstrap(defs, instance, TINY_BOOTSTRAP)
+        yield Tiny(defs, instance, ArtifactStore(root))
 
 
 def images_from(folder: Path, **config: object) -> dict:

@@ -1,5 +1,6 @@
 """Why a run stopped, as `make demo` prints it: real rounds through Dagster on a tiny world (a few seconds), stopped
-by the blocking `reject_rate` check, by a step's `dg.Failure` and by an exception a step raised."""
+by the blocking `reject_rate` check, by a step's `dg.Failure` and by an exception a step raised; and a run whose
+resource fails before any step."""
 
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -8,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from si_assets.automation.runner import RoundFailed, run_bootstrap, run_round, stored_table
+from si_assets.automation.runner import RoundFailed, failure_report, run_bootstrap, run_round, stored_table
 from si_assets.collection.validation import NOT_COUNTED
 from si_assets.definitions import build_definitions, build_resources
 from si_assets.storage import ArtifactStore
@@ -113,3 +114,24 @@ def test_a_step_failure_and_an_exception_are_named_with_their_message(tiny: Tiny
         "trained_model: ValueError: no training pairs: every pair was discarded (lower `margin` or sample more images)"
     )
     assert lines[-1].strip() == "(the whole log: this run in the Dagster UI)" and len(lines) == 3
+
+
+class Unreachable(dg.ConfigurableResource):
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        raise RuntimeError("cannot reach the store at s3://bucket")
+
+
+def test_a_run_that_fails_before_any_step_gives_the_runs_error() -> None:
+    @dg.asset
+    def anything(store: Unreachable) -> int:
+        return 1
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = dg.materialize([anything], resources={"store": Unreachable()}, instance=instance, raise_on_error=False)
+        lines = failure_report("the run", instance, result.run_id).splitlines()
+    assert lines[0] == "the run failed:"
+    assert (
+        lines[1]
+        .strip()
+        .endswith("An exception was thrown during execution. RuntimeError: cannot reach the store at s3://bucket")
+    )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import dagster as dg
 
@@ -53,10 +54,15 @@ def run_round(defs: dg.Definitions, instance: dg.DagsterInstance, key: str, run_
 
 
 def failure_report(run: str, instance: dg.DagsterInstance, run_id: str) -> str:
-    """`run` failed, and why: a line per failed step, from the run's event log."""
-    ended = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
-    reasons = why_failed(instance, run_id) or [e.message for e in ended] or ["no step failed and no error recorded"]
-    return "\n  ".join([f"{run} failed:", *reasons, "(the whole log: this run in the Dagster UI)"])
+    """`run` failed, and why: a line per failed step, from the run's event log (else the run's own error, e.g. a
+    resource that did not start)."""
+    reasons = why_failed(instance, run_id)
+    if not reasons:
+        for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE):
+            error = getattr(entry.dagster_event.event_specific_data, "error", None) if entry.dagster_event else None
+            reasons.append(entry.message + (f" {_error_text(error)}" if error else ""))
+    lines = [f"{run} failed:", *(r.replace("\n", "\n    ") for r in reasons or ["no error recorded"])]
+    return "\n  ".join([*lines, "(the whole log: this run in the Dagster UI)"])
 
 
 def why_failed(instance: dg.DagsterInstance, run_id: str) -> list[str]:
@@ -92,10 +98,13 @@ def _failure_text(step_failure: dg.DagsterEvent) -> str:
     user = failure.user_failure_data
     if user is not None and user.description:
         return user.description + _metadata_text(user.metadata)
-    error = failure.error
-    if error is None:
-        return "failed, with no error recorded"
-    error = error.cause or error  # Dagster wraps what the step raised
+    return _error_text(failure.error) if failure.error else "failed, with no error recorded"
+
+
+def _error_text(error: Any) -> str:
+    """`Class: message` of what was raised, from Dagster's record of an error (its `cause`: Dagster wraps what a
+    step or resource raised in an error of its own)."""
+    error = error.cause or error
     head, sep, rest = error.message.strip().partition(": ")
     return f"{error.cls_name}: {rest}" if sep and head.rsplit(".", 1)[-1] == error.cls_name else error.message.strip()
 

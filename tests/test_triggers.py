@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from resources import ImageInbox
+from si_assets.automation import triggers
 from si_assets.automation.triggers import improvement_round_schedule, new_images_sensor
 from si_assets.definitions import defs
 
@@ -92,3 +93,16 @@ def test_sensor_starts_a_round_when_new_images_arrive(inbox: Path) -> None:
         assert [r.partition_key for r in second.run_requests] == ["round-0002"]
         (inbox / "c.png").write_bytes((inbox / "c.png").read_bytes() + b"\0")  # a changed file counts as new
         assert [r.partition_key for r in tick(second.cursor).run_requests] == ["round-0002"]
+
+
+def test_sensor_skips_an_inbox_it_cannot_list(inbox: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def denied(folder: str) -> dict[str, int]:
+        raise PermissionError(f"image folder {folder} cannot be listed: Permission denied")
+
+    monkeypatch.setattr(triggers, "image_files", denied)
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(
+            instance=instance, resources={"inbox": ImageInbox(folder=str(inbox))}, definitions=defs
+        )
+        skipped = new_images_sensor(context)
+    assert isinstance(skipped, dg.SkipReason) and "cannot be listed: " in skipped.skip_message

@@ -238,7 +238,7 @@ def test_every_file_of_a_bad_folder_ends_up_once(tmp_path: Path, monkeypatch: py
     assert len(bad) >= 30 and corpus.kinds() == set(Reason) - {Reason.EMPTY_PROMPT, Reason.PROMPT_TOO_LONG}
     assert len(corpus.good) == 8 - sum("1_good" in skipped for skipped in corpus.skipped)
 
-    # the good images, whole: in listing order, each with its file's hash and the pixels a viewer shows
+    # the good images, whole: each with its file's hash and the pixels a viewer shows
     assert sorted(ids) == sorted(corpus.good) and pool.images.height == len(corpus.good)
     for name, sha, png in pool.images.select("id", "image_sha256", "image_png").iter_rows():
         assert sha == hashlib.sha256(corpus.good[name]).hexdigest()

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from resources import ImageInbox
+from si_assets.automation import triggers
 from si_assets.automation.triggers import improvement_round_schedule, new_images_sensor
 from si_assets.definitions import defs
 
@@ -35,12 +36,13 @@ def test_schedule_adds_the_next_round_and_waits_for_the_running_one(inbox: Path)
     with dg.instance_for_test() as instance:
 
         def tick(folder: str | None = None):
-            context = dg.build_schedule_context(
+            # as a context manager, so the instance it opens is closed again and leaves no Dagster state behind
+            with dg.build_schedule_context(
                 instance=instance,
                 resources={"inbox": ImageInbox(folder=folder)},
                 repository_def=defs.get_repository_def(),
-            )
-            return improvement_round_schedule(context)
+            ) as context:
+                return improvement_round_schedule(context)
 
         first = tick()
         assert isinstance(first, dg.RunRequest) and first.partition_key == "round-0001" and not first.run_config
@@ -63,13 +65,13 @@ def test_sensor_starts_a_round_when_new_images_arrive(inbox: Path) -> None:
     with dg.instance_for_test() as instance:
 
         def tick(cursor: str | None, folder: Path | None = inbox, min_new: int = 1):
-            context = dg.build_sensor_context(
+            with dg.build_sensor_context(
                 instance=instance,
                 cursor=cursor,
                 resources={"inbox": ImageInbox(folder=str(folder) if folder else None, min_new_images=min_new)},
                 definitions=defs,
-            )
-            return new_images_sensor(context)
+            ) as context:
+                return new_images_sensor(context)
 
         assert "no inbox folder configured" in tick(None, folder=None).skip_message
         assert "does not exist" in tick(None, folder=inbox / "missing").skip_message
@@ -92,3 +94,16 @@ def test_sensor_starts_a_round_when_new_images_arrive(inbox: Path) -> None:
         assert [r.partition_key for r in second.run_requests] == ["round-0002"]
         (inbox / "c.png").write_bytes((inbox / "c.png").read_bytes() + b"\0")  # a changed file counts as new
         assert [r.partition_key for r in tick(second.cursor).run_requests] == ["round-0002"]
+
+
+def test_sensor_skips_an_inbox_it_cannot_list(inbox: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def denied(folder: str) -> dict[str, int]:
+        raise PermissionError(f"image folder {folder} cannot be listed: Permission denied")
+
+    monkeypatch.setattr(triggers, "image_files", denied)
+    with dg.instance_for_test() as instance:
+        with dg.build_sensor_context(
+            instance=instance, resources={"inbox": ImageInbox(folder=str(inbox))}, definitions=defs
+        ) as context:
+            skipped = new_images_sensor(context)
+    assert isinstance(skipped, dg.SkipReason) and "cannot be listed: " in skipped.skip_message

@@ -25,7 +25,7 @@ class ImagePoolConfig(dg.Config, ImagePoolSettings):
 
 @dg.asset(
     group_name=COLLECTION,
-    code_version="unlabeled-3",
+    code_version="unlabeled-4",
     partitions_def=ROUNDS,
     check_specs=[dg.AssetCheckSpec("reject_rate", asset="unlabeled_images", blocking=True, partitions_def=ROUNDS)],
 )
@@ -38,14 +38,16 @@ def unlabeled_images(
     world_improve: pl.DataFrame,
 ):
     """The round's image pool and prompts: id, content hash, prompt, image bytes, source. No labels. Every
-    image and prompt is checked first (prompt tokens with the seed's own tokenizer); rejects are stored with a
-    reason code. A folder is snapshotted into the artifact, so the round can be re-run after it changes."""
+    file, image and prompt is checked first (prompt tokens with the seed's own tokenizer); what cannot be used is
+    stored with a reason code. A folder is snapshotted into the artifact, so the round can be re-run after it
+    changes."""
     pool = admit_images(config, models.load_processor(seed_checkpoint.path), world_improve)
     table = pool.images
     rejects = store.get().put(pool.rejects, "unlabeled_images_rejects", context.partition_key)
-    context.log.info(f"{table.height} images admitted, {pool.rejects.height} rejected: {pool.reject_counts()}")
+    summary = pool.reject_summary(config.max_reject_rate)
+    context.log.info(f"{table.height} images admitted; {summary}")
     if table.height == 0:
-        raise dg.Failure(f"unlabeled_images: no usable image ({pool.rejects.height} rejected: {pool.reject_counts()})")
+        raise dg.Failure(f"no usable image in {config.described()}; {summary}")
     yield versioned(
         table,
         preview=preview(table),
@@ -55,13 +57,19 @@ def unlabeled_images(
         rejects=preview(pool.rejects, rows=20),
         rejects_table=dg.MetadataValue.path(rejects.uri),
         **{f"rejects/{reason}": n for reason, n in pool.reject_counts().items()},
-        source=config.manifest or config.folder or "world:improve",
+        source=config.described(),
     )
     yield dg.AssetCheckResult(
         check_name="reject_rate",
         passed=pool.reject_rate <= config.max_reject_rate,
-        metadata={"reject_rate": pool.reject_rate, "limit": config.max_reject_rate, "rejected": pool.rejects.height},
-        description="share of inputs that could not be used",
+        metadata={
+            "reject_rate": pool.reject_rate,
+            "limit": config.max_reject_rate,
+            "failed": pool.failures.height,
+            "rejected": pool.rejects.height,
+            "rejects_table": dg.MetadataValue.path(rejects.uri),
+        },
+        description=summary,
     )
 
 

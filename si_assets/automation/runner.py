@@ -4,7 +4,9 @@ benchmarks and the tests share. The daemon-driven path (schedule, sensor) launch
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import dagster as dg
 
@@ -33,7 +35,7 @@ def run_bootstrap(defs: dg.Definitions, instance: dg.DagsterInstance, run_config
         instance=instance, run_config=run_config or {}, raise_on_error=False
     )
     if not result.success:
-        raise RoundFailed(f"the bootstrap run {result.run_id} failed; see its log in the Dagster UI")
+        raise RoundFailed(failure_report(f"the bootstrap run {result.run_id}", instance, result.run_id))
 
 
 def run_round(defs: dg.Definitions, instance: dg.DagsterInstance, key: str, run_config: dict | None = None) -> RoundRun:
@@ -47,8 +49,76 @@ def run_round(defs: dg.Definitions, instance: dg.DagsterInstance, key: str, run_
     gate = [e.passed for e in result.get_asset_check_evaluations() if e.check_name == PROMOTION_GATE]
     run = RoundRun(key, gate[0] if gate else None, result)
     if not result.success and not run.refused:
-        raise RoundFailed(f"{key}: run {result.run_id} failed; see its log in the Dagster UI")
+        raise RoundFailed(failure_report(f"{key}: run {result.run_id}", instance, result.run_id))
     return run
+
+
+def failure_report(run: str, instance: dg.DagsterInstance, run_id: str) -> str:
+    """`run` failed, and why: a line per failed step, from the run's event log (else the run's own error, e.g. a
+    resource that did not start)."""
+    reasons = why_failed(instance, run_id)
+    if not reasons:
+        for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE):
+            error = getattr(entry.dagster_event.event_specific_data, "error", None) if entry.dagster_event else None
+            reasons.append(entry.message + (f" {_error_text(error)}" if error else ""))
+    lines = [f"{run} failed:", *(r.replace("\n", "\n    ") for r in reasons or ["no error recorded"])]
+    return "\n  ".join([*lines, "(the whole log: this run in the Dagster UI)"])
+
+
+def why_failed(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    """Why a run stopped, a line per failed step, read from its event log: for a step stopped by a blocking asset
+    check, the check's name, description and metadata; otherwise the step's error (a `dg.Failure`'s description,
+    else the exception the step raised, not Dagster's wrapper of it)."""
+    types = {dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.ASSET_CHECK_EVALUATION}
+    events = [e.dagster_event for e in instance.all_logs(run_id, of_type=types) if e.dagster_event]
+    failed_checks: dict[str | None, list[dg.AssetCheckEvaluation]] = {}
+    for event in events:
+        if event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
+            check = event.asset_check_evaluation_data
+            if not check.passed and check.blocking:
+                failed_checks.setdefault(event.step_key, []).append(check)
+    reasons: list[str] = []
+    for event in events:
+        if event.event_type != dg.DagsterEventType.STEP_FAILURE:
+            continue
+        checks = failed_checks.get(event.step_key, [])
+        if checks:
+            reasons += [
+                f"{event.step_key}: blocking check {c.check_name} failed: {c.description or 'no description'}"
+                + _metadata_text(c.metadata)
+                for c in checks
+            ]
+        else:
+            reasons.append(f"{event.step_key}: {_failure_text(event)}")
+    return reasons
+
+
+def _failure_text(step_failure: dg.DagsterEvent) -> str:
+    failure = step_failure.step_failure_data
+    user = failure.user_failure_data
+    if user is not None and user.description:
+        return user.description + _metadata_text(user.metadata)
+    return _error_text(failure.error) if failure.error else "failed, with no error recorded"
+
+
+def _error_text(error: Any) -> str:
+    """`Class: message` of what was raised, from Dagster's record of an error (its `cause`: Dagster wraps what a
+    step or resource raised in an error of its own)."""
+    error = error.cause or error
+    head, sep, rest = error.message.strip().partition(": ")
+    return f"{error.cls_name}: {rest}" if sep and head.rsplit(".", 1)[-1] == error.cls_name else error.message.strip()
+
+
+def _metadata_text(metadata: Mapping[str, dg.MetadataValue]) -> str:
+    """Short metadata values as ` (key=value, ...)`; previews and long text left out."""
+    shown = []
+    for key, entry in metadata.items():
+        value = entry.value
+        if isinstance(value, float):
+            shown.append(f"{key}={value:.4g}")
+        elif isinstance(value, bool | int) or isinstance(value, str) and len(value) <= 200 and "\n" not in value:
+            shown.append(f"{key}={value}")
+    return f" ({', '.join(shown)})" if shown else ""
 
 
 def release_dead_runs(instance: dg.DagsterInstance) -> list[str]:

@@ -75,8 +75,12 @@ def new_images_sensor(context: dg.SensorEvaluationContext, inbox: ImageInbox):
         return dg.SkipReason("no inbox folder configured: set SI_IMAGE_INBOX or the ImageInbox resource")
     if not Path(inbox.folder).is_dir():
         return dg.SkipReason(f"the inbox folder {inbox.folder} does not exist (yet)")
+    try:
+        files = image_files(inbox.folder)
+    except OSError as exc:  # the folder itself cannot be listed: nothing a round could read either
+        return dg.SkipReason(f"the inbox folder {inbox.folder} cannot be listed: {exc}")
     # A file is new when its (path, size) was not there at the last round's start.
-    listing = sorted(f"{path}\t{size}" for path, size in image_files(inbox.folder).items())
+    listing = sorted(f"{path}\t{size}" for path, size in files.items())
     seen = set(json.loads(context.cursor)) if context.cursor else set()
     new = [entry for entry in listing if entry not in seen]
     if len(new) < inbox.min_new_images:

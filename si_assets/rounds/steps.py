@@ -106,12 +106,11 @@ def table_version(table: pl.DataFrame) -> str:
 
 
 def admit_images(settings: ImagePoolSettings, processor: Any, world_improve: pl.DataFrame) -> ImagePool:
-    """The round's image pool (world split, folder or manifest), every image and prompt checked against the
+    """The round's image pool (world split, folder or manifest), every file, image and prompt checked against the
     limits and the seed's own tokenizer; what cannot be used is in `rejects` with a reason."""
     limits = InputLimits(
-        max_pixels=settings.max_pixels,
-        min_side=max(settings.min_side, patch_size(processor)),
-        max_prompt_tokens=settings.max_prompt_tokens,
+        **{name: getattr(settings, name) for name in InputLimits.model_fields}
+        | {"min_side": max(settings.min_side, patch_size(processor))}
     )
     count_tokens = prompt_token_counter(processor)
     if settings.source == "world":

@@ -14,7 +14,7 @@ from si_assets.collection.sampling import (
     stable_seed,
 )
 from si_assets.organization.composition import compose_by_verifier, composed_responses
-from si_assets.organization.probes import mentioned_objects
+from si_assets.organization.probes import PROBE, mentioned_objects
 from si_assets.organization.segments import (
     join_segments,
     segment_positions,
@@ -118,6 +118,10 @@ def test_clip_picks_best_positive_and_worst_negative_then_applies_the_rule() -> 
     strict = organize_pairs(_scored(), PairRule.plain(margin=0.2), _score_by_lookup)
     assert strict["decision"].to_list() == [KEPT, DISCARDED]
     assert training_pairs(strict)["image_id"].to_list() == ["a"]
+    # without probes the probe columns are there, empty, so what reads them finds no probe
+    probes = pairs.filter(pl.col("task") == PROBE)
+    assert probes.height == 0 and probes.group_by("answer").len().height == 0
+    assert pairs["answer"].null_count() == pairs.height
 
 
 def test_baselines_without_verification_and_with_random_negatives() -> None:

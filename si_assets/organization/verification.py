@@ -267,6 +267,8 @@ def organize_pairs(
         probes = probe_pairs(training_pairs(pairs), rule.probes_per_image, rule.seed)
         probes = probes.with_columns(decision=pl.lit(KEPT), rejected_source=pl.lit(PROBE), task=pl.lit(PROBE))
         pairs = pl.concat([pairs, probes], how="diagonal_relaxed")
+    else:  # the same columns either way: what reads the probes finds none
+        pairs = pairs.with_columns(object=pl.lit(None, pl.String), answer=pl.lit(None, pl.String))
     return pairs
 
 

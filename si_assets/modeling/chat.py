@@ -1,6 +1,16 @@
-"""Prompts built with the processor's own chat template, never a hand-written string per architecture."""
+"""Prompts built with the processor's own chat template, never a hand-written string per architecture, and encoded
+with their images one list per prompt."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from PIL import Image
+
+
+class ImageRowError(ValueError):
+    """The processor put image tokens where no image was given, or none where one was."""
 
 
 def user_prompt(processor, text: str, with_image: bool = True) -> str:
@@ -9,6 +19,52 @@ def user_prompt(processor, text: str, with_image: bool = True) -> str:
     return processor.apply_chat_template(
         [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
     )
+
+
+def image_token_ids(processor) -> list[int]:
+    """The ids that stand for image content in an encoded prompt. Gemma3's prompt marker (begin-of-image) differs
+    from the soft tokens the image becomes, so the processor's own list is asked first."""
+    ids = [int(i) for i in getattr(processor, "image_token_ids", None) or [] if i is not None]
+    if ids:
+        return ids
+    token_id = getattr(processor, "image_token_id", None)
+    if token_id is None:
+        token_id = processor.tokenizer.convert_tokens_to_ids(getattr(processor, "image_token", "<image>"))
+    return [int(token_id)]
+
+
+def encode(processor, texts: Sequence[str], images: Sequence[Sequence[Image.Image]]):
+    """The processor's batch for `texts[i]` with the images `images[i]` (an empty list: an image-free prompt), left
+    padded. Images go one list per prompt: Gemma3's and SmolVLM's processors read a flat list as one prompt's
+    images, and every tested processor takes the nested form. Fails with `ImageRowError` when a row is not what was
+    asked for (see `check_rows`)."""
+    if len(texts) != len(images):
+        raise ValueError(f"{len(texts)} prompts but {len(images)} image lists")
+    nested = [list(i) for i in images]
+    enc = processor(text=list(texts), images=nested if any(nested) else None, return_tensors="pt", padding=True)
+    check_rows(processor, enc, texts, [bool(i) for i in nested])
+    return enc
+
+
+def check_rows(processor, enc, texts: Sequence[str], with_image: Sequence[bool]) -> None:
+    """Every row meant to carry an image has image tokens, and every image-free row is its text as the tokenizer
+    alone encodes it: no image tokens, nothing inserted (PaliGemma's processor splices <bos> into an image-free
+    prompt that shares a batch with image prompts)."""
+    has_tokens = torch.isin(enc["input_ids"], torch.tensor(image_token_ids(processor))).any(dim=1).tolist()
+    for row, (text, wanted) in enumerate(zip(texts, with_image)):
+        ids = enc["input_ids"][row][enc["attention_mask"][row].bool()]
+        if wanted and not has_tokens[row]:
+            problem = "has an image but no image tokens (the chat template drops the image part)"
+        elif not wanted and has_tokens[row]:
+            problem = "has no image but image tokens"
+        elif not wanted and ids.tolist() != processor.tokenizer(text)["input_ids"]:
+            problem = f"has no image and is not its text as the tokenizer encodes it ({text[:120]!r})"
+        else:
+            continue
+        raise ImageRowError(
+            f"{type(processor).__name__} encoded prompt {row} of {len(texts)} wrongly: it {problem}; encoded: "
+            f"{processor.tokenizer.decode(ids)[:160]!r}"
+        )
 
 
 def prompt_token_counter(processor):

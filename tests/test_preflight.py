@@ -25,6 +25,7 @@ from tests.tiny_architectures import ARCHITECTURES, REFUSED, build_checkpoint
 
 CPU = torch.device("cpu")
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
+IMAGE_PART = "{% if part['type'] == 'image' %}<image>\n{% elif"  # how the LLaVA template writes an image part
 
 
 def copy_of(folder: Path, tmp_path: Path, name: str = "model") -> Path:
@@ -271,11 +272,18 @@ def test_a_processor_without_a_chat_template(tiny_llava_dir: Path) -> None:
 def test_a_template_that_always_inserts_the_image_has_no_image_free_path(tiny_llava_dir: Path) -> None:
     processor = AutoProcessor.from_pretrained(tiny_llava_dir)
     processor.chat_template = CHAT_TEMPLATE.replace("USER: ", "USER: <image>\n").replace(
-        "{% if part['type'] == 'image' %}<image>\n{% elif", "{% if false %}{% elif"
+        IMAGE_PART, "{% if false %}{% elif"
     )
     with pytest.raises(
         PreflightError, match="without an image still contains the image token '<image>': the chat template inserts"
     ):
+        preflight.image_free_path(processor)
+
+
+def test_a_template_that_drops_the_image(tiny_llava_dir: Path) -> None:
+    processor = AutoProcessor.from_pretrained(tiny_llava_dir)
+    processor.chat_template = CHAT_TEMPLATE.replace(IMAGE_PART, "{% if false %}{% elif")
+    with pytest.raises(PreflightError, match="the chat template drops the image part: the prompt with an image has no"):
         preflight.image_free_path(processor)
 
 

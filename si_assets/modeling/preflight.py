@@ -121,15 +121,14 @@ def checkpoint_files(path: Path) -> list[Path]:
         raise PreflightError("checkpoint_files", f"{path} has no config.json; give a save_pretrained folder")
     if not files:
         pickled = [p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
-        found = f" (found pickled weights {pickled[:3]}, which are never loaded)" if pickled else ""
         others = sorted(p.name for p in path.glob("*.safetensors"))
-        if others and not pickled:
-            found = f" (found {others[:3]}, which transformers does not read as the model's weights)"
-        raise PreflightError(
-            "checkpoint_files",
-            f"{path} has no {WEIGHTS_FILE} or {WEIGHTS_INDEX}{found}. Convert once where you trust the file: "
-            "`AutoModelForImageTextToText.from_pretrained(folder).save_pretrained(folder, safe_serialization=True)`.",
-        )
+        if pickled:
+            found = f" (found pickled weights {pickled[:3]}, which are never loaded). Convert once where you trust "
+            found += "the file: `AutoModelForImageTextToText.from_pretrained(folder).save_pretrained(folder)`."
+        else:
+            found = f" (found {others[:3]}, which transformers does not read as the model's weights)" if others else ""
+            found += f". Save the model with `save_pretrained`, which writes {WEIGHTS_FILE} and its config.json."
+        raise PreflightError("checkpoint_files", f"{path} has no {WEIGHTS_FILE} or {WEIGHTS_INDEX}{found}")
     for file in files:
         safetensors_shapes(file)  # whole and readable, or a message naming it
     return files
@@ -253,6 +252,9 @@ def weights(config: PretrainedConfig, files: Sequence[Path], trust_remote_code: 
     stored: dict[str, tuple[int, ...]] = {}
     for file in files:
         stored.update(safetensors_shapes(file))
+    parameters = sum(math.prod(shape) for shape in stored.values())
+    if getattr(config, "quantization_config", None):  # packed tensors and their scales: no shape to compare
+        return parameters
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(config, trust_remote_code=trust_remote_code)
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
@@ -286,7 +288,7 @@ def weights(config: PretrainedConfig, files: Sequence[Path], trust_remote_code: 
             "the load would fail). The config.json and the weights come from different models or sizes: put the "
             "config.json saved with these weights beside them.",
         )
-    return sum(math.prod(shape) for shape in stored.values())
+    return parameters
 
 
 def _match_stored(
@@ -352,6 +354,12 @@ def image_free_path(proc, probe: Image.Image | None = None) -> int:
     probe = probe or _probe_image()
     with_image, without_image = (user_prompt(proc, PROBE_PROMPT, with_image=w) for w in (True, False))
     marker = getattr(proc, "image_token", None) or proc.tokenizer.convert_ids_to_tokens(image_token_ids(proc)[0])
+    if marker not in with_image:
+        raise PreflightError(
+            "image_free_path",
+            f"the chat template drops the image part: the prompt with an image has no image token {marker!r}; "
+            "use a template that writes the image for an image part.",
+        )
     if marker in without_image:
         raise PreflightError(
             "image_free_path",

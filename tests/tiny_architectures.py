@@ -1,6 +1,8 @@
 """Tiny random-weight checkpoints of the model families users bring (LLaVA, Qwen2-VL, Idefics3, SmolVLM, Gemma3),
-built from the architectures' own config and processor classes and saved with `save_pretrained`, so the pipeline
-loads them through the Auto* classes exactly as it loads a downloaded model. No hub, well under a second each."""
+and of the two that pre-flight refuses (PaliGemma, Mllama), built from the architectures' own config and processor
+classes and saved with `save_pretrained`, so the pipeline loads them through the Auto* classes exactly as it loads a
+downloaded model. Tokenizers are trained on the embedded world's captions with each family's special tokens; no hub,
+well under a second each."""
 
 from __future__ import annotations
 
@@ -188,7 +190,7 @@ IDEFICS3_SPECIAL = {
     "im_start_token": "<|im_start|>",
 }
 PIXEL_SHUFFLE = 2
-# Idefics3 and SmolVLM: patches, then pixel shuffle by PIXEL_SHUFFLE; Gemma3: average-pooled to 3 x 3.
+# Idefics3's and SmolVLM's image tokens: the patches, merged by the pixel shuffle.
 IMAGE_SEQ_LEN = (IMAGE_SIZE // PATCH) ** 2 // PIXEL_SHUFFLE**2
 VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
 
@@ -248,7 +250,7 @@ def gemma3(folder: Path) -> None:
         sliding_window=16,  # shorter than a prompt, so the sliding layers really slide
     )
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in special.items()}
-    tokens_per_image = 9
+    tokens_per_image = 9  # the 6 x 6 patches average-pooled to 3 x 3
     config = Gemma3Config(
         text_config=text,
         vision_config={**VISION, "image_size": IMAGE_SIZE, "patch_size": PATCH, "model_type": "siglip_vision_model"},
@@ -268,31 +270,6 @@ def gemma3(folder: Path) -> None:
     _save(Gemma3ForConditionalGeneration(config), tokenizer, processor, folder, std=0.02)
 
 
-ARCHITECTURES: dict[str, Callable[[Path], None]] = {
-    "llava": llava,
-    "qwen2_vl": qwen2_vl,
-    "idefics3": idefics3,
-    "smolvlm": smolvlm,
-    "gemma3": gemma3,
-}
-
-
-def build_checkpoint(architecture: str, folder: Path) -> Path:
-    """A supported family (`ARCHITECTURES`) or one pre-flight refuses (`REFUSED`), seeded."""
-    torch.manual_seed(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    {**ARCHITECTURES, **REFUSED}[architecture](folder)
-    return folder
-
-
-def assert_merged_lora(trained: torch.nn.Module, base: torch.nn.Module) -> None:
-    """A merged LoRA on every linear layer (the default) changed linear weights only, the language model's among
-    them; embeddings, norms, biases and the output head stay as they were."""
-    changed = [n for n, p in trained.named_parameters() if not torch.equal(p, base.get_parameter(n))]
-    assert any(("language_model" in n or "text_model" in n) for n in changed), changed
-    assert all(n.endswith(".weight") and "embed" not in n and "norm" not in n and "lm_head" not in n for n in changed)
-
-
 def paligemma(folder: Path) -> None:
     """PaliGemma: SigLIP tower, linear projector, Gemma text model with prefix-LM attention over the prompt."""
     tokenizer = _tokenizer({"image_token": "<image>"}, LLAVA_TEMPLATE)
@@ -307,7 +284,7 @@ def paligemma(folder: Path) -> None:
         projection_dim=TEXT["hidden_size"],
         hidden_size=TEXT["hidden_size"],
     )
-    _save(PaliGemmaForConditionalGeneration(config), tokenizer, processor, folder, std=0.02)
+    _save(PaliGemmaForConditionalGeneration(config), tokenizer, processor, folder, std=0.02)  # Gemma's scale, as above
 
 
 def mllama(folder: Path) -> None:
@@ -341,3 +318,27 @@ def mllama(folder: Path) -> None:
 
 # Families pre-flight refuses: their image-free row cannot share a batch with image rows.
 REFUSED: dict[str, Callable[[Path], None]] = {"paligemma": paligemma, "mllama": mllama}
+
+ARCHITECTURES: dict[str, Callable[[Path], None]] = {
+    "llava": llava,
+    "qwen2_vl": qwen2_vl,
+    "idefics3": idefics3,
+    "smolvlm": smolvlm,
+    "gemma3": gemma3,
+}
+
+
+def build_checkpoint(architecture: str, folder: Path) -> Path:
+    """A supported family (`ARCHITECTURES`) or one pre-flight refuses (`REFUSED`), seeded."""
+    torch.manual_seed(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    {**ARCHITECTURES, **REFUSED}[architecture](folder)
+    return folder
+
+
+def assert_merged_lora(trained: torch.nn.Module, base: torch.nn.Module) -> None:
+    """A merged LoRA on every linear layer (the default) changed linear weights only, the language model's among
+    them; embeddings, norms, biases and the output head stay as they were."""
+    changed = [n for n, p in trained.named_parameters() if not torch.equal(p, base.get_parameter(n))]
+    assert any(("language_model" in n or "text_model" in n) for n in changed), changed
+    assert all(n.endswith(".weight") and "embed" not in n and "norm" not in n and "lm_head" not in n for n in changed)

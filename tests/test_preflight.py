@@ -203,14 +203,36 @@ def test_families_that_cannot_mix_image_and_image_free_rows_are_refused(family: 
 
 
 def test_a_processor_that_rewrites_the_image_free_row_is_caught(tmp_path: Path) -> None:
-    """Past the family refusal, the generic checks catch PaliGemma's processor on their own."""
+    """Past the family refusal, the generic checks catch PaliGemma's processor on their own: it cannot encode an
+    image-free prompt, and beside an image prompt it rewrites one."""
     processor = AutoProcessor.from_pretrained(build_checkpoint("paligemma", tmp_path / "pg"))
     with pytest.raises(PreflightError, match="'image_free_path' failed: PaliGemmaProcessor cannot encode a prompt"):
         preflight.image_free_path(processor)
     texts = [user_prompt(processor, "Describe the image.", with_image=w) for w in (True, False)]
     probe = Image.new("RGB", (48, 48), (200, 40, 40))
-    with pytest.raises(ImageRowError, match=r"prompt 1 of 2 wrongly: it has no image and is not its text .*USE<s>R"):
+    with pytest.raises(ImageRowError, match="PaliGemmaProcessor cannot encode a prompt without an image"):
         encode(processor, texts, [[probe], []])
+
+    class EncodesTextAlone:
+        """PaliGemma's processor with a text-only path: only the rewriting is left to catch."""
+
+        def __init__(self) -> None:
+            self.tokenizer = processor.tokenizer
+
+        def __getattr__(self, name: str):
+            return getattr(processor, name)
+
+        def __call__(self, text, images=None, **kwargs):
+            return processor(text=text, images=images, **kwargs) if images else self.tokenizer(text, **kwargs)
+
+    with pytest.raises(
+        ImageRowError,
+        match=r"prompt 1 of 2 wrongly: is rewritten beside image prompts \(alone it encodes as '<s>USER: Describe.*"
+        r"encoded: '<s>USE<s>R: Describe",
+    ):
+        encode(EncodesTextAlone(), texts, [[probe], []])
+    with pytest.raises(PreflightError, match="'image_free_path' failed: .* is rewritten beside image prompts"):
+        preflight.image_free_path(EncodesTextAlone())
 
 
 def test_a_model_whose_image_free_row_fails_beside_an_image_row_is_caught(tmp_path: Path) -> None:

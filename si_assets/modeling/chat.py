@@ -4,13 +4,15 @@ with their images one list per prompt."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NoReturn
 
 import torch
 from PIL import Image
 
 
 class ImageRowError(ValueError):
-    """The processor put image tokens where no image was given, or none where one was."""
+    """An encoded row is not the prompt asked for: image tokens missing or misplaced, or an image-free prompt
+    rewritten because it shares a batch with image prompts."""
 
 
 def user_prompt(processor, text: str, with_image: bool = True) -> str:
@@ -47,24 +49,37 @@ def encode(processor, texts: Sequence[str], images: Sequence[Sequence[Image.Imag
 
 
 def check_rows(processor, enc, texts: Sequence[str], with_image: Sequence[bool]) -> None:
-    """Every row meant to carry an image has image tokens, and every image-free row is its text as the tokenizer
-    alone encodes it: no image tokens, nothing inserted (PaliGemma's processor splices <bos> into an image-free
-    prompt that shares a batch with image prompts)."""
+    """Every row meant to carry an image has image tokens, every image-free row has none, and beside image rows an
+    image-free row is the prompt as the processor encodes it alone (PaliGemma's processor splices <bos> into an
+    image-free prompt that shares a batch with image prompts)."""
     has_tokens = torch.isin(enc["input_ids"], torch.tensor(image_token_ids(processor))).any(dim=1).tolist()
-    for row, (text, wanted) in enumerate(zip(texts, with_image)):
-        ids = enc["input_ids"][row][enc["attention_mask"][row].bool()]
-        if wanted and not has_tokens[row]:
-            problem = "has an image but no image tokens (the chat template drops the image part)"
-        elif not wanted and has_tokens[row]:
-            problem = "has no image but image tokens"
-        elif not wanted and ids.tolist() != processor.tokenizer(text)["input_ids"]:
-            problem = f"has no image and is not its text as the tokenizer encodes it ({text[:120]!r})"
-        else:
-            continue
-        raise ImageRowError(
-            f"{type(processor).__name__} encoded prompt {row} of {len(texts)} wrongly: it {problem}; encoded: "
-            f"{processor.tokenizer.decode(ids)[:160]!r}"
-        )
+    for row, wanted in enumerate(with_image):
+        if wanted != has_tokens[row]:
+            found = "an image but no image tokens" if wanted else "no image but image tokens"
+            _wrong_row(processor, enc, row, f"it has {found}")
+    free = [row for row, wanted in enumerate(with_image) if not wanted]
+    if not free or len(free) == len(texts):
+        return
+    try:
+        alone = processor(text=[texts[row] for row in free], return_tensors="pt", padding=True)
+    except Exception as exc:  # noqa: BLE001 - whatever the processor raises, the prompt has no image-free encoding
+        raise ImageRowError(f"{type(processor).__name__} cannot encode a prompt without an image ({exc})") from exc
+    for k, row in enumerate(free):
+        if not torch.equal(_unpadded(enc, row), _unpadded(alone, k)):
+            shown = processor.tokenizer.decode(_unpadded(alone, k))[:120]
+            _wrong_row(processor, enc, row, f"is rewritten beside image prompts (alone it encodes as {shown!r})")
+
+
+def _unpadded(enc, row: int) -> torch.Tensor:
+    return enc["input_ids"][row][enc["attention_mask"][row].bool()]
+
+
+def _wrong_row(processor, enc, row: int, problem: str) -> NoReturn:
+    rows = len(enc["input_ids"])
+    encoded = processor.tokenizer.decode(_unpadded(enc, row))[:160]
+    raise ImageRowError(
+        f"{type(processor).__name__} encoded prompt {row} of {rows} wrongly: {problem}; encoded: {encoded!r}"
+    )
 
 
 def prompt_token_counter(processor):

@@ -1,6 +1,7 @@
 """The architecture matrix: a whole round (controlled-hallucination decoding, CLIP verification, DPO with LoRA,
-evaluation) materialized through Dagster on tiny random-weight LLaVA, Qwen2-VL and Idefics3 checkpoints given as
-`seed_checkpoint.base`, each loaded through the Auto* classes and prompted through its own chat template."""
+evaluation) materialized through Dagster on tiny random-weight LLaVA, Qwen2-VL, Idefics3, SmolVLM and Gemma3
+checkpoints given as `seed_checkpoint.base`, each loaded through the Auto* classes and prompted through its own chat
+template. (PaliGemma and Mllama are refused by pre-flight: tests/test_preflight.py.)"""
 
 from pathlib import Path
 

@@ -1,12 +1,17 @@
-"""The controlled-hallucination decoder: mixing math, the h = 0 / h = 1 limits, determinism."""
+"""The controlled-hallucination decoder: mixing math, the h = 0 / h = 1 limits on every tested family, images one
+list per prompt, determinism."""
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from si_assets.bootstrap.seed_model import tokenizer_corpus
 from si_assets.bootstrap.tiny_vlm import TinyVLMSpec, build_model, build_processor, build_tokenizer
-from si_assets.modeling.chat import user_prompt
+from si_assets.modeling.chat import encode, image_token_ids, user_prompt
 from si_assets.modeling.generation import continue_without_image, generate_greedy
 from si_assets.modeling.mixed_decoding import (
     MixedRequest,
@@ -16,11 +21,17 @@ from si_assets.modeling.mixed_decoding import (
     top_p_filter,
 )
 from si_assets.world import WorldSpec, decode_png, generate_split
+from tests.tiny_architectures import ARCHITECTURES, build_checkpoint
 
 GREEDY = SamplerSettings(temperature=0.0, max_new_tokens=8)
 # Small enough that random weights at std 0.2 still give different texts for different inputs (wider, deeper
 # random towers saturate and decode everything alike).
 RANDOM_SPEC = TinyVLMSpec(vision_width=96, vision_layers=3, text_width=96, text_layers=2)
+
+
+def world_images(count: int = 6) -> list[Image.Image]:
+    spec = WorldSpec(seed=7, splits={"seed_train": 40, "clip_train": 2, "improve": 2, "dev": 2, "test": 2})
+    return [decode_png(b) for b in generate_split(spec, "seed_train")["image_png"].head(count)]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +44,18 @@ def random_llava():
     with torch.no_grad():  # the default init is so small that every input decodes to the same text
         for p in model.parameters():
             p.normal_(0.0, 0.2)
-    images = [decode_png(b) for b in df["image_png"].head(6)]
-    return model, build_processor(tok, RANDOM_SPEC), images
+    return model, build_processor(tok, RANDOM_SPEC), world_images()
+
+
+@pytest.fixture(scope="module", params=list(ARCHITECTURES))
+def family(request: pytest.FixtureRequest, random_llava, tmp_path_factory: pytest.TempPathFactory):
+    """(model, processor, images) of each tested family, loaded through the Auto* classes; LLaVA at the sizes whose
+    random weights still say different things for different images."""
+    if request.param == "llava":
+        return random_llava
+    folder = build_checkpoint(request.param, tmp_path_factory.mktemp(request.param))
+    model = AutoModelForImageTextToText.from_pretrained(folder, use_safetensors=True).eval()
+    return model, AutoProcessor.from_pretrained(folder), world_images()
 
 
 def test_probability_mixture_is_the_convex_combination() -> None:
@@ -63,23 +84,42 @@ def test_top_p_keeps_the_smallest_set_reaching_p() -> None:
     assert torch.equal(top_p_filter(log_probs, 1.0), log_probs)
 
 
-def test_h0_equals_plain_image_conditioned_greedy(random_llava) -> None:
-    model, processor, images = random_llava
+def test_h0_equals_plain_image_conditioned_greedy(family) -> None:
+    model, processor, images = family
     prompts = ["Describe the image.", "Is there a star in the image?", "List the objects you see."] * 2
     plain = generate_greedy(model, processor, images, prompts, max_new_tokens=8)
     mixed = decode_mixed(model, processor, [MixedRequest(im, p, 0.0, 1) for im, p in zip(images, prompts)], GREEDY)
     assert mixed == plain
     assert len(set(mixed)) > 1  # a random model still says different things for different inputs
+    singles = [generate_greedy(model, processor, [im], [p], max_new_tokens=8)[0] for im, p in zip(images, prompts)]
+    assert plain == singles  # a batch's neighbours and padding change nothing
 
 
-def test_h1_ignores_the_image(random_llava) -> None:
-    model, processor, images = random_llava
+def test_h1_ignores_the_image(family) -> None:
+    model, processor, images = family
     prompt = "Describe the image."
-    enc = processor(text=[user_prompt(processor, prompt, with_image=False)], return_tensors="pt")
+    enc = encode(processor, [user_prompt(processor, prompt, with_image=False)], [[]])
     out = model.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id)
     text_only = processor.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)[0].strip()
     mixed = decode_mixed(model, processor, [MixedRequest(im, prompt, 1.0, 3) for im in images], GREEDY)
     assert mixed == [text_only] * len(images)
+    grounded = decode_mixed(model, processor, [MixedRequest(im, prompt, 0.0, 3) for im in images], GREEDY)
+    assert grounded != mixed  # the image does change what the model says
+
+
+@pytest.mark.parametrize("architecture", list(ARCHITECTURES))
+def test_images_go_one_list_per_prompt(architecture: str, tmp_path: Path) -> None:
+    """Every family's processor takes one image list per prompt, empty for an image-free prompt, and puts image
+    tokens in the image rows only; Gemma3's and SmolVLM's read a flat list as one prompt's images and refuse it."""
+    processor = AutoProcessor.from_pretrained(build_checkpoint(architecture, tmp_path))
+    image = Image.new("RGB", (48, 48), (200, 40, 40))
+    texts = [user_prompt(processor, "Describe.", with_image=w) for w in (True, True, False, False)]
+    enc = encode(processor, texts, [[image], [image], [], []])
+    counts = torch.isin(enc["input_ids"], torch.tensor(image_token_ids(processor))).sum(dim=1).tolist()
+    assert counts[0] == counts[1] > 0 and counts[2:] == [0, 0]
+    if architecture in ("gemma3", "smolvlm"):
+        with pytest.raises(ValueError, match=r"Found \[1, 1, 0, 0\] .* tokens and \[2\] images per sample"):
+            processor(text=texts, images=[image, image], return_tensors="pt", padding=True)
 
 
 def test_prior_delay_decodes_its_first_tokens_from_the_image(random_llava) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 from PIL import Image
 
-from si_assets.modeling.chat import user_prompt
+from si_assets.modeling.chat import encode, user_prompt
 from si_assets.progress import progress
 
 
@@ -25,11 +25,10 @@ def generate_greedy(
     if len(images) != len(prompts):
         raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
 
-    def encode(batch: slice):
-        texts = [user_prompt(processor, p) for p in prompts[batch]]
-        return processor(images=list(images[batch]), text=texts, return_tensors="pt", padding=True)
+    def batch_inputs(batch: slice):
+        return encode(processor, [user_prompt(processor, p) for p in prompts[batch]], [[i] for i in images[batch]])
 
-    texts = _greedy_batches(model, processor, len(prompts), encode, max_new_tokens, batch_size, log, desc)
+    texts = _greedy_batches(model, processor, len(prompts), batch_inputs, max_new_tokens, batch_size, log, desc)
     return [t.strip() for t in texts]
 
 
@@ -47,12 +46,12 @@ def continue_without_image(
     if len(prompts) != len(prefixes):
         raise ValueError(f"{len(prompts)} prompts but {len(prefixes)} prefixes")
 
-    def encode(batch: slice):
+    def batch_inputs(batch: slice):
         texts = [user_prompt(processor, p, with_image=False) + x for p, x in zip(prompts[batch], prefixes[batch])]
-        return processor(text=texts, return_tensors="pt", padding=True)
+        return encode(processor, texts, [[] for _ in texts])
 
     return _greedy_batches(
-        model, processor, len(prompts), encode, max_new_tokens, batch_size, log, "prior continuations"
+        model, processor, len(prompts), batch_inputs, max_new_tokens, batch_size, log, "prior continuations"
     )
 
 
@@ -61,20 +60,20 @@ def _greedy_batches(
     model,
     processor,
     count: int,
-    encode: Callable[[slice], dict],
+    batch_inputs: Callable[[slice], dict],
     max_new_tokens: int,
     batch_size: int,
     log: Callable[[str], None] | None,
     desc: str,
 ) -> list[str]:
-    """The new text of greedy `generate` over `count` inputs, `encode(batch)` giving each batch's processor output."""
+    """The new text of greedy `generate` over `count` inputs; `batch_inputs(batch)` gives a batch's model inputs."""
     model.eval()
     device = next(model.parameters()).device
     out: list[str] = []
     with progress(count, desc, log) as bar:
         for start in range(0, count, batch_size):
             batch = slice(start, min(start + batch_size, count))
-            enc = encode(batch).to(device)
+            enc = batch_inputs(batch).to(device)
             generated = model.generate(
                 **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id
             )

@@ -20,7 +20,7 @@ from PIL import Image
 from pydantic import Field
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from si_assets.modeling.chat import user_prompt
+from si_assets.modeling.chat import encode, user_prompt
 from si_assets.progress import progress
 from si_assets.settings import Settings
 
@@ -119,9 +119,8 @@ def decode_batch(model, processor, requests: Sequence[MixedRequest], settings: S
     """Decode one batch of requests in a single `generate` call over 2·len(requests) rows."""
     with_image = [user_prompt(processor, r.prompt, with_image=True) for r in requests]
     without_image = [user_prompt(processor, r.prompt, with_image=False) for r in requests]
-    enc = processor(
-        images=[r.image for r in requests], text=with_image + without_image, return_tensors="pt", padding=True
-    ).to(next(model.parameters()).device)
+    images = [[r.image] for r in requests] + [[] for _ in requests]
+    enc = encode(processor, with_image + without_image, images).to(next(model.parameters()).device)
     sampler = MixtureSampler([r.h for r in requests], [r.seed for r in requests], settings)
     generated = model.generate(
         **enc,

@@ -52,12 +52,33 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
+def absolute(path: str | Path) -> Path:
+    """`~` expanded, `..` folded and a relative path made absolute against the working directory (symlinks kept,
+    so the path is the one the user wrote)."""
+    return Path(os.path.abspath(Path(path).expanduser()))
+
+
+def looks_like_path(source: str) -> bool:
+    """A source written as a path: absolute, relative to `.`/`..`, under `~`, or deeper than a hub id's one slash.
+    (`org/name` may be either; it is a folder when one exists.)"""
+    return source.startswith((".", "~", "/", "\\")) or source.count("/") > 1 or "\\" in source
+
+
 def resolve_model(source: str, revision: str | None = None, cache_dir: str | Path | None = None) -> ResolvedModel:
-    """A folder as it is; a hub id (`org/name`) to its cached snapshot at `revision` (commit, tag or branch)."""
-    if Path(source).is_dir():
+    """A folder as it is (`~` expanded, a relative path against the working directory); a hub id (`org/name`) to
+    its cached snapshot at `revision` (commit, tag or branch)."""
+    folder = absolute(source)
+    if folder.is_dir():
         if revision:
             raise ModelSourceError(f"revision {revision!r} was given for the local folder {source!r}; drop it")
-        return ResolvedModel(Path(source), source)
+        return ResolvedModel(folder, str(folder))
+    relative = "" if Path(source).expanduser().is_absolute() else f" (read from the working directory {Path.cwd()})"
+    if looks_like_path(source):
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise ModelSourceError(
+            f"model source {source!r} is a path, and {folder} {what}{relative}; give the save_pretrained folder "
+            "of the model"
+        )
     if not HUB_ID.match(source):
         raise ModelSourceError(
             f"model source {source!r} is neither a folder nor a hub id like 'llava-hf/llava-1.5-7b-hf'"
@@ -74,8 +95,9 @@ def resolve_model(source: str, revision: str | None = None, cache_dir: str | Pat
         at = f" --revision {revision}" if revision else ""
         raise ModelSourceError(
             f"hub model {source!r}{' at ' + revision if revision else ''} is not in the Hugging Face cache and the "
-            f"hub is not reachable (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}). Download it where "
-            f"there is network with `hf download {source}{at}` (same HF_HOME), or give a local folder."
+            f"hub is not reachable (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}); there is no folder "
+            f"{folder}{relative}. Download it where there is network with `hf download {source}{at}` (same "
+            "HF_HOME), or give a local folder."
         ) from exc
     except HfHubHTTPError as exc:  # unknown repository or revision, no access
         raise ModelSourceError(f"hub model {source!r} could not be fetched: {exc}") from exc

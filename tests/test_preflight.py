@@ -404,3 +404,14 @@ def test_more_torchrun_processes_than_gpus() -> None:
     expected = rf"{gpus + 4} torchrun processes need as many GPUs, this machine has {gpus};"
     with pytest.raises(PreflightError, match=expected):
         preflight.processes_fit(gpus + 4, torch.device("cuda"))
+
+
+def test_the_mixed_row_distance_weighs_tokens_by_probability() -> None:
+    peaked = torch.tensor([10.0, 0.0, -20.0, -20.0])
+    assert preflight.total_variation(peaked, peaked) == 0.0
+    assert preflight.total_variation(torch.tensor([30.0, 0.0]), torch.tensor([0.0, 30.0])) == pytest.approx(1.0)
+    # the unlikely tail moving by whole units (half precision's rounding at -20) is not a leak ...
+    assert preflight.total_variation(peaked, torch.tensor([10.0, 0.0, -18.0, -22.0])) < 1e-8
+    # ... a likely token's probability moving is
+    moved = preflight.total_variation(peaked, torch.tensor([10.0, 9.0, -20.0, -20.0]))
+    assert moved > preflight.HALF_PRECISION_TOLERANCE

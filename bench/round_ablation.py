@@ -367,7 +367,7 @@ def run(
 ) -> pl.DataFrame:
     """One row per (world seed, round seed, variant) run, plus a `seed` row per world; written to `out` after every
     run, and rows already there are not run again."""
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores this process may use (`taskset`)
     rows = pl.read_csv(out).to_dicts() if out and out.exists() else []
     loop = VARIANTS["loop"]
     for world_seed in world_seeds:

@@ -58,6 +58,8 @@ def test_nouns_stand_in_for_nltks_tagger_and_wordnets_lemmas() -> None:
     assert words.mentions("A man holds a can; they can watch the dog.") == ["man", "can", "dog"]
     assert words.mentions("Two people and three men in the light of a hot day.") == ["people", "man", "light"]
     assert words.mentions("Dogs run to the sea.") == ["sea"]  # WordNet leaves "Dogs" as written: not AMBER's "dog"
+    # where the word before says nothing, a verb counts and a noun after a noun is the modal (docs/metrics.md#amber)
+    assert words.mentions("A man watches the sea from a trash can.") == ["man", "watch", "sea"]
     assert nouns("An orange cat and two oranges") == ["An", "cat", "and", "two", "orange"]
     assert [lemma(w) for w in ("people", "men", "leaves", "buses", "bus", "glasses", "TV")] == [
         "people",

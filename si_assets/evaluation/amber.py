@@ -61,13 +61,14 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "action": ("action",),
     "relation": ("relation",),
 }
+TRUTHS = ("yes", "no")
 ANSWERS = ("yes", "no", "other")  # "other": an answer that says neither
 
-# Per-image counts next to CAPTION_COUNTS, which keep AMBER's generative counts (see `description_counts`): the
+# Per-image counts next to CAPTION_COUNTS, which keep AMBER's generative counts (`DescriptionScore.counts`): the
 # recognised `hallu` objects (Cog) and each question's truth × answer, per kind of question.
 COG_COUNTS = ("amber_cog_hits", "amber_cog_objects")
 QUESTION_COUNTS = tuple(
-    f"amber_{kind}_{truth}_{answer}" for kind in QUESTION_KINDS for truth in ("yes", "no") for answer in ANSWERS
+    f"amber_{kind}_{truth}_{answer}" for kind in QUESTION_KINDS for truth in TRUTHS for answer in ANSWERS
 )
 AMBER_COUNTS = (*COG_COUNTS, *QUESTION_COUNTS)
 DISCRIMINATIVE = ("accuracy", "precision", "recall", "f1")
@@ -81,6 +82,17 @@ AMBER_METRICS = (
     *(f"amber_{group}{'_' if group else ''}{m}" for group in GROUPS for m in DISCRIMINATIVE),
 )
 AMBER_HEADLINE = ("amber_chair", "amber_cover", "amber_hal", "amber_cog", "amber_f1", "amber_score")
+
+
+def question_columns(group: str, truth: str | None = None, answer: str | None = None) -> list[str]:
+    """The per-image count columns of a group's questions (`GROUPS`), all of them or those of one truth / answer."""
+    return [
+        f"amber_{kind}_{t}_{a}"
+        for kind in GROUPS[group]
+        for t in TRUTHS
+        for a in ANSWERS
+        if truth in (None, t) and answer in (None, a)
+    ]
 
 
 def split_of(image: str) -> Literal["dev", "test"]:
@@ -124,7 +136,7 @@ def nouns(text: str) -> list[str]:
     return found
 
 
-# --- the benchmark's files ------------------------------------------------------------------------------------------
+# --- a description's score ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -198,6 +210,9 @@ class AmberWords:
         return DescriptionScore(mentions, hallucinated, covered, recognised)
 
 
+# --- the benchmark's files ------------------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Description:
     id: int
@@ -240,7 +255,9 @@ def _strings(value: object) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
-def load_words(folder: Path) -> AmberWords:
+def load_words(folder: str | Path) -> AmberWords:
+    """relation.json and safe_words.txt of an AMBER folder."""
+    folder = Path(folder)
     relation = read_json(folder / RELATION, "AMBER relation")
     if not isinstance(relation, dict) or not all(_strings(v) for v in relation.values()):
         raise ValueError(f"{folder / RELATION}: expected {{object: [associated words]}}")
@@ -323,8 +340,7 @@ def amber_table(amber: Amber, descriptions: Sequence[str], replies: Sequence[str
     asked: list[list[str]] = [[] for _ in row]
     said: list[list[str]] = [[] for _ in row]
     for question, answer, reply in zip(amber.questions, answers, replies):
-        truth = "yes" if question.truth else "no"
-        counts[f"amber_{question.kind}_{truth}_{answer_name(answer)}"][row[question.image]] += 1
+        counts[f"amber_{question.kind}_{answer_name(question.truth)}_{answer_name(answer)}"][row[question.image]] += 1
         asked[row[question.image]].append(question.query)
         said[row[question.image]].append(reply)
     table = pl.DataFrame(
@@ -358,11 +374,10 @@ def amber_metrics(
         "amber_hal": ratio(weights @ (counts["n_hallucinated_mentions"] > 0), weights.sum(axis=1)),
         "amber_cog": ratio(total["amber_cog_hits"], total["amber_cog_objects"]),
     }
-    for group, kinds in GROUPS.items():
-        names = {(t, a): [f"amber_{k}_{t}_{a}" for k in kinds] for t in ("yes", "no") for a in ANSWERS}
-        if not any(counts[n].any() for group_names in names.values() for n in group_names):
+    for group in GROUPS:
+        if not any(counts[name].any() for name in question_columns(group)):
             continue
-        n = {key: sum(total[name] for name in group_names) for key, group_names in names.items()}
+        n = {(t, a): sum(total[name] for name in question_columns(group, t, a)) for t in TRUTHS for a in ANSWERS}
         asked = sum(n.values())
         precision = ratio(n["no", "no"], n["yes", "no"] + n["no", "no"])  # "no" is AMBER's positive answer
         recall = ratio(n["no", "no"], n["no", "yes"] + n["no", "no"] + n["no", "other"])

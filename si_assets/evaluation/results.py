@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from si_assets.evaluation.amber import ANSWERS, DISCRIMINATIVE, GROUPS
+from si_assets.evaluation.amber import DISCRIMINATIVE, question_columns
 from si_assets.evaluation.metrics import POPE_STRATEGIES
 from si_assets.evaluation.uncertainty import LEVEL, RESAMPLES, Counts
 
@@ -84,9 +84,7 @@ def results_json(
     if "amber_chair" in metrics:
         tasks["amber_g"] = (AMBER_DESCRIPTIONS, images)
         for task, group in AMBER_QUESTIONS.items():
-            asked = int(
-                sum(counts[f"amber_{k}_{t}_{a}"].sum() for k in GROUPS[group] for t in ("yes", "no") for a in ANSWERS)
-            )
+            asked = int(sum(counts[name].sum() for name in question_columns(group)))
             if asked:
                 prefix = f"amber_{group}_" if group else "amber_"
                 tasks[task] = ({f"amber_{m}": (f"{prefix}{m}", True) for m in DISCRIMINATIVE}, asked)

@@ -6,15 +6,14 @@ from pathlib import Path
 
 import dagster as dg
 import numpy as np
-import polars as pl
 import pytest
 from PIL import Image
 
-from resources import ArtifactStoreResource, ComputeDevice, VisionLanguageModels
-from si_assets.assets.evaluation import EvalConfig, eval_scores
+from si_assets.assets.evaluation import EvalConfig
 from si_assets.evaluation.coco import load_chair, load_coco_instances, load_pope_questions
 from si_assets.evaluation.metrics import caption_scores, pope_scores
 from si_assets.storage import Checkpoint
+from tests.eval_run import evaluate_once, run_eval_scores
 
 INSTANCES = {
     "images": [{"id": 10, "file_name": "a.jpg"}, {"id": 11, "file_name": "b.jpg"}, {"id": 12, "file_name": "c.jpg"}],
@@ -142,15 +141,8 @@ def test_eval_scores_runs_on_a_coco_format_set(tmp_path: Path, coco: tuple[Path,
         coco_synonyms=str(coco[1]),
         max_new_tokens=8,
     )
-    context = dg.build_asset_context(partition_key="round-0001", instance=dg.DagsterInstance.ephemeral())
-    models = VisionLanguageModels(compute=ComputeDevice(device="cpu"))
-    store = ArtifactStoreResource(root=str(tmp_path / "store"))
-    model = Checkpoint(tiny_llava_dir)
-    output, gate, answers = list(
-        eval_scores(context, config, models, store, model, model, pl.DataFrame(), pl.DataFrame())
-    )
-    table = output.value
-    metrics = {s: dict(zip(t["metric"], t["trained"])) for (s,), t in table.group_by("split")}
+    run = evaluate_once(tmp_path / "store", config, tiny_llava_dir)
+    output, gate, answers, table, metrics = run.output, run.gate, run.answers, run.table, run.metrics
     assert output.metadata["images/test"].value == 3 and output.metadata["images/dev"].value == 2
     assert output.metadata["eval_source"].value == str(coco[0])
     assert {"precision", "recall", "chair_s", "pope_random_f1", "pope_f1"} <= set(metrics["test"])
@@ -163,7 +155,7 @@ def test_eval_scores_runs_on_a_coco_format_set(tmp_path: Path, coco: tuple[Path,
     assert "seed:" in answers.description and "trained:" in answers.description
 
     # each model's results per split, in lmms-eval's layout
-    written = {k.removeprefix("results_json/"): v.path for k, v in output.metadata.items() if "results_json/" in k}
+    written = run.written
     assert sorted(written) == ["dev/seed", "dev/trained", "test/seed", "test/trained"]
     test = json.loads(Path(written["test/trained"]).read_text())
     assert test["results"]["coco_cap_chair"]["coco_cap_chair_i,none"] == pytest.approx(metrics["test"]["chair_i"])
@@ -176,15 +168,15 @@ def test_eval_scores_runs_on_a_coco_format_set(tmp_path: Path, coco: tuple[Path,
     assert (test["split"], test["chair_variant"], test["config"]["model_version"]) == (
         "test",
         "reference",
-        model.version,
+        Checkpoint(tiny_llava_dir).version,
     )
 
     broken = config.model_copy(update={"coco_test_captions": str(tmp_path / "nowhere.json")})
     with pytest.raises(dg.Failure, match="captions file .*nowhere.json does not exist"):
-        list(eval_scores(context, broken, models, store, model, model, pl.DataFrame(), pl.DataFrame()))
+        run_eval_scores(tmp_path / "store", broken, tiny_llava_dir)
     (images / "b.jpg").write_bytes(b"")
     with pytest.raises(dg.Failure, match="b.jpg: zero_bytes"):
-        list(eval_scores(context, config, models, store, model, model, pl.DataFrame(), pl.DataFrame()))
+        run_eval_scores(tmp_path / "store", config, tiny_llava_dir)
     with pytest.raises(ValueError, match="needs a dev and a test set"):
         EvalConfig(source="coco", coco_test_instances=str(coco[0]), coco_test_images=str(images))
     with pytest.raises(ValueError, match="must differ"):

@@ -21,6 +21,7 @@ from si_assets.assets.common import (
     preview,
     versioned,
 )
+from si_assets.evaluation.amber import AMBER_HEADLINE
 from si_assets.evaluation.data import EvalSettings
 from si_assets.plots import metric_bars_png, png_markdown
 from si_assets.rounds import ChampionRegistry, GateDecision, GatePolicy, Promotion, degenerate_answers
@@ -76,9 +77,10 @@ def eval_scores(
     world_dev: pl.DataFrame,
     world_test: pl.DataFrame,
 ) -> Iterator[dg.Output | dg.AssetCheckResult]:
-    """Base, seed and trained side by side on the held-out `dev` and `test` splits (the world's, or COCO-format
-    sets, `source`), each metric with a bootstrap interval and each gain with a paired one: object precision,
-    recall, F1, CHAIR_i, CHAIR_s and POPE (random / popular / adversarial). The promotion gate reads dev only;
+    """Base, seed and trained side by side on the held-out `dev` and `test` splits (the world's, COCO-format sets,
+    or AMBER's, `source`), each metric with a bootstrap interval and each gain with a paired one: object precision,
+    recall, F1, CHAIR_i, CHAIR_s and POPE (random / popular / adversarial), or AMBER's own (CHAIR, Cover, Hal, Cog,
+    yes/no accuracy, precision, recall, F1, AMBER score) and what the gate reads of them. The gate reads dev only;
     test is reported. Each checkpoint is evaluated once: the seed's scores come from the round that trained it.
     Each model's results per split are also written as an lmms-eval-style results.json into the store."""
     artifact_store = store.get()
@@ -148,12 +150,12 @@ def answers_check(result: Evaluation, policy: GatePolicy) -> dg.AssetCheckResult
 
 def evaluation_metadata(result: Evaluation, world: bool) -> dict:
     """The tables in markdown (test, then dev), a plot, the test captions side by side, and every headline metric
-    as a float per split (the UI plots those across materializations)."""
+    (AMBER's too, on AMBER) as a float per split (the UI plots those across materializations)."""
     floats = {}
     for split, evaluation in result.splits.items():
         seed, trained = evaluation.seed.metrics, evaluation.trained.metrics
         bounds = evaluation.bounds
-        for m in HEADLINE:
+        for m in [m for m in (*HEADLINE, *AMBER_HEADLINE) if m in seed]:
             floats |= {f"{split}/seed/{m}": seed[m], f"{split}/trained/{m}": trained[m]}
             floats[f"{split}/delta/{m}"] = trained[m] - seed[m]
             for model, per_metric in bounds.items():

@@ -85,8 +85,13 @@ def merged_names(variant: ChairVariant) -> dict[str, str]:
 _TOKEN = re.compile(r"[^\W_]+(?:[-/][^\W_]+)*")
 
 
+def tokens(text: str) -> list[str]:
+    """The text's words as written (case kept)."""
+    return _TOKEN.findall(text)
+
+
 def words_of(text: str) -> list[str]:
-    return _TOKEN.findall(text.lower())
+    return tokens(text.lower())
 
 
 # pattern.en's `singularize` (v2.6), which the reference applies to every word, reproduced with its quirks: a word

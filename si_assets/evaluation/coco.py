@@ -27,8 +27,9 @@ from si_assets.evaluation.metrics import POPE_STRATEGIES, PopeQuestion
 _POPE_OBJECT = re.compile(r"^is there an? (.+?) in the (?:image|picture)\?*$", re.IGNORECASE)
 
 
-def _read_json(path: str | Path, what: str, keys: Sequence[str]) -> dict[str, Any]:
-    """A JSON object with `keys`, or an error that names the file and what is wrong with it."""
+def read_json(path: str | Path, what: str, keys: Sequence[str] = ()) -> Any:
+    """A JSON object with `keys` (any JSON value when none are asked for), or an error that names the file and what
+    is wrong with it."""
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -50,7 +51,7 @@ class LabeledImages:
 
 
 def load_coco_instances(path: str | Path) -> LabeledImages:
-    data = _read_json(path, "instances", ("images", "annotations", "categories"))
+    data = read_json(path, "instances", ("images", "annotations", "categories"))
     categories = {c["id"]: c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])}
     images = {i["id"]: i["file_name"] for i in data["images"]}
     objects: dict[int, set[str]] = {i: set() for i in images}
@@ -73,7 +74,7 @@ def load_coco_captions(path: str | Path, image_ids: Sequence[int]) -> list[list[
     captions file usually covers a whole COCO split); an image of `image_ids` without a caption means the file
     belongs to another split, and a caption of an image the file does not list means it is broken: both are
     errors."""
-    data = _read_json(path, "captions", ("annotations",))
+    data = read_json(path, "captions", ("annotations",))
     listed = None
     if "images" in data:
         if not all(isinstance(image, dict) and "id" in image for image in data["images"]):

@@ -1,5 +1,6 @@
-"""What an evaluation runs on (Dagster-free): the embedded world's `eval` split, or a COCO-format set (images
-folder, `instances_*.json`, optional human captions, CHAIR synonyms and POPE question files)."""
+"""What an evaluation runs on (Dagster-free): the embedded world's `eval` split, a COCO-format set (images folder,
+`instances_*.json`, optional human captions, CHAIR synonyms and POPE question files), or the user's copy of AMBER
+(its files and images folder, split into dev and test by image)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from PIL import Image
 from pydantic import Field, model_validator
 
 from si_assets.collection.validation import InputLimits, Rejected, decode_image, read_file, resolve_inside
+from si_assets.evaluation.amber import ANNOTATIONS, QUERIES, RELATION, SAFE_WORDS, Amber, load_amber, split_of
 from si_assets.evaluation.chair import ChairVariant
 from si_assets.evaluation.coco import load_chair, load_coco_captions, load_coco_instances, load_pope_questions
 from si_assets.evaluation.metrics import MentionFinder, ObjectVocabulary, PopeQuestion
@@ -35,7 +37,11 @@ class EvalSettings(Settings):
     """The evaluation step: the held-out `dev` split (defaults, promotion gate) and `test` split (reported only),
     the prompts and how many POPE questions."""
 
-    source: Literal["world", "coco"] = Field("world", description="'coco': the coco_* files below, one set per split")
+    source: Literal["world", "coco", "amber"] = Field(
+        "world",
+        description="'coco': the coco_* files below, one set per split; 'amber': the user's AMBER files (amber_dir, "
+        "amber_images), its images split into dev and test by a hash of their names",
+    )
     coco_dev_instances: str | None = Field(None, description="dev split: instances_*.json (COCO format)")
     coco_dev_captions: str | None = Field(None, description=_CAPTIONS.format(split="dev"))
     coco_dev_images: str | None = Field(None, description="dev split: the folder the instances' file_names are in")
@@ -45,20 +51,32 @@ class EvalSettings(Settings):
     coco_test_images: str | None = Field(None, description="test split: the folder the instances' file_names are in")
     coco_test_pope_files: list[str] = Field(default_factory=list, description="test split: POPE question files")
     coco_synonyms: str | None = Field(None, description="CHAIR's synonyms.txt (optional)")
+    amber_dir: str | None = Field(
+        None,
+        description="AMBER's folder as its repository lays it out: data/annotations.json, data/relation.json, "
+        "data/safe_words.txt, data/query/query_all.json",
+    )
+    amber_images: str | None = Field(None, description="the folder of AMBER's images (AMBER_1.jpg, ...)")
     chair_variant: ChairVariant = Field(
         "reference",
         description="CHAIR on COCO data: 'reference' follows the published implementation, quirks included, so "
         "numbers compare with published CHAIR; 'corrected' applies the same rules without them (docs/metrics.md)",
     )
-    max_images: int | None = Field(None, ge=1, description="evaluate the first N images of each split only")
-    caption_prompt: str = EVAL_PROMPT
+    max_images: int | None = Field(
+        None, ge=1, description="evaluate the first N images of each split only (on AMBER with their questions)"
+    )
+    caption_prompt: str = Field(EVAL_PROMPT, description="the description prompt (AMBER's items bring their own)")
     pope_per_image: int = Field(2, ge=0, description="present objects asked per image when no POPE file is given")
     batch_size: int = Field(64, ge=1)
     max_new_tokens: int = Field(32, ge=1)
     seed: int = Field(0, ge=0, description="POPE question sampling; the same in every round, so rounds compare")
 
     @model_validator(mode="after")
-    def _coco_complete(self) -> EvalSettings:
+    def _files_complete(self) -> EvalSettings:
+        if self.source == "amber":
+            missing = [name for name in ("amber_dir", "amber_images") if not getattr(self, name)]
+            if missing:
+                raise ValueError(f"source 'amber' needs its files: set {', '.join(missing)}")
         if self.source == "coco":
             missing = [
                 f"coco_{split}_{part}"
@@ -77,9 +95,11 @@ class EvalSettings(Settings):
         return self.model_dump_json(include={"caption_prompt", "pope_per_image", "max_new_tokens", "seed"})
 
     def data(self, split: Split, world_split: pl.DataFrame) -> EvalData:
-        """The `split`'s images, ground truth and POPE questions: the world's split table, or the COCO set."""
+        """The `split`'s images, ground truth and questions: the world's split table, the COCO set, or AMBER's."""
         if self.source == "world":
             return world_eval_data(world_split.head(self.max_images) if self.max_images else world_split, split)
+        if self.source == "amber":
+            return amber_eval_data(self.amber_dir, self.amber_images, split, self.max_images)
         return coco_eval_data(
             getattr(self, f"coco_{split}_instances"),
             getattr(self, f"coco_{split}_images"),
@@ -101,7 +121,8 @@ class EvalData:
     fingerprint: str  # changes when any image, label, caption, synonym, question or the CHAIR variant changes
     source: str
     annotated: list[list[str]]  # the annotations alone (POPE's questions come from them)
-    chair_variant: ChairVariant | None = None  # None: the world's metric, each object once per caption
+    chair_variant: ChairVariant | None = None  # None: the world's metric, each object once per caption, or AMBER's
+    amber: Amber | None = None  # AMBER's items of these images: scored as AMBER scores them
 
 
 def world_eval_data(world_eval: pl.DataFrame, split: str = "test") -> EvalData:
@@ -138,16 +159,7 @@ def coco_eval_data(
     for path in (instances, synonyms, captions):
         if path:
             digest.update(Path(path).read_bytes())
-    images, problems = [], []
-    for name in files:
-        try:
-            data = read_file(resolve_inside(Path(images_dir), name))
-            images.append(Image.fromarray(decode_image(data, InputLimits())))
-            digest.update(hashlib.sha256(data).digest())
-        except Rejected as rejected:
-            problems.append(f"{name}: {rejected}")
-    if problems:
-        raise ValueError(f"{len(problems)} evaluation images cannot be used: {problems[:5]}")
+    images = read_images(images_dir, files, digest)
     questions = None
     if pope_files:
         questions = [q for path in pope_files for q in load_pope_questions(path)]
@@ -164,4 +176,47 @@ def coco_eval_data(
         source=str(instances),
         annotated=[sorted(chair.ground_truth(objects)) for objects in annotated],
         chair_variant=chair_variant,
+    )
+
+
+def read_images(folder: str | Path, names: Sequence[str], digest: hashlib._Hash) -> list[Image.Image]:
+    """The named images of `folder`, each one's bytes added to `digest`. Every image must be readable: an evaluation
+    set with holes would not compare with published numbers, so a bad file is an error that names it."""
+    images, problems = [], []
+    for name in names:
+        try:
+            data = read_file(resolve_inside(Path(folder), name))
+            images.append(Image.fromarray(decode_image(data, InputLimits())))
+            digest.update(hashlib.sha256(data).digest())
+        except Rejected as rejected:
+            problems.append(f"{name}: {rejected}")
+    if problems:
+        raise ValueError(f"{len(problems)} evaluation images cannot be used: {problems[:5]}")
+    return images
+
+
+def amber_eval_data(folder: str | Path, images_dir: str | Path, split: Split, limit: int | None = None) -> EvalData:
+    """AMBER's images of one split (`amber.split_of`), the first `limit` of them in AMBER's id order, with their
+    description queries and yes/no questions."""
+    amber = load_amber(folder)
+    names = [image for image in amber.images if split_of(image) == split][:limit]
+    chosen = amber.select(names)
+    if not chosen.descriptions or not chosen.questions:
+        raise ValueError(f"{folder}: no AMBER images with yes/no questions in the {split} split")
+    digest = hashlib.sha256(f"amber:{split}\n".encode())
+    digest.update("\n".join(names).encode())  # which images, by name
+    for name in (ANNOTATIONS, RELATION, SAFE_WORDS, QUERIES):
+        digest.update(Path(folder, name).read_bytes())
+    images = read_images(images_dir, names, digest)
+    truths = [list(d.truth) for d in chosen.descriptions]
+    return EvalData(
+        ids=names,
+        images=images,
+        truths=truths,
+        vocab=chosen.words,
+        questions=None,
+        fingerprint=digest.hexdigest(),
+        source=str(folder),
+        annotated=truths,
+        amber=chosen,
     )

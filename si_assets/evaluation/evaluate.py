@@ -1,4 +1,5 @@
-"""Evaluate one model on labeled images: captions (CHAIR, precision, recall, F1) and POPE probing."""
+"""Evaluate one model on labeled images: captions (CHAIR, precision, recall, F1) and POPE probing; or on AMBER's
+items, scored as AMBER scores them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
+from si_assets.evaluation.amber import QUESTION_COUNTS, Amber, amber_table
 from si_assets.evaluation.metrics import (
     CAPTION_COUNTS,
     POPE_PROMPT,
@@ -22,8 +24,10 @@ from si_assets.evaluation.metrics import (
     parse_yes_no,
     pope_scores,
 )
-from si_assets.evaluation.uncertainty import POPE_COUNTS
+from si_assets.evaluation.uncertainty import POPE_COUNTS, counts_of, metrics_of
 from si_assets.modeling.generation import generate_greedy
+
+ANSWER_TOKENS = 4  # a yes/no answer is decided by its first words (`parse_yes_no`)
 
 
 @dataclass
@@ -72,7 +76,7 @@ def evaluate_model(
         processor,
         [by_id[i] for i, _ in distinct],
         [POPE_PROMPT.format(object=o) for _, o in distinct],
-        max_new_tokens=4,
+        max_new_tokens=ANSWER_TOKENS,
         batch_size=batch_size,
         log=log,
         desc="eval POPE",
@@ -105,6 +109,52 @@ def evaluate_model(
         },
     )
     return EvalResult(metrics, table.with_columns(**image_counts(image_ids, found, truths, questions, answer)))
+
+
+def evaluate_amber(
+    model,
+    processor,
+    amber: Amber,
+    images: Sequence[Image.Image],
+    batch_size: int = 64,
+    max_new_tokens: int = 32,
+    log: Callable[[str], None] | None = None,
+) -> EvalResult:
+    """AMBER: each image described (its description query) and asked its yes/no questions, each in AMBER's own
+    words; scored as AMBER scores them (`si_assets.evaluation.amber`). The point values are the intervals' metrics
+    on all images at once, so the two always agree."""
+    if len(images) != len(amber.descriptions):
+        raise ValueError(f"{len(images)} images but {len(amber.descriptions)} AMBER descriptions")
+    by_image = dict(zip(amber.images, images))
+    descriptions = generate_greedy(
+        model, processor, images, [d.query for d in amber.descriptions], max_new_tokens, batch_size, log, "AMBER g"
+    )
+    replies = generate_greedy(
+        model,
+        processor,
+        [by_image[q.image] for q in amber.questions],
+        [q.query for q in amber.questions],
+        ANSWER_TOKENS,
+        batch_size,
+        log,
+        "AMBER d",
+    )
+    return score_amber(amber, descriptions, replies)
+
+
+def score_amber(amber: Amber, descriptions: Sequence[str], replies: Sequence[str]) -> EvalResult:
+    """AMBER's descriptions and the replies to its yes/no questions (in `amber.questions` order), scored: the
+    per-image table (`amber_table`) and its metrics."""
+    table = amber_table(amber, descriptions, replies)
+    # no POPE strategy is asked on AMBER: its yes/no questions stand in (`amber_metrics`)
+    table = table.with_columns(**{name: pl.lit(0, pl.Int32) for name in POPE_COUNTS})
+    counts = counts_of(table)
+    metrics = {name: float(values[0]) for name, values in metrics_of(counts, np.ones((1, table.height))).items()}
+    metrics["mentions_per_caption"] = float(counts["n_mentions"].sum()) / table.height
+    metrics["n_captions"] = float(table.height)
+    unparsed = sum(counts[c].sum() for c in QUESTION_COUNTS if c.endswith("_other"))
+    metrics["pope_unparsed"] = float(unparsed) / len(replies)
+    return EvalResult(metrics, table)
 
 
 def image_counts(

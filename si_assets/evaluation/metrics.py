@@ -97,6 +97,16 @@ def hallucinated(found: Sequence[Mention], truth: Iterable[str]) -> list[Mention
     return [m for m in found if m.object not in present]
 
 
+def ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator elementwise, 0 where the denominator is 0 (a metric over nothing)."""
+    return np.divide(numerator, denominator, out=np.zeros_like(numerator, dtype=float), where=denominator > 0)
+
+
+def harmonic_mean(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
+    """F1, elementwise; 0 where both are 0."""
+    return ratio(2 * precision * recall, precision + recall)
+
+
 # Per-caption counts; every caption metric is a ratio of their sums (`si_assets.evaluation.uncertainty`).
 CAPTION_COUNTS = ("n_mentions", "n_hallucinated_mentions", "n_mentioned", "n_hallucinated", "n_covered", "n_truth")
 

@@ -6,6 +6,11 @@ lmms-eval keys a task's metrics "<metric>,<filter>", the filter here always "non
 and `pope_adv` (pope_accuracy, pope_precision, pope_recall, pope_f1_score, pope_yes_ratio). Next to each value,
 "<metric>_ci95,none" holds its 95% bootstrap interval [low, high] over the images. The product's own figures
 (object precision, recall, F1, CHAIR on any data, POPE averaged over the strategies) are the task `si_objects`.
+
+On AMBER, its figures take the names of lmms-eval-based AMBER tasks (amber_chair, amber_cover, amber_hal,
+amber_cog; amber_accuracy, amber_precision, amber_recall, amber_f1; amber_score), in a task per AMBER evaluation
+argument: `amber_g` (descriptions), `amber_d` (every yes/no question), `amber_de`, `amber_da`, `amber_dr`
+(existence, attribute, relation questions) and `amber` (the AMBER score).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from si_assets.evaluation.amber import DISCRIMINATIVE, question_columns
 from si_assets.evaluation.metrics import POPE_STRATEGIES
 from si_assets.evaluation.uncertainty import LEVEL, RESAMPLES, Counts
 
@@ -40,6 +46,15 @@ OWN_METRICS = {
     "pope_f1_mean": ("pope_f1", True),
 }
 
+AMBER_DESCRIPTIONS = {
+    "amber_chair": ("amber_chair", False),
+    "amber_cover": ("amber_cover", True),
+    "amber_hal": ("amber_hal", False),
+    "amber_cog": ("amber_cog", False),
+}
+AMBER_QUESTIONS = {"amber_d": "", "amber_de": "existence", "amber_da": "attribute", "amber_dr": "relation"}
+AMBER_SCORE = {"amber_score": ("amber_score", True)}
+
 
 def _asked(counts: Counts, strategy: str) -> int:
     return int(sum(counts[f"pope_{strategy}_{c}"].sum() for c in ("tp", "fp", "fn", "tn")))
@@ -60,11 +75,20 @@ def results_json(
     """The document: `metrics` (the model's point values), `bounds` (their intervals) and `counts` (its per-image
     counts: how many images and POPE questions). `coco_cap_chair` is reported for COCO-style data only
     (`chair_variant` set): on the embedded world CHAIR counts each object once per caption, which is not COCO's
-    CHAIR; POPE's tasks appear for the strategies that were asked."""
+    CHAIR; POPE's tasks appear for the strategies that were asked, AMBER's on AMBER data (its question tasks for the
+    kinds of question that were asked)."""
     images = len(next(iter(counts.values())))
     tasks: dict[str, tuple[dict[str, tuple[str, bool]], int]] = {}
     if chair_variant is not None:
         tasks[CHAIR_TASK] = (CHAIR_METRICS, images)
+    if "amber_chair" in metrics:
+        tasks["amber_g"] = (AMBER_DESCRIPTIONS, images)
+        for task, group in AMBER_QUESTIONS.items():
+            asked = int(sum(counts[name].sum() for name in question_columns(group)))
+            if asked:
+                prefix = f"amber_{group}_" if group else "amber_"
+                tasks[task] = ({f"amber_{m}": (f"{prefix}{m}", True) for m in DISCRIMINATIVE}, asked)
+        tasks["amber"] = (AMBER_SCORE, images)
     for strategy in POPE_STRATEGIES:
         if _asked(counts, strategy):
             names = {task: (f"pope_{strategy}_{name}", better) for task, (name, better) in POPE_METRICS.items()}

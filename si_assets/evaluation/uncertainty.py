@@ -1,7 +1,8 @@
 """How sure a metric is: bootstrap intervals over the evaluation images (Dagster-free).
 
 Every headline metric is a function of per-image counts (mentions and hallucinated mentions; mentioned,
-hallucinated and covered objects; POPE's true/false positives and negatives per strategy), so a bootstrap resample
+hallucinated and covered objects; POPE's true/false positives and negatives per strategy; on AMBER, the recognised
+likely hallucinations and each yes/no question's truth × answer per kind), so a bootstrap resample
 is a vector of image weights and every metric of every resample is one matrix product. A difference between two
 models is resampled *paired*: the same images weigh the same in both, which is what makes a small gain on shared
 images visible above the image noise.
@@ -14,7 +15,8 @@ from collections.abc import Mapping
 import numpy as np
 import polars as pl
 
-from si_assets.evaluation.metrics import CAPTION_COUNTS, POPE_STRATEGIES
+from si_assets.evaluation.amber import AMBER_COUNTS, AMBER_METRICS, amber_metrics
+from si_assets.evaluation.metrics import CAPTION_COUNTS, POPE_STRATEGIES, harmonic_mean, ratio
 
 POPE_COUNTS = tuple(f"pope_{s}_{c}" for s in POPE_STRATEGIES for c in ("tp", "fp", "fn", "tn"))
 POPE_METRICS = ("accuracy", "precision", "recall", "f1", "yes_ratio")
@@ -27,6 +29,7 @@ INTERVAL_METRICS = (
     "chair_s",
     *(f"pope_{m}" for m in POPE_METRICS),
     *(f"pope_{s}_{m}" for s in POPE_STRATEGIES for m in POPE_METRICS),
+    *AMBER_METRICS,
 )
 RESAMPLES = 1000
 LEVEL = 0.95
@@ -35,19 +38,12 @@ Counts = Mapping[str, np.ndarray]  # column -> one value per image, images in on
 
 
 def counts_of(table: pl.DataFrame) -> dict[str, np.ndarray]:
-    """The per-image count columns of an evaluation's captions table, as float arrays."""
-    missing = [c for c in (*CAPTION_COUNTS, *POPE_COUNTS) if c not in table.columns]
+    """The per-image count columns of an evaluation's captions table, as float arrays (AMBER's too, on AMBER)."""
+    columns = (*CAPTION_COUNTS, *POPE_COUNTS, *(AMBER_COUNTS if AMBER_COUNTS[0] in table.columns else ()))
+    missing = [c for c in columns if c not in table.columns]
     if missing:
         raise ValueError(f"the evaluation table lacks the per-image counts {missing}; evaluate again")
-    return {c: table[c].cast(pl.Float64).to_numpy() for c in (*CAPTION_COUNTS, *POPE_COUNTS)}
-
-
-def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    return np.divide(numerator, denominator, out=np.zeros_like(numerator, dtype=float), where=denominator > 0)
-
-
-def _f1(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
-    return _ratio(2 * precision * recall, precision + recall)
+    return {c: table[c].cast(pl.Float64).to_numpy() for c in columns}
 
 
 def metrics_of(counts: Counts, weights: np.ndarray) -> dict[str, np.ndarray]:
@@ -56,14 +52,14 @@ def metrics_of(counts: Counts, weights: np.ndarray) -> dict[str, np.ndarray]:
     asked about (e.g. only one POPE file given) has no metrics of its own and stays out of the averages."""
     total = {name: weights @ values for name, values in counts.items()}
     mentioned = total["n_mentioned"]
-    precision = np.where(mentioned > 0, 1.0 - _ratio(total["n_hallucinated"], mentioned), 0.0)
-    recall = _ratio(total["n_covered"], total["n_truth"])
+    precision = np.where(mentioned > 0, 1.0 - ratio(total["n_hallucinated"], mentioned), 0.0)
+    recall = ratio(total["n_covered"], total["n_truth"])
     out = {
         "precision": precision,
         "recall": recall,
-        "f1": _f1(precision, recall),
-        "chair_i": _ratio(total["n_hallucinated_mentions"], total["n_mentions"]),
-        "chair_s": _ratio(weights @ (counts["n_hallucinated_mentions"] > 0), weights.sum(axis=1)),
+        "f1": harmonic_mean(precision, recall),
+        "chair_i": ratio(total["n_hallucinated_mentions"], total["n_mentions"]),
+        "chair_s": ratio(weights @ (counts["n_hallucinated_mentions"] > 0), weights.sum(axis=1)),
     }
     per_strategy: dict[str, list[np.ndarray]] = {m: [] for m in POPE_METRICS}
     for strategy in POPE_STRATEGIES:
@@ -71,13 +67,13 @@ def metrics_of(counts: Counts, weights: np.ndarray) -> dict[str, np.ndarray]:
             continue
         tp, fp, fn, tn = (total[f"pope_{strategy}_{c}"] for c in ("tp", "fp", "fn", "tn"))
         asked = tp + fp + fn + tn
-        pope_precision, pope_recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+        pope_precision, pope_recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
         values = {
-            "accuracy": _ratio(tp + tn, asked),
+            "accuracy": ratio(tp + tn, asked),
             "precision": pope_precision,
             "recall": pope_recall,
-            "f1": _f1(pope_precision, pope_recall),
-            "yes_ratio": _ratio(tp + fp, asked),
+            "f1": harmonic_mean(pope_precision, pope_recall),
+            "yes_ratio": ratio(tp + fp, asked),
         }
         for name, value in values.items():
             out[f"pope_{strategy}_{name}"] = value
@@ -85,6 +81,8 @@ def metrics_of(counts: Counts, weights: np.ndarray) -> dict[str, np.ndarray]:
     # POPE's headline figures average the strategies, as the point estimates do
     for name, values in per_strategy.items():
         out[f"pope_{name}"] = np.mean(values, axis=0) if values else np.zeros(len(weights))
+    if AMBER_COUNTS[0] in counts:  # AMBER's own, and the POPE figures the gate reads taken from its questions
+        out |= amber_metrics(counts, weights, total)
     return out
 
 

@@ -32,7 +32,7 @@ from si_assets.collection.images import (
 from si_assets.collection.sampling import SamplingSettings, decode_plan, plan_requests
 from si_assets.collection.validation import InputLimits
 from si_assets.evaluation.data import EvalData, EvalSettings, Split
-from si_assets.evaluation.evaluate import evaluate_model
+from si_assets.evaluation.evaluate import evaluate_amber, evaluate_model
 from si_assets.evaluation.results import results_json
 from si_assets.evaluation.uncertainty import counts_of, intervals, paired_delta_intervals
 from si_assets.modeling.chat import patch_size, prompt_token_counter
@@ -340,10 +340,16 @@ class Scored:
 def score_checkpoint(
     settings: EvalSettings, models: ModelLoader, store: ArtifactStore, checkpoint: Checkpoint, data: EvalData, log: Log
 ) -> Scored:
-    """Captions and POPE answers of one checkpoint, scored; computed once per (settings, checkpoint, data)."""
+    """Captions and yes/no answers of one checkpoint, scored (POPE, or AMBER's on AMBER data); computed once per
+    (settings, checkpoint, data)."""
 
     def build() -> tuple[pl.DataFrame, dict]:
         model, processor = models.load(checkpoint.path)
+        if data.amber is not None:
+            amber = evaluate_amber(
+                model, processor, data.amber, data.images, settings.batch_size, settings.max_new_tokens, log
+            )
+            return amber.captions, amber.metrics
         result = evaluate_model(
             model,
             processor,
@@ -462,9 +468,9 @@ def evaluate(
     champion_before: Promotion | None,
     log: Log = _quiet,
 ) -> Evaluation:
-    """Base, seed and trained side by side on the held-out dev and test splits (the world's, or the configured
-    COCO-style sets), with bootstrap intervals, and the promotion gate's verdict on dev. The base's metrics come
-    from the chain's first promotion, so every round of a chain is gated against the same base."""
+    """Base, seed and trained side by side on the held-out dev and test splits (the world's, the configured
+    COCO-style sets, or AMBER's), with bootstrap intervals, and the promotion gate's verdict on dev. The base's
+    metrics come from the chain's first promotion, so every round of a chain is gated against the same base."""
     try:
         data = {split: settings.data(split, world_splits.get(split, pl.DataFrame())) for split in SPLITS}
     except (ValueError, OSError) as exc:

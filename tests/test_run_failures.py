@@ -22,7 +22,14 @@ TINY_BOOTSTRAP = {
             "config": {"seed": 7, "splits": {"seed_train": 32, "clip_train": 32, "improve": 4, "dev": 4, "test": 4}}
         },
         "bootstrap_seed_model": {
-            "config": {"vision_pretrain_steps": 0, "max_steps": 1, "eval_every": 1, "batch_size": 4, "val_size": 4}
+            "config": {
+                "vision_pretrain_steps": 0,
+                "max_steps": 1,
+                "eval_every": 1,
+                "batch_size": 4,
+                "val_size": 4,
+                "min_yes_no_accuracy": 0.0,  # a 1-step seed answers yes/no at chance
+            }
         },
         "bootstrap_clip": {"config": {"steps": 1, "batch_size": 4, "retrieval_candidates": 2}},
     }

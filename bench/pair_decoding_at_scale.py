@@ -1,12 +1,12 @@
 """(a) at a realistic model size, on a GPU: one controlled-hallucination pair vs two plain samples.
 
 `round_costs.py` measures (a) on the tiny bootstrap seed, where 2 CPU cores are compute-bound and every
-row costs its FLOPs. A real MLLM on a GPU decodes bound by reading its weights and KV cache, which is the
-case the one-batched-forward decoder is designed for. This builds a random-weight LLaVA-1.5-style model
+row costs its FLOPs. A real MLLM on a GPU decodes bound by reading its weights and KV cache, and its image
+prompt (576 image tokens) dwarfs the image-free one, whose padding the streams decoder skips. This builds a random-weight LLaVA-1.5-style model
 on the device (no download): a CLIP ViT-L/14 vision tower at 336 px (576 image tokens) and a Llama text
 model, 1.2 B parameters with grouped-query attention by default. Random weights cost what trained ones
-do per token, and every response runs to `max_new_tokens` in all three decoders alike, so the ratios are
-the decoders', not the model's. All three decode the same images, the same number per batch.
+do per token, and responses run to `max_new_tokens` in every decoder alike, so the ratios are the
+decoders', not the model's. All decode the same images, the same number per batch.
 
     .venv/bin/python bench/pair_decoding_at_scale.py [--device cuda] [--images 256] [--images-per-batch 32]
 """
@@ -19,7 +19,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from round_costs import bench_decoding  # noqa: E402
+from round_costs import bench_decoding, print_decoding  # noqa: E402
 from transformers import LlavaForConditionalGeneration  # noqa: E402
 
 from si_assets.bootstrap.seed_model import tokenizer_corpus  # noqa: E402
@@ -82,17 +82,12 @@ def main() -> None:
     timings = bench_decoding(model, processor, images, args.repeats, args.images_per_batch)
 
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device
-    plain = timings["plain_two_samples_s"]
     print(
         f"{device}, {args.dtype}, random-weight LLaVA {parameters / 1e9:.2f} B parameters"
         f" ({args.kv_heads} KV heads of {args.text_heads}), {args.images} images, {args.images_per_batch} per batch,"
         f" {args.repeats} repeats"
     )
-    print(
-        f"(a) pair decoding: mixed pair {timings['mixed_pair_s']:.2f}s vs two plain samples {plain:.2f}s"
-        f" -> {timings['mixed_pair_s'] / plain:.2f}x  (goal <= 1.3x);"
-        f" naive two-pass decoder {timings['naive_two_pass_s']:.2f}s -> {timings['naive_two_pass_s'] / plain:.2f}x"
-    )
+    print_decoding(timings)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import polars as pl
 from PIL import Image
 from pydantic import Field, model_validator
 
-from si_assets.modeling.mixed_decoding import MixedRequest, SamplerSettings, decode_mixed
+from si_assets.modeling.mixed_decoding import Decoder, MixedRequest, SamplerSettings, decode_mixed
 from si_assets.settings import Settings
 
 POSITIVE, NEGATIVE = "positive", "negative"
@@ -49,6 +49,9 @@ class SamplingSettings(HallucinationRatios, SamplerSettings):
     batch_size: int = Field(64, ge=1, description="requests per generate call (each is two rows)")
     chunk_size: int = Field(1024, ge=1, description="requests per stored chunk: a killed run resumes after the last")
     shards: int = Field(1, ge=1, description="sampling steps that split the chunks; run in parallel per `gpu` pool")
+    decoder: Decoder = Field(
+        "auto", description="streams (separate KV caches, shared prefill), generate, or auto: streams where tested"
+    )
 
     @model_validator(mode="after")
     def _negatives_fit(self) -> SamplingSettings:
@@ -106,6 +109,7 @@ def decode_plan(
     model_version: str,
     batch_size: int = 64,
     log: Callable[[str], None] | None = None,
+    decoder: Decoder = "auto",
 ) -> pl.DataFrame:
     """The plan with its decoded `response`, the sampler settings and the model version on every row."""
     missing = set(plan["image_id"]) - set(image_by_id)
@@ -115,7 +119,7 @@ def decode_plan(
         MixedRequest(image_by_id[i], p, h, s)
         for i, p, h, s in zip(plan["image_id"], plan["prompt"], plan["h"], plan["seed"])
     ]
-    responses = decode_mixed(model, processor, requests, settings, batch_size=batch_size, log=log)
+    responses = decode_mixed(model, processor, requests, settings, batch_size=batch_size, log=log, decoder=decoder)
     return plan.with_columns(
         response=pl.Series(responses, dtype=pl.String),
         temperature=pl.lit(settings.temperature),

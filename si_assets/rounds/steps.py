@@ -144,8 +144,9 @@ def sample(
             model_runs_without_image(model, processor)
             loaded.extend((model, processor, decode_images(images)))
         model, processor, image_by_id = loaded
+        version = seed_checkpoint.version
         return decode_plan(
-            model, processor, chunk, image_by_id, settings, seed_checkpoint.version, settings.batch_size, log
+            model, processor, chunk, image_by_id, settings, version, settings.batch_size, log, settings.decoder
         )
 
     # Everything a chunk's responses depend on besides its own rows (which name the chunk).
@@ -153,7 +154,7 @@ def sample(
         seed_checkpoint.version,
         table_version(images),
         settings.sampler_key(),
-        f"{device.type}/{dtype}/batch{settings.batch_size}",
+        f"{device.type}/{dtype}/batch{settings.batch_size}/{settings.decoder}",
         DECODER_CODE_VERSION,
     )
     return run_in_chunks(store, "collected_responses", key, plan, settings.chunk_size, decode, log, shard)

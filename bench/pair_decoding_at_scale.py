@@ -2,11 +2,11 @@
 
 `round_costs.py` measures (a) on the tiny bootstrap seed, where 2 CPU cores are compute-bound and every
 row costs its FLOPs. A real MLLM on a GPU decodes bound by reading its weights and KV cache, and its image
-prompt (576 image tokens) dwarfs the image-free one, whose padding the streams decoder skips. This builds a random-weight LLaVA-1.5-style model
-on the device (no download): a CLIP ViT-L/14 vision tower at 336 px (576 image tokens) and a Llama text
-model, 1.2 B parameters with grouped-query attention by default. Random weights cost what trained ones
-do per token, and responses run to `max_new_tokens` in every decoder alike, so the ratios are the
-decoders', not the model's. All decode the same images, the same number per batch.
+prompt dwarfs the image-free one, whose padding the streams decoder skips. This builds a random-weight
+LLaVA-1.5-style model on the device (no download): a CLIP ViT-L/14 vision tower at 336 px (576 image
+tokens) and a Llama text model, 1.2 B parameters with grouped-query attention by default. Random
+weights cost what trained ones do per token, and responses run to `max_new_tokens` in every decoder
+alike, so the ratios are the decoders', not the model's. All decode the same images, the same number per batch.
 
     .venv/bin/python bench/pair_decoding_at_scale.py [--device cuda] [--images 256] [--images-per-batch 32]
 """

@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bench.*` when run as a script
 
+import dagster as dg  # noqa: E402
 import polars as pl  # noqa: E402
 
 from bench.round_ablation import VARIANTS, run  # noqa: E402
@@ -51,6 +52,7 @@ def table(results: pl.DataFrame, split: str = "test") -> pl.DataFrame:
         rows = results.filter(pl.col("world") == world["seed"])
         seed, runs = rows.filter(pl.col("variant") == "seed"), rows.filter(pl.col("variant") == "loop")
         if seed.height == 0 or runs.height == 0:
+            lines.append({"world": name, "seed precision": "no result: the bootstrap or the round failed (its log)"})
             continue
 
         def gain(metric: str, runs: pl.DataFrame = runs) -> str:
@@ -72,7 +74,7 @@ def table(results: pl.DataFrame, split: str = "test") -> pl.DataFrame:
                 "trained POPE acc": f"{float(runs[f'{split}_pope_accuracy'].mean()):.3f}",
             }
         )
-    return pl.DataFrame(lines)
+    return pl.DataFrame(lines).fill_null("")
 
 
 def main() -> None:
@@ -98,9 +100,12 @@ def main() -> None:
             seed = world.pop("seed")
             loop = [VARIANTS["loop"]]
             overrides = {"sampling": args.sample, "verification": args.verify, "training": args.train}
-            measured.append(
-                run(loop, args.seeds, [seed], args.images, overrides, world, args.clip, args.seed_model, out=csv)
-            )
+            try:
+                measured.append(
+                    run(loop, args.seeds, [seed], args.images, overrides, world, args.clip, args.seed_model, out=csv)
+                )
+            except dg.DagsterError as error:  # e.g. a seed that never learns yes/no: the other worlds still run
+                print(f"world {name} failed: {error}")
     results = pl.read_csv(csv) if csv else pl.concat(measured, how="diagonal")
     shown = table(results)
     with pl.Config(tbl_rows=20, tbl_cols=20, tbl_width_chars=250):

@@ -155,3 +155,39 @@ def test_a_seed_that_answers_at_chance_trains_on_then_fails_clearly(small_spec: 
     with pytest.raises(SeedTrainingError, match=r"after 4 further steps, below min_yes_no_accuracy=1\.0"):
         strict = sft.model_copy(update={"min_yes_no_accuracy": 1.0, "yes_no_rounds": 2})
         learn_yes_no(model, processor, df, kinds, strict)
+
+
+def test_further_yes_no_training_resumes_the_learning_rate_where_the_early_stop_kept_the_weights(
+    small_spec: WorldSpec, monkeypatch
+) -> None:
+    """An early stop on caption loss can keep an under-trained seed; its further yes/no rounds then train at the rate
+    the schedule had at the kept step (and on), not at the schedule's final tenth."""
+    import pytest
+
+    from si_assets.bootstrap import seed_model
+    from si_assets.bootstrap.schedule import warmup_cosine
+    from si_assets.world.vocabulary import world_vocabulary
+
+    df = generate_split(small_spec, "seed_train")
+    kinds, colours = world_vocabulary(df)
+    sft = SFTConfig(
+        vision_pretrain_steps=0, max_steps=10, warmup_steps=2, batch_size=8, val_size=16, eval_every=2, yes_no_steps=2
+    )
+    model, processor, _ = seed_model.train_seed_model(df, kinds, colours, TinyVLMSpec(), sft)
+    rates: list[float] = []
+    train_sft = seed_model.train_sft
+
+    def recording(model, processor, train, val, config, log=None):
+        rates.append(config.lr)
+        return train_sft(model, processor, train, val, config, log)
+
+    monkeypatch.setattr(seed_model, "train_sft", recording)
+    strict = sft.model_copy(update={"min_yes_no_accuracy": 1.0, "yes_no_rounds": 2})
+    with pytest.raises(seed_model.SeedTrainingError):
+        seed_model.learn_yes_no(model, processor, df, kinds, strict, stopped_at=3)
+    assert rates == [pytest.approx(1e-3 * warmup_cosine(step, 10, 2, 0.1)) for step in (3, 5)]
+    assert rates[0] > rates[1] > 1e-4
+    rates.clear()
+    with pytest.raises(seed_model.SeedTrainingError):
+        seed_model.learn_yes_no(model, processor, df, kinds, strict.model_copy(update={"yes_no_rounds": 1}))
+    assert rates == [pytest.approx(1e-4)]  # without a kept step: the rate the schedule ended with

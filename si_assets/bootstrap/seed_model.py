@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from si_assets.bootstrap.schedule import warmup_cosine
 from si_assets.bootstrap.sft import (
     QA_TEMPLATE,
     EncodedExamples,
@@ -52,14 +53,17 @@ def continue_training(
     sft: SFTConfig,
     extra_steps: int,
     log: Callable[[str], None] | None = None,
+    from_step: int | None = None,
 ) -> SFTResult:
-    """A further budget for a trained seed: `extra_steps` more steps on the same data at the learning rate its
-    schedule ended with, no early stopping (the plateau check: a converged seed barely moves)."""
+    """A further budget for a trained seed: `extra_steps` more steps on the same data, no early stopping, at the
+    learning rate its schedule had at `from_step`; by default the rate the schedule ended with (the plateau check:
+    a converged seed barely moves)."""
     rng = np.random.default_rng(sft.seed + 1)  # a new pass over the data, not a replay of the first
     train, val = sft_data(processor, seed_train, kinds, sft, rng)
+    at = sft.max_steps if from_step is None else from_step
     further = sft.model_copy(
         update={
-            "lr": sft.lr * sft.min_lr_ratio,
+            "lr": sft.lr * warmup_cosine(at, sft.max_steps, sft.warmup_steps, sft.min_lr_ratio),
             "min_lr_ratio": 1.0,
             "warmup_steps": 0,
             "max_steps": extra_steps,
@@ -121,10 +125,13 @@ def learn_yes_no(
     kinds: Sequence[str],
     sft: SFTConfig,
     log: Callable[[str], None] | None = None,
+    stopped_at: int | None = None,
 ) -> tuple[YesNoSkill, int]:
     """The seed's yes/no skill on the held-back images; below `min_yes_no_accuracy`, up to `yes_no_rounds` further
-    rounds of training with twice the questions per image. Returns (skill, further steps); raises when the seed
-    still answers at chance."""
+    rounds of training with twice the questions per image. The early stop watches caption loss alone and may have
+    kept the weights of an early step (`stopped_at`): training then resumes at the learning rate the schedule had
+    there, not at its final tenth, which moves an under-trained seed too slowly. Returns (skill, further steps);
+    raises when the seed still answers at chance."""
     held_back = seed_train.head(sft.val_size)
     skill = yes_no_skill(model, processor, held_back, kinds)
     further = 0
@@ -134,7 +141,8 @@ def learn_yes_no(
         if log:
             log(f"seed yes/no {skill}: below {sft.min_yes_no_accuracy}, training {sft.yes_no_steps} steps more")
         more_questions = sft.model_copy(update={"qa_share": max(1.0, 2 * sft.qa_share), "seed": sft.seed + attempt})
-        continue_training(model, processor, seed_train, kinds, more_questions, sft.yes_no_steps, log)
+        at = None if stopped_at is None else stopped_at + further
+        continue_training(model, processor, seed_train, kinds, more_questions, sft.yes_no_steps, log, at)
         further += sft.yes_no_steps
         skill = yes_no_skill(model, processor, held_back, kinds)
     if log:
@@ -160,7 +168,7 @@ def save_seed_model(
     `directory`; returns what a person reads about the training."""
     kinds, colours = world_vocabulary(seed_train)
     model, processor, result = train_seed_model(seed_train, kinds, colours, model_spec, sft, log)
-    skill, further = learn_yes_no(model, processor, seed_train, kinds, sft, log)
+    skill, further = learn_yes_no(model, processor, seed_train, kinds, sft, log, result.best_step)
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return {

@@ -430,9 +430,11 @@ def run(
 
 
 def settings_digest(variant: Variant, images: int, clip_version: str) -> str:
-    """What a run's numbers depend on besides the world and round seed: rerun when any of it changes."""
-    parts = [variant.sampling, variant.verification, variant.training]
-    blob = json.dumps([p.model_dump(mode="json") for p in parts] + [variant.data, variant.chosen, images, clip_version])
+    """What a run's numbers depend on besides the world and round seed: rerun when any of it changes. The decoder is
+    left out: both decode the same tokens (tests/test_mixed_decoding.py)."""
+    parts = [variant.sampling.model_dump(mode="json", exclude={"decoder"})]
+    parts += [p.model_dump(mode="json") for p in (variant.verification, variant.training)]
+    blob = json.dumps(parts + [variant.data, variant.chosen, images, clip_version])
     extras = json.dumps([variant.greedy_candidate, list(variant.consensus), variant.prior_swapped, variant.matched])
     return hashlib.sha256((blob + extras).encode()).hexdigest()[:12]
 

@@ -52,7 +52,8 @@ def table(results: pl.DataFrame, split: str = "test") -> pl.DataFrame:
         rows = results.filter(pl.col("world") == world["seed"])
         seed, runs = rows.filter(pl.col("variant") == "seed"), rows.filter(pl.col("variant") == "loop")
         if seed.height == 0 or runs.height == 0:
-            lines.append({"world": name, "seed precision": "no result: the bootstrap or the round failed (its log)"})
+            missing = "the round" if seed.height else "the bootstrap"
+            lines.append({"world": name, "seed precision": f"no result: {missing} failed or has not run (its log)"})
             continue
 
         def gain(metric: str, runs: pl.DataFrame = runs) -> str:

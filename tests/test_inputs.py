@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 from PIL import Image
+from transformers import AutoProcessor
 
 from resources import ArtifactStoreResource, ComputeDevice, VisionLanguageModels
 from si_assets.assets.collection import ImagePoolConfig, unlabeled_images
@@ -22,9 +23,12 @@ from si_assets.collection.images import (
     folder_entries,
     image_files,
     manifest_entries,
+    round_slice,
     world_pool,
 )
 from si_assets.collection.validation import NOT_COUNTED, REASON_HELP, InputLimits, Reason
+from si_assets.rounds import round_key
+from si_assets.rounds.steps import admit_images
 from si_assets.storage import ArtifactStore, Checkpoint
 from si_assets.world import WorldSpec, generate_split
 from tests.input_corpus import (
@@ -396,3 +400,42 @@ def test_whatever_the_decoder_raises_is_one_files_reason(tmp_path: Path, monkeyp
 
     monkeypatch.setattr(validation.ImageOps, "exif_transpose", unreadable_exif)
     np.testing.assert_array_equal(validation.decode_image(data, InputLimits()), np.asarray(noise(seed=1)))
+
+
+def test_each_round_reads_its_own_slice_wrapping_around() -> None:
+    entries = list(range(10))
+    assert round_slice(entries, None, 3) == entries
+    assert [round_slice(entries, 4, k) for k in (1, 2, 3, 4)] == [
+        [0, 1, 2, 3],
+        [4, 5, 6, 7],
+        [8, 9, 0, 1],
+        [2, 3, 4, 5],
+    ]
+    assert sorted(round_slice(entries, 25, 2)) == entries, "a slice larger than the pool reads each entry once"
+    assert round_slice([], 4, 1) == []
+    with pytest.raises(ValueError, match="images_per_round"):
+        ImagePoolSettings(images_per_round=0)
+
+
+def test_a_larger_improve_split_keeps_its_first_images() -> None:
+    """Each image has its own child seed, so a bigger pool for per-round slices leaves round 1's images as they were."""
+    splits = {"seed_train": 2, "clip_train": 2, "improve": 6, "dev": 2, "test": 2}
+    small = generate_split(WorldSpec(seed=7, splits=splits), "improve")
+    large = generate_split(WorldSpec(seed=7, splits={**splits, "improve": 15}), "improve")
+    assert large.head(6)["image_sha256"].to_list() == small["image_sha256"].to_list()
+
+
+@pytest.mark.parametrize("source", ["world", "folder"])
+def test_admitted_images_are_the_rounds_slice(tmp_path: Path, tiny_llava_dir: Path, source: str) -> None:
+    world = generate_split(
+        WorldSpec(seed=7, splits={"seed_train": 2, "clip_train": 2, "improve": 10, "dev": 2, "test": 2}), "improve"
+    )
+    settings: dict = {"images_per_round": 4}
+    if source == "folder":
+        for image_id, png in zip(world["id"], world["image_png"]):
+            (tmp_path / f"{image_id}.png").write_bytes(png)
+        settings["folder"] = str(tmp_path)
+    processor = AutoProcessor.from_pretrained(tiny_llava_dir)
+    pools = [admit_images(ImagePoolSettings(**settings), processor, world, round_key(k)).images for k in (1, 2, 3)]
+    hashes = world["image_sha256"].to_list()
+    assert [p["image_sha256"].to_list() for p in pools] == [hashes[0:4], hashes[4:8], hashes[8:10] + hashes[0:2]]

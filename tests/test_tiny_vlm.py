@@ -124,12 +124,13 @@ def test_early_stopping_keeps_the_best_evaluation() -> None:
     assert _stop_on(SEED_VAL_CURVE, never) == (1100, 1100)
 
 
-def test_yes_no_questions_are_balanced_per_held_back_image(small_spec: WorldSpec) -> None:
+def test_yes_no_questions_are_popes_balanced_per_held_back_image(small_spec: WorldSpec) -> None:
     from si_assets.bootstrap.yes_no import held_out_questions
 
     df = generate_split(small_spec, "seed_train").head(40)
     index, questions, labels = held_out_questions(df, small_spec.kinds)
-    assert labels == [True, False] * (len(labels) // 2) and len(labels) == 2 * df.height  # every image asked twice
+    # per image and strategy (random, popular, adversarial): the same present object, then an absent one
+    assert labels == [True, False] * (len(labels) // 2) and len(labels) == 6 * df.height
     objects = df["objects"].to_list()
     for i, question, label in zip(index, questions, labels):
         kind = question.removeprefix("Is there a ").removesuffix(" in the image?")
@@ -138,6 +139,28 @@ def test_yes_no_questions_are_balanced_per_held_back_image(small_spec: WorldSpec
     everything = pl.Series([small_spec.kinds] * df.height)
     crowded = df.with_columns(objects=everything)
     assert held_out_questions(crowded, small_spec.kinds) == ([], [], [])  # nothing absent to ask about
+
+
+def test_pope_negatives_ask_about_the_absent_partner(small_spec: WorldSpec) -> None:
+    """With `qa_negatives: pope` a third of the 'no' questions name the absent object that co-occurs most with the
+    image's own: an anchor's missing partner, which random absent objects seldom name."""
+    df = generate_split(small_spec, "seed_train")
+    partner = dict(small_spec.cooccurrence) | {b: a for a, b in small_spec.cooccurrence}
+
+    def partner_share(negatives: str) -> float:
+        cfg = SFTConfig(qa_share=2.0, image_dropout=0.0, qa_negatives=negatives)
+        examples = build_examples(df, small_spec.kinds, cfg, np.random.default_rng(0))
+        rows, names_partner = iter(df["objects"].to_list()), []
+        for example in examples:  # per image: its caption example, then its questions
+            if not example.prompt.startswith("Is there"):
+                present = next(rows)
+            elif example.response == "no.":
+                kind = example.prompt.removeprefix("Is there a ").removesuffix(" in the image?")
+                assert kind not in present
+                names_partner.append(any(partner.get(o) == kind for o in present))
+        return sum(names_partner) / len(names_partner)
+
+    assert partner_share("pope") > partner_share("random") + 0.1
 
 
 def test_a_seed_that_answers_at_chance_trains_on_then_fails_clearly(small_spec: WorldSpec) -> None:
@@ -151,7 +174,7 @@ def test_a_seed_that_answers_at_chance_trains_on_then_fails_clearly(small_spec: 
     sft = SFTConfig(vision_pretrain_steps=0, max_steps=2, batch_size=8, val_size=16, eval_every=2, yes_no_steps=2)
     model, processor, _ = train_seed_model(df, kinds, colours, TinyVLMSpec(), sft)
     skill, further = learn_yes_no(model, processor, df, kinds, sft.model_copy(update={"min_yes_no_accuracy": 0.0}))
-    assert further == 0 and skill.questions == 32 and 0.0 <= skill.accuracy <= 1.0  # measured, not required
+    assert further == 0 and skill.questions == 96 and 0.0 <= skill.accuracy <= 1.0  # 16 images x 6 POPE questions
     with pytest.raises(SeedTrainingError, match=r"after 4 further steps, below min_yes_no_accuracy=1\.0"):
         strict = sft.model_copy(update={"min_yes_no_accuracy": 1.0, "yes_no_rounds": 2})
         learn_yes_no(model, processor, df, kinds, strict)

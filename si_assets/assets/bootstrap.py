@@ -12,7 +12,7 @@ from si_assets.bootstrap.tiny_vlm import TinyVLMSpec
 from si_assets.storage import Checkpoint, content_hash
 from si_assets.storage.memo import config_key, memoised_checkpoint
 
-SEED_CODE_VERSION = "bootstrap-seed-1"
+SEED_CODE_VERSION = "bootstrap-seed-2"
 CLIP_CODE_VERSION = "bootstrap-clip-1"
 
 

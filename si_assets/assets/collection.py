@@ -41,7 +41,7 @@ def unlabeled_images(
     file, image and prompt is checked first (prompt tokens with the seed's own tokenizer); what cannot be used is
     stored with a reason code. A folder is snapshotted into the artifact, so the round can be re-run after it
     changes."""
-    pool = admit_images(config, models.load_processor(seed_checkpoint.path), world_improve)
+    pool = admit_images(config, models.load_processor(seed_checkpoint.path), world_improve, context.partition_key)
     table = pool.images
     rejects = store.get().put(pool.rejects, "unlabeled_images_rejects", context.partition_key)
     summary = pool.reject_summary(config.max_reject_rate)

@@ -128,7 +128,9 @@ def learn_yes_no(
     stopped_at: int | None = None,
 ) -> tuple[YesNoSkill, int]:
     """The seed's yes/no skill on the held-back images; below `min_yes_no_accuracy`, up to `yes_no_rounds` further
-    rounds of training with twice the questions per image. The early stop watches caption loss alone and may have
+    rounds of training with twice the questions per image, whose 'no' questions name absent objects the way POPE
+    picks them (a world whose captions often name an absent partner teaches a seed to say 'yes' to the partner,
+    which random absent objects seldom ask about). The early stop watches caption loss alone and may have
     kept the weights of an early step (`stopped_at`): training then resumes at the learning rate the schedule had
     there, not at its final tenth, which moves an under-trained seed too slowly. Returns (skill, further steps);
     raises when the seed still answers at chance."""
@@ -140,7 +142,9 @@ def learn_yes_no(
             break
         if log:
             log(f"seed yes/no {skill}: below {sft.min_yes_no_accuracy}, training {sft.yes_no_steps} steps more")
-        more_questions = sft.model_copy(update={"qa_share": max(1.0, 2 * sft.qa_share), "seed": sft.seed + attempt})
+        more_questions = sft.model_copy(
+            update={"qa_share": max(1.0, 2 * sft.qa_share), "qa_negatives": "pope", "seed": sft.seed + attempt}
+        )
         at = None if stopped_at is None else stopped_at + further
         continue_training(model, processor, seed_train, kinds, more_questions, sft.yes_no_steps, log, at)
         further += sft.yes_no_steps

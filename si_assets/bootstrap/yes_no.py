@@ -9,11 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import polars as pl
 
 from si_assets.bootstrap.sft import QA_TEMPLATE
-from si_assets.evaluation.metrics import parse_yes_no, pope_scores
+from si_assets.evaluation.metrics import build_pope_questions, parse_yes_no, pope_scores
 from si_assets.modeling.generation import generate_greedy
 from si_assets.world import decode_png
 
@@ -34,28 +33,22 @@ class YesNoSkill:
 def held_out_questions(
     rows: pl.DataFrame, kinds: Sequence[str], seed: int = 0
 ) -> tuple[list[int], list[str], list[bool]]:
-    """Per image, one object it shows ('yes') and one it does not ('no', drawn at random): balanced, so
-    chance is 0.5 whatever the model's bias. Returns (row index, question, label) lists."""
-    rng = np.random.default_rng(seed)
-    index: list[int] = []
-    questions: list[str] = []
-    labels: list[bool] = []
-    for i, objects in enumerate(rows["objects"].to_list()):
-        present = sorted(objects)
-        absent = [k for k in kinds if k not in present]
-        if not present or not absent:
-            continue
-        for kind, label in ((present[rng.integers(len(present))], True), (absent[rng.integers(len(absent))], False)):
-            index.append(i)
-            questions.append(QA_TEMPLATE.format(kind=kind))
-            labels.append(label)
-    return index, questions, labels
+    """POPE's questions on the rows: per image, one object it shows ('yes') and one it does not ('no') for each of
+    the three strategies (random, most frequent, most co-occurring): balanced, so chance is 0.5 whatever the
+    model's bias, and as hard as the evaluation's. Returns (row index, question, label) lists."""
+    ids = [str(i) for i in range(rows.height)]
+    questions = build_pope_questions(ids, rows["objects"].to_list(), kinds, per_image=1, seed=seed)
+    return (
+        [int(q.image_id) for q in questions],
+        [QA_TEMPLATE.format(kind=q.object) for q in questions],
+        [q.label for q in questions],
+    )
 
 
 def yes_no_skill(
     model, processor, rows: pl.DataFrame, kinds: Sequence[str], log: Callable[[str], None] | None = None
 ) -> YesNoSkill:
-    """Greedy answers to the balanced questions, scored the way POPE scores them."""
+    """Greedy answers to POPE's questions on the rows, scored the way POPE scores them."""
     index, questions, labels = held_out_questions(rows, kinds)
     if not labels:
         raise ValueError("no held-out image has both a present and an absent object to ask about")

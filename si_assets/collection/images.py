@@ -11,10 +11,10 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import polars as pl
 from PIL import Image
@@ -60,6 +60,12 @@ class ImagePoolSettings(InputLimits):
     manifest: str | None = Field(None, description="Parquet / CSV / JSONL with `path` (under `folder`), `prompt`")
     prompts: list[str] = Field(default_factory=lambda: list(CAPTION_PROMPTS), description="for images without one")
     max_reject_rate: float = Field(0.1, ge=0, le=1, description="the blocking check fails above this share")
+    images_per_round: int | None = Field(
+        None,
+        ge=1,
+        description="each round reads its own slice of the source: round k the entries (k-1)*n to k*n-1 in the "
+        "source's order, wrapping around the end; null: every round reads all of it",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -205,6 +211,18 @@ def manifest_entries(manifest: str | Path) -> list[PoolEntry]:
 def pool_entries(settings: ImagePoolSettings) -> list[PoolEntry]:
     """The entries a folder or manifest source names."""
     return manifest_entries(settings.manifest) if settings.source == "manifest" else folder_entries(settings.folder)
+
+
+T = TypeVar("T")
+
+
+def round_slice(entries: Sequence[T], images_per_round: int | None, round_number: int) -> list[T]:
+    """The entries round `round_number` reads: all of them, or its own `images_per_round` in a row (wrapping
+    around the end, so a pool smaller than the rounds need is read again, in the same order)."""
+    if images_per_round is None or not entries:
+        return list(entries)
+    start = (round_number - 1) * images_per_round
+    return [entries[(start + i) % len(entries)] for i in range(min(images_per_round, len(entries)))]
 
 
 def decode_images(images: pl.DataFrame) -> dict[str, Image.Image]:

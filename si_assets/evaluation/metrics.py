@@ -179,6 +179,45 @@ class PopeQuestion:
     strategy: str
 
 
+class AbsentObjects:
+    """POPE's ways to pick objects an image does not show, from a data set's ground truth: random; popular (most
+    frequent in the data set); adversarial (most often co-occurring with the image's objects)."""
+
+    def __init__(self, truths: Sequence[Sequence[str]], objects: Sequence[str]) -> None:
+        self.objects = list(objects)
+        self.frequency = Counter(o for t in truths for o in set(t))
+        self.cooccurrence: Counter = Counter()
+        for t in truths:
+            for a in set(t):
+                for b in set(t):
+                    if a != b:
+                        self.cooccurrence[(a, b)] += 1
+        self.rank = {o: i for i, o in enumerate(self.objects)}  # deterministic tie-break
+
+    def absent(self, present: Sequence[str]) -> list[str]:
+        return [o for o in self.objects if o not in present]
+
+    def popular(self, absent: Sequence[str], k: int) -> list[str]:
+        return sorted(absent, key=lambda o: (-self.frequency[o], self.rank[o]))[:k]
+
+    def adversarial(self, present: Sequence[str], absent: Sequence[str], k: int) -> list[str]:
+        def key(o: str) -> tuple[int, int, int]:
+            return -sum(self.cooccurrence[(p, o)] for p in present), -self.frequency[o], self.rank[o]
+
+        return sorted(absent, key=key)[:k]
+
+    def pick(
+        self, strategy: str, present: Sequence[str], absent: Sequence[str], k: int, rng: np.random.Generator
+    ) -> list[str]:
+        if strategy == "random":
+            return [absent[i] for i in rng.choice(len(absent), size=k, replace=False)]
+        if strategy == "popular":
+            return self.popular(absent, k)
+        if strategy == "adversarial":
+            return self.adversarial(present, absent, k)
+        raise ValueError(f"unknown POPE strategy {strategy!r}; known: {', '.join(POPE_STRATEGIES)}")
+
+
 def build_pope_questions(
     image_ids: Sequence[str],
     truths: Sequence[Sequence[str]],
@@ -187,29 +226,21 @@ def build_pope_questions(
     seed: int = 0,
 ) -> list[PopeQuestion]:
     """POPE (Li et al. 2023): per image, `per_image` present objects ('yes') and as many absent ones
-    ('no'), the absent ones drawn three ways — random; popular (most frequent in the data set);
-    adversarial (most often co-occurring with the image's objects). Present objects are shared by the
+    ('no'), the absent ones drawn three ways (`AbsentObjects`). Present objects are shared by the
     three strategies, so each strategy's set is balanced."""
     rng = np.random.default_rng(seed)
-    frequency = Counter(o for t in truths for o in set(t))
-    cooc: Counter = Counter()
-    for t in truths:
-        for a in set(t):
-            for b in set(t):
-                if a != b:
-                    cooc[(a, b)] += 1
-    rank = {o: i for i, o in enumerate(objects)}  # deterministic tie-break
+    pick = AbsentObjects(truths, objects)
     questions: list[PopeQuestion] = []
     for image_id, truth in zip(image_ids, truths):
-        present = sorted(set(truth), key=rank.get)
-        absent = [o for o in objects if o not in present]
+        present = sorted(set(truth), key=pick.rank.get)
+        absent = pick.absent(present)
         if not present or not absent:
             continue
         k = min(per_image, len(present), len(absent))
         yes = [present[i] for i in rng.choice(len(present), size=k, replace=False)]
-        popular = sorted(absent, key=lambda o: (-frequency[o], rank[o]))[:k]
-        adversarial = sorted(absent, key=lambda o: (-sum(cooc[(p, o)] for p in present), -frequency[o], rank[o]))[:k]
-        random_ = [absent[i] for i in rng.choice(len(absent), size=k, replace=False)]
+        popular = pick.popular(absent, k)
+        adversarial = pick.adversarial(present, absent, k)
+        random_ = pick.pick("random", present, absent, k, rng)
         for strategy, no in (("random", random_), ("popular", popular), ("adversarial", adversarial)):
             questions += [PopeQuestion(image_id, o, True, strategy) for o in yes]
             questions += [PopeQuestion(image_id, o, False, strategy) for o in no]

@@ -27,6 +27,7 @@ from si_assets.collection.images import (
     build_pool,
     decode_images,
     pool_entries,
+    round_slice,
     world_pool,
 )
 from si_assets.collection.sampling import SamplingSettings, decode_plan, plan_requests
@@ -67,7 +68,7 @@ from si_assets.organization.verification import (
 )
 from si_assets.rounds.champion import Promotion
 from si_assets.rounds.gate import GateDecision, GatePolicy, gate_decision
-from si_assets.rounds.naming import round_seed
+from si_assets.rounds.naming import round_number, round_seed
 from si_assets.storage import ArtifactStore, Checkpoint, content_hash
 from si_assets.storage.chunks import WHOLE, ChunkStats, Shard, run_in_chunks
 from si_assets.storage.memo import config_key, memoised_result
@@ -105,17 +106,21 @@ def table_version(table: pl.DataFrame) -> str:
 # --- collection -------------------------------------------------------------------------------------------------
 
 
-def admit_images(settings: ImagePoolSettings, processor: Any, world_improve: pl.DataFrame) -> ImagePool:
-    """The round's image pool (world split, folder or manifest), every file, image and prompt checked against the
-    limits and the seed's own tokenizer; what cannot be used is in `rejects` with a reason."""
+def admit_images(settings: ImagePoolSettings, processor: Any, world_improve: pl.DataFrame, round_key: str) -> ImagePool:
+    """The round's image pool (world split, folder or manifest; the round's own slice of it with
+    `images_per_round`), every file, image and prompt checked against the limits and the seed's own tokenizer; what
+    cannot be used is in `rejects` with a reason."""
     limits = InputLimits(
         **{name: getattr(settings, name) for name in InputLimits.model_fields}
         | {"min_side": max(settings.min_side, patch_size(processor))}
     )
     count_tokens = prompt_token_counter(processor)
+    number = round_number(round_key)
     if settings.source == "world":
-        return world_pool(world_improve, limits, count_tokens)
-    return build_pool(pool_entries(settings), settings.folder, settings.prompts, limits, count_tokens)
+        rows = round_slice(range(world_improve.height), settings.images_per_round, number)
+        return world_pool(world_improve[rows], limits, count_tokens)
+    entries = round_slice(pool_entries(settings), settings.images_per_round, number)
+    return build_pool(entries, settings.folder, settings.prompts, limits, count_tokens)
 
 
 def sample(

@@ -1,5 +1,6 @@
 """`make demo` / `make demo-rounds`: the embedded default end to end on a persistent instance (`--config` runs
-the rounds with your own run config instead: model, images, evaluation).
+the rounds with your own run config instead: model, images, evaluation; `--bootstrap-config` the bootstrap, e.g.
+another world).
 
 Bootstraps the world and models (reused when unchanged), runs rounds `round-0001` ... `round-000N` (each
 starts from the champion the rounds before it promoted), refreshes the rounds summary and prints the tables.
@@ -38,8 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1, help="rounds to run (default 1)")
     parser.add_argument("--config", type=Path, help="run config (YAML) for every round: your model, images, eval")
+    parser.add_argument("--bootstrap-config", type=Path, help="run config (YAML) of the bootstrap: world, models")
     args = parser.parse_args(argv)
     run_config = yaml.safe_load(args.config.read_text()) if args.config else {}
+    bootstrap_config = yaml.safe_load(args.bootstrap_config.read_text()) if args.bootstrap_config else {}
     home = prepare_instance()
     import dagster as dg
 
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         for run_id in release_dead_runs(instance):
             print(f"run {run_id} was left running by a process that is gone: marked failed, its pool slots freed")
         try:
-            run_bootstrap(defs, instance)
+            run_bootstrap(defs, instance, bootstrap_config)
             for number in range(1, args.rounds + 1):
                 run = run_round(defs, instance, round_key(number), run_config)
                 pairs = stored_table(defs, instance, "verified_pairs", run.key)

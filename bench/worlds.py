@@ -41,6 +41,13 @@ WORLDS: dict[str, dict] = {
     "partners_weak": {"seed": 14, "cooccurrence_strength": 0.5, "caption_noise": 0.3},
     "crowded": {"seed": 15, "min_objects": 2, "max_objects": 5},
     "noisy_pixels": {"seed": 16, "pixel_noise": 10.0, "clutter": 2, "min_contrast": 0.6},
+    "another_seed": {"seed": 17},
+    "colours_and_partners": {
+        "seed": 18,
+        "colours": {"pink": [230, 110, 180], "teal": [20, 150, 150], "orange": [240, 140, 30], "black": [25] * 3},
+        "cooccurrence": [["star", "hexagon"], ["circle", "diamond"], ["cross", "triangle"]],
+        "cooccurrence_strength": 0.7,
+    },
 }
 
 

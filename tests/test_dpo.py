@@ -139,6 +139,39 @@ def test_a_lower_precision_run_merges_into_the_base_at_its_stored_precision(worl
     assert changed and all("language_model" in k and "proj" in k for k in changed), sorted(changed)[:5]
 
 
+def _lora_weights(peft_model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in peft_model.state_dict().items() if "lora_" in k}
+
+
+def test_a_warm_start_continues_the_saved_adapter(world, tmp_path: Path) -> None:
+    """Given a saved adapter, training goes on from its weights (not from a fresh, zero-effect LoRA), and moves
+    them: at a vanishing learning rate the result stays the saved adapter."""
+    tok, pairs, images = world
+    model, processor = _fresh_model(tok)
+    first, _, _ = train_dpo(model, processor, pairs, images, SETTINGS, tmp_path / "w1")
+    saved = _lora_weights(first)
+    save_trained(first, processor, tmp_path / "merged", tmp_path / "merged" / "adapter")
+    assert any(v.abs().max() > 0 for k, v in saved.items() if "lora_B" in k)
+
+    still = SETTINGS.model_copy(update={"learning_rate": 1e-12})
+    model, processor = _fresh_model(tok)
+    warm, _, result = train_dpo(
+        model, processor, pairs.head(4), images, still, tmp_path / "w2", adapter=tmp_path / "merged" / "adapter"
+    )
+    continued = _lora_weights(warm)
+    assert result.steps == 2 and continued.keys() == saved.keys()
+    assert all(torch.allclose(continued[k], saved[k], atol=1e-6) for k in saved)
+    model, processor = _fresh_model(tok)
+    cold, _, _ = train_dpo(model, processor, pairs.head(4), images, still, tmp_path / "w3")
+    assert all(v.abs().max() < 1e-6 for k, v in _lora_weights(cold).items() if "lora_B" in k)
+
+    model, processor = _fresh_model(tok)
+    moved, _, _ = train_dpo(
+        model, processor, pairs.head(4), images, SETTINGS, tmp_path / "w4", adapter=tmp_path / "merged" / "adapter"
+    )
+    assert any(not torch.allclose(v, saved[k]) for k, v in _lora_weights(moved).items())
+
+
 def test_no_pairs_and_missing_reference_rows_are_clear_errors(world, tmp_path: Path) -> None:
     tok, pairs, images = world
     model, processor = _fresh_model(tok)

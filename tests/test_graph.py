@@ -16,6 +16,7 @@ from resources import ArtifactStoreResource, ComputeDevice, VisionLanguageModels
 from si_assets.assets.collection import SeedConfig, seed_checkpoint
 from si_assets.automation.runner import refresh_summary, run_bootstrap, run_round
 from si_assets.definitions import build_definitions, build_resources, defs
+from si_assets.optimization.dpo import optimizer_steps
 from si_assets.organization.segments import segment_spans
 from si_assets.rounds import ChampionRegistry, round_seed
 from si_assets.storage import ArtifactStore, Checkpoint
@@ -259,9 +260,10 @@ def test_a_failed_materialization_keeps_earlier_versions_and_the_champion(world:
 def test_margin_change_retrains_and_reevaluates_by_automation_without_resampling(world: World) -> None:
     instance, key = world.instance, "round-0001"
     sampled_before = count(instance, "sampled_responses", key)
+    trained_before = latest(instance, "trained_model", key)["path"].rsplit("/", 1)[-1]
     baseline = dg.evaluate_automation_conditions(defs=world.defs, instance=instance)
 
-    margin = {"ops": {"verified_pairs": {"config": {"margin": 0.02}}}}
+    margin = {"ops": {"verified_pairs": {"config": {"margin": 0.01}}}}
     job = world.defs.resolve_implicit_job_def_def_for_assets([dg.AssetKey("verified_pairs")])
     assert job.execute_in_process(
         instance=instance, partition_key=key, run_config=margin, asset_selection=[dg.AssetKey("verified_pairs")]
@@ -282,11 +284,14 @@ def test_margin_change_retrains_and_reevaluates_by_automation_without_resampling
     job = world.defs.resolve_implicit_job_def_def_for_assets(round_keys)
     ops = round_config(PASS_GATE)["ops"]
     config = {"ops": {name: ops[name] for name in ("trained_model", "eval_scores")}}
+    # the tiny world's CLIP scores pairs close together: a 0.01 margin drops a third of them (the default 0.25
+    # would train from the seed)
+    config["ops"]["trained_model"] = {"config": {**TRAINING, "warm_start_max_change": 1.0}}
     assert job.execute_in_process(
         instance=instance, partition_key=key, asset_selection=round_keys, run_config=config
     ).success
     pairs_version = latest(instance, "verified_pairs", key)["path"].rsplit("/", 1)[-1]
-    assert latest(instance, "verified_pairs", key)["margin"] == 0.02
+    assert latest(instance, "verified_pairs", key)["margin"] == 0.01
     assert latest(instance, "trained_model", key)["input/verified_pairs"] == pairs_version
     assert (
         latest(instance, "eval_scores", key)["input/trained_model"]
@@ -296,6 +301,16 @@ def test_margin_change_retrains_and_reevaluates_by_automation_without_resampling
     retrained = latest(instance, "trained_model", key)  # pairs the new margin kept were computed before
     assert retrained["reference_pairs_computed"] == 0
     assert retrained["reference_pairs_reused"] == retrained["training_pairs"]
+    # few pairs changed: the round's adapter went on from where it was, on the changed pairs and as many replayed
+    changed = retrained["warm_start_pairs"]
+    assert "continuing the earlier adapter" in retrained["warm_start"], retrained["warm_start"]
+    assert retrained["warm_started_from"] == trained_before
+    assert f"continuing {trained_before}" in latest(instance, "eval_scores", key)["lineage"]
+    unchanged = retrained["training_pairs"] - changed["added"]
+    assert changed["replayed"] == min(max(changed["added"], changed["removed"]), unchanged) > 0
+    batch, epochs = TRAINING["batch_size"], TRAINING["epochs"]
+    assert retrained["steps"] == optimizer_steps(changed["added"] + changed["replayed"], batch, epochs)
+    assert changed["added"] + changed["replayed"] < retrained["training_pairs"]
 
     after = dg.evaluate_automation_conditions(defs=world.defs, instance=instance, cursor=tick.cursor)
     assert after.get_requested_partitions(dg.AssetKey("trained_model")) == set()  # settled

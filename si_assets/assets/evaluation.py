@@ -194,7 +194,8 @@ def lineage_markdown(seed: Checkpoint, trained: Checkpoint, trained_meta: dict) 
             "detail": [
                 f"trained from: {trained_meta.get('input/seed_checkpoint', '?')}",
                 f"{trained_meta.get('training_pairs', '?')} training pairs",
-                f"{trained_meta.get('optimization', '?')}, {trained_meta.get('steps', '?')} steps",
+                f"{trained_meta.get('optimization', '?')}, {trained_meta.get('steps', '?')} steps"
+                + (f", continuing {warm_from}" if (warm_from := trained_meta.get("warm_started_from")) else ""),
             ],
         }
     )

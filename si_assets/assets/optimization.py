@@ -57,12 +57,16 @@ def trained_model(
     pipes_subprocess_client: dg.PipesSubprocessClient,
 ) -> dg.Output[Checkpoint]:
     """The seed plus a DPO-trained LoRA adapter, merged (loads with plain `from_pretrained`); the adapter
-    alone sits in `adapter/`. Reference log-probs are computed once per (seed, pairs, length settings)."""
+    alone sits in `adapter/`. Reference log-probs are computed once per (seed, pairs, length settings). Trained
+    again after a small change of the pairs, it continues this round's previous adapter (`warm_start_max_change`)."""
+    artifacts = store.get()
+    earlier = artifacts.head("trained_model", context.partition_key) if config.warm_start_max_change > 0 else None
+    previous = artifacts.local_checkpoint(earlier) if earlier is not None else None
     with preflight("trained_model"):
         trained = train(
             config,
             models,
-            store.get(),
+            artifacts,
             seed_checkpoint,
             verified_pairs,
             unlabeled_images,
@@ -72,7 +76,9 @@ def trained_model(
             models.trust_remote_code,
             launch=lambda job, processes: train_through_pipes(context, pipes_subprocess_client, job, processes),
             log=context.log.info,
+            previous=previous,
         )
+    warm = trained.warm_start
     curve = trained.result.curve_table()
     return versioned(
         trained.checkpoint,
@@ -84,6 +90,11 @@ def trained_model(
         reference_pairs_computed=trained.reference.computed,
         reference_pairs_reused=trained.reference.reused,
         training_seed=trained.settings.seed,
+        warm_start=warm.reason,
+        warm_started_from=earlier.version if warm.warm and earlier is not None else "",  # its data version
+        warm_start_pairs=dg.MetadataValue.json(
+            {"added": warm.added, "removed": warm.removed, "replayed": warm.replayed}
+        ),
         launcher=config.launcher,
         **trained.distributed,
         training_curve=dg.MetadataValue.md(markdown_table(curve) if curve.height else "(no log entries)"),

@@ -95,6 +95,14 @@ class TrainingSettings(DPOSettings):
         "Pipes (one per GPU; gloo on CPU); the global batch stays `batch_size`",
     )
     processes: int = Field(2, ge=1, description="torchrun workers, with launcher 'torchrun'")
+    warm_start_max_change: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="when a round trains again and at most this share of its pairs changed (a new `margin`, say), "
+        "the previous adapter continues on the added pairs plus as many replayed ones instead of training anew; "
+        "0: always train from the seed",
+    )
 
     def dpo(self, seed: int) -> DPOSettings:
         """The trainer's settings for a round seeded `seed` (self-SFT trains the SFT term alone)."""
@@ -274,7 +282,11 @@ def build_trainer(
         task_type="CAUSAL_LM",
     )
     return CachedReferenceDPOTrainer(
-        model=model, args=args, train_dataset=dataset, processing_class=processor, peft_config=lora
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=processor,
+        peft_config=None if isinstance(model, PeftModel) else lora,  # a given adapter trains on
     )
 
 
@@ -305,15 +317,23 @@ def train_dpo(
     reference: pl.DataFrame | None = None,
     log: Callable[[str], None] | None = None,
     cache_reference: bool = True,
+    adapter: Path | None = None,
 ) -> tuple[Any, pl.DataFrame | None, DPOResult]:
-    """Train a LoRA adapter with DPO (or the SFT term alone). Returns the PEFT-wrapped model, the
-    reference log-prob table (the given one, or the one computed here) and the result. Without a
-    table and with `cache_reference=False`, TRL runs the reference forward at every step (for benchmarks)."""
+    """Train a LoRA adapter with DPO (or the SFT term alone); `adapter`, when given, is a saved one that trains on
+    (a warm start) instead of a fresh one. Returns the PEFT-wrapped model, the reference log-prob table (the given
+    one, or the one computed here) and the result. Without a table and with `cache_reference=False`, TRL runs the
+    reference forward at every step (for benchmarks)."""
     if pairs.height == 0:
         raise ValueError("no training pairs: every pair was discarded (lower `margin` or sample more images)")
     torch.manual_seed(settings.seed)
     np.random.seed(settings.seed)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
     trainer = build_trainer(model, processor, preference_dataset(pairs, image_by_id, reference), settings, work_dir)
+    if "ref" in getattr(trainer.model, "peft_config", {}):
+        # TRL's frozen copy of a given adapter would be the DPO reference; here the reference stays the seed
+        # (adapters off), as in a training from scratch, so the cached reference log-probs hold for both.
+        trainer.model.delete_adapter("ref")
     reference_computed = reference is None and cache_reference
     if reference_computed:
         reference = trainer.reference_log_probs(log)

@@ -55,6 +55,7 @@ from si_assets.optimization.dpo import (
 )
 from si_assets.optimization.reference_cache import ReferenceLookup, cached_reference
 from si_assets.optimization.self_training import self_sft_pairs
+from si_assets.optimization.warm_start import TrainedOn, WarmStart, plan_warm_start
 from si_assets.organization.verification import (
     DISCARDED,
     REVERSED,
@@ -240,6 +241,7 @@ class Trained:
     result: DPOResult
     reference: ReferenceLookup
     settings: DPOSettings
+    warm_start: WarmStart
     distributed: dict = field(default_factory=dict)
 
 
@@ -256,9 +258,11 @@ def train(
     trust_remote_code: bool = False,
     launch: DistributedLauncher | None = None,
     log: Log = _quiet,
+    previous: Checkpoint | None = None,
 ) -> Trained:
     """The seed plus a LoRA adapter trained by DPO on the verified pairs (or the configured baseline), merged.
-    Reference log-probs are computed once per (seed, pairs, length settings) and cached in the store."""
+    Reference log-probs are computed once per (seed, pairs, length settings) and cached in the store. `previous`:
+    this round's earlier trained checkpoint, whose adapter continues when few of the pairs changed (a warm start)."""
     dpo = settings.dpo(round_seed(settings.seed, round_key))
     model, processor = models.load(seed_checkpoint.path)
     image_by_id = decode_images(images)
@@ -277,6 +281,13 @@ def train(
         processes_fit(settings.processes, device)
         if launch is None:
             raise RoundError("launcher 'torchrun' needs a launcher for the worker processes")
+    trained_on = TrainedOn.of(seed_checkpoint.version, config_key(dpo), pairs)
+    if settings.launcher == "torchrun":
+        warm = WarmStart("torchrun workers train from the seed")
+    else:
+        adapter = Path(previous.path) / "adapter" if previous is not None else None
+        warm = plan_warm_start(pairs, trained_on, adapter, settings.warm_start_max_change, dpo.seed)
+    log(f"warm start: {warm.reason}")
     work, merged = store.staging_dir(), store.staging_dir()
 
     def reference(missing: pl.DataFrame) -> pl.DataFrame:
@@ -304,17 +315,19 @@ def train(
             )
             result, distributed = launch(job, settings.processes)
         else:
+            rows = warm.rows if warm.warm else pairs
             peft_model, _, result = train_dpo(
-                model, processor, pairs, image_by_id, dpo, work / "trainer", ref.table, log
+                model, processor, rows, image_by_id, dpo, work / "trainer", ref.table, log, adapter=warm.adapter_dir
             )
             save_trained(peft_model, processor, merged, merged / "adapter", seed_checkpoint.path, trust_remote_code)
             distributed = {}
+        trained_on.write(merged / "adapter")
     except BaseException:
         shutil.rmtree(merged, ignore_errors=True)
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return Trained(Checkpoint(merged), pairs, result, ref, dpo, distributed)
+    return Trained(Checkpoint(merged), pairs, result, ref, dpo, warm, distributed)
 
 
 # --- evaluation -------------------------------------------------------------------------------------------------

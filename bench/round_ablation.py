@@ -23,6 +23,7 @@ import argparse
 import hashlib
 import json
 import os
+import platform
 import shlex
 import sys
 import time
@@ -382,6 +383,7 @@ def run(
             "seed": -1,
             "variant": "seed",
             "settings": "",
+            "cpu": cpu_model(),
             **result_row(seed_scores, seed_scores),
         }
         rows = [r for r in rows if (r["world"], r["variant"]) != (world_seed, "seed")] + [seed_row]
@@ -418,7 +420,13 @@ def run(
                         bench.store.put(trained.checkpoint, "_bench/trained", label)
                     )
                     scores = bench.evaluate(checkpoint)
-                    row = {"world": world_seed, "seed": round_seed, "variant": label, "settings": digest}
+                    row = {
+                        "world": world_seed,
+                        "seed": round_seed,
+                        "variant": label,
+                        "settings": digest,
+                        "cpu": cpu_model(),
+                    }
                     row |= {"steps": trained.result.steps, "seconds": time.perf_counter() - started}
                     rows.append(row | result_row(scores, seed_scores))
                     if out:  # after every run, so a stopped benchmark keeps what it measured
@@ -429,11 +437,20 @@ def run(
     return pl.DataFrame(rows)
 
 
+def cpu_model() -> str:
+    """The CPU's model name: the bootstrap's weights, and so every number of a world, depend on its float kernels."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def settings_digest(variant: Variant, images: int, clip_version: str) -> str:
     """What a run's numbers depend on besides the world and round seed: rerun when any of it changes. The decoder is
     left out: both decode the same tokens (tests/test_mixed_decoding.py)."""
     parts = [variant.sampling.model_dump(mode="json", exclude={"decoder"})]
-    parts += [p.model_dump(mode="json") for p in (variant.verification, variant.training)]
+    parts += [variant.verification.model_dump(mode="json")]
+    parts += [variant.training.model_dump(mode="json", exclude={"warm_start_max_change"})]  # benches train anew
     blob = json.dumps(parts + [variant.data, variant.chosen, images, clip_version])
     extras = json.dumps([variant.greedy_candidate, list(variant.consensus), variant.prior_swapped, variant.matched])
     return hashlib.sha256((blob + extras).encode()).hexdigest()[:12]
@@ -551,24 +568,62 @@ def summary(results: pl.DataFrame, split: str = "test") -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
+def against_baselines(results: pl.DataFrame, split: str = "test", reference: str = "loop") -> pl.DataFrame:
+    """`reference` minus each other variant run by run (same world and round seed), in points: the mean and the
+    range over runs, and in how many runs `reference` is ahead on precision."""
+    metrics = {"precision": "precision", "recall": "recall", "POPE F1": "pope_f1"}
+    columns = [f"{split}_{m}" for m in metrics.values()]
+    ours = results.filter(pl.col("variant") == reference).select("world", "seed", *columns)
+    rows = []
+    others = results.filter(~pl.col("variant").is_in(["seed", reference]))
+    for (name,), runs in others.group_by("variant", maintain_order=True):
+        paired = ours.join(runs.select("world", "seed", *columns), on=["world", "seed"], suffix="_other")
+        if not paired.height:
+            continue
+        row = {"baseline": name, "runs": paired.height}
+        for label, metric in metrics.items():
+            delta = (paired[f"{split}_{metric}"] - paired[f"{split}_{metric}_other"]) * 100
+            row[label] = f"{delta.mean():+.1f} [{delta.min():+.1f}, {delta.max():+.1f}]"
+            if label == "precision":
+                row[f"{reference} ahead"] = f"{int((delta > 0).sum())}/{paired.height}"
+        rows.append(row)
+    return pl.DataFrame(rows)
+
+
 def markdown(table: pl.DataFrame, command: str, results: pl.DataFrame, split: str) -> str:
-    """The table as README and docs show it, with the command that wrote it."""
-    head = "| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns) + "\n"
-    body = "\n".join("| " + " | ".join(str(v) for v in row) + " |" for row in table.iter_rows())
+    """The table as README and docs show it, with the command that wrote it, and the loop against each baseline."""
     worlds = sorted(set(results["world"]))
     seeds = sorted(set(results.filter(pl.col("seed") >= 0)["seed"]))
     notes = "\n".join(f"- `{n}`: {VARIANTS[n].note}" for n in table["variant"] if n in VARIANTS)
-    return (
+    text = (
         f"<!-- written by: {command} -->\n"
         f"The {split} split, world seeds {worlds} × round seeds {seeds}; "
         "mean over runs [95% t-interval]; spread = max − min precision over runs, in points; runs gaining = runs "
         "whose own paired bootstrap interval of the precision gain lies above zero.\n\n"
-        + head
-        + body
+        + markdown_rows(table)
         + "\n\n"
         + notes
         + "\n"
     )
+    if "cpu" in results.columns:  # a world's bootstrap, and so its every number, depends on the CPU's float kernels
+        cpus = results.group_by("world").agg(pl.col("cpu").drop_nulls().unique().sort()).sort("world")
+        text += (
+            "\nMeasured on: "
+            + "; ".join(f"world {w}: {', '.join(c) or 'not recorded'}" for w, c in cpus.iter_rows())
+            + ", 2 cores.\n"
+        )
+    versus = against_baselines(results, split)
+    if versus.height:
+        text += (
+            "\nThe loop minus each baseline in the same world and round seed, in points: mean [lowest, highest] "
+            f"over runs.\n\n{markdown_rows(versus)}\n"
+        )
+    return text
+
+
+def markdown_rows(table: pl.DataFrame) -> str:
+    head = "| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns) + "\n"
+    return head + "\n".join("| " + " | ".join(str(v) for v in row) + " |" for row in table.iter_rows())
 
 
 def main() -> None:

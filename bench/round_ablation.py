@@ -438,11 +438,13 @@ def run(
 
 
 def cpu_model() -> str:
-    """The CPU's model name: the bootstrap's weights, and so every number of a world, depend on its float kernels."""
+    """The CPU's model name and the cores this process may use: the bootstrap's weights, and so every number of a
+    world, depend on its float kernels."""
+    cores = len(os.sched_getaffinity(0))
     for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
         if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+            return f"{line.split(':', 1)[1].strip()}, {cores} cores"
+    return f"{platform.processor() or platform.machine()}, {cores} cores"
 
 
 def settings_digest(variant: Variant, images: int, clip_version: str) -> str:
@@ -609,8 +611,8 @@ def markdown(table: pl.DataFrame, command: str, results: pl.DataFrame, split: st
         cpus = results.group_by("world").agg(pl.col("cpu").drop_nulls().unique().sort()).sort("world")
         text += (
             "\nMeasured on: "
-            + "; ".join(f"world {w}: {', '.join(c) or 'not recorded'}" for w, c in cpus.iter_rows())
-            + ", 2 cores.\n"
+            + "; ".join(f"world {w}: {' / '.join(c) or 'not recorded'}" for w, c in cpus.iter_rows())
+            + ".\n"
         )
     versus = against_baselines(results, split)
     if versus.height:

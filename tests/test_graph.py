@@ -284,8 +284,7 @@ def test_margin_change_retrains_and_reevaluates_by_automation_without_resampling
     job = world.defs.resolve_implicit_job_def_def_for_assets(round_keys)
     ops = round_config(PASS_GATE)["ops"]
     config = {"ops": {name: ops[name] for name in ("trained_model", "eval_scores")}}
-    # the tiny world's CLIP scores pairs close together: a 0.01 margin drops a third of them (the default 0.25
-    # would train from the seed)
+    # warm starts are opt-in; the tiny world's CLIP scores pairs close together: a 0.01 margin drops a third of them
     config["ops"]["trained_model"] = {"config": {**TRAINING, "warm_start_max_change": 1.0}}
     assert job.execute_in_process(
         instance=instance, partition_key=key, asset_selection=round_keys, run_config=config

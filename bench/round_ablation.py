@@ -370,6 +370,7 @@ def run(
     run, and rows already there are not run again."""
     torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores this process may use (`taskset`)
     rows = pl.read_csv(out).to_dicts() if out and out.exists() else []
+    cpu = cpu_model()
     loop = VARIANTS["loop"]
     for world_seed in world_seeds:
         bench = build_bench(images, {**world, "seed": world_seed}, clip, seed_model)
@@ -383,7 +384,7 @@ def run(
             "seed": -1,
             "variant": "seed",
             "settings": "",
-            "cpu": cpu_model(),
+            "cpu": cpu,
             **result_row(seed_scores, seed_scores),
         }
         rows = [r for r in rows if (r["world"], r["variant"]) != (world_seed, "seed")] + [seed_row]
@@ -425,7 +426,7 @@ def run(
                         "seed": round_seed,
                         "variant": label,
                         "settings": digest,
-                        "cpu": cpu_model(),
+                        "cpu": cpu,
                     }
                     row |= {"steps": trained.result.steps, "seconds": time.perf_counter() - started}
                     rows.append(row | result_row(scores, seed_scores))

@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shlex
 import sys
 import time
@@ -443,8 +444,9 @@ def cpu_model() -> str:
     world, depend on its float kernels."""
     cores = len(os.sched_getaffinity(0))
     for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()}, {cores} cores"
+        if line.startswith("model name"):  # "Intel(R) Xeon(R) Processor" -> "Intel Xeon"
+            name = re.sub(r"\((R|TM)\)|\bProcessor\b|\bCPU\b", "", line.split(":", 1)[1])
+            return f"{' '.join(name.split())}, {cores} cores"
     return f"{platform.processor() or platform.machine()}, {cores} cores"
 
 
@@ -453,7 +455,8 @@ def settings_digest(variant: Variant, images: int, clip_version: str) -> str:
     left out: both decode the same tokens (tests/test_mixed_decoding.py)."""
     parts = [variant.sampling.model_dump(mode="json", exclude={"decoder"})]
     parts += [variant.verification.model_dump(mode="json")]
-    parts += [variant.training.model_dump(mode="json", exclude={"warm_start_max_change"})]  # benches train anew
+    # benches train anew: the warm-start settings never apply
+    parts += [variant.training.model_dump(mode="json", exclude={"warm_start_max_change", "warm_start_lr_scale"})]
     blob = json.dumps(parts + [variant.data, variant.chosen, images, clip_version])
     extras = json.dumps([variant.greedy_candidate, list(variant.consensus), variant.prior_swapped, variant.matched])
     return hashlib.sha256((blob + extras).encode()).hexdigest()[:12]

@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bench.*` whe
 import dagster as dg  # noqa: E402
 import polars as pl  # noqa: E402
 
-from bench.round_ablation import VARIANTS, run  # noqa: E402
+from bench.round_ablation import VARIANTS, cpu_model, run  # noqa: E402
+from si_assets.bootstrap.seed_model import SeedTrainingError  # noqa: E402
 
 # Each world has its own seed, which keys its rows in the CSV.
 WORLDS: dict[str, dict] = {
@@ -48,7 +49,23 @@ WORLDS: dict[str, dict] = {
         "cooccurrence": [["star", "hexagon"], ["circle", "diamond"], ["cross", "triangle"]],
         "cooccurrence_strength": 0.7,
     },
+    "fewer_objects": {"seed": 19, "max_objects": 3},
+    "small_objects": {"seed": 20, "min_object_size": 8, "max_object_size": 12},
+    "six_kinds": {"seed": 21, "kinds": ["circle", "square", "triangle", "star", "cross", "ring"]},
 }
+
+
+FAILED = "bootstrap failed"  # the variant of a world's row whose bootstrap raised; its `settings` say why
+
+
+def record_failure(csv: Path, world_seed: int, error: Exception) -> None:
+    """A row that says why a world has no result (its error's first sentence), so the table can tell the reader."""
+    rows = pl.read_csv(csv, infer_schema_length=None) if csv.exists() else pl.DataFrame()
+    if rows.height:
+        rows = rows.filter((pl.col("world") != world_seed) | (pl.col("variant") != FAILED))
+    failed = pl.DataFrame({"world": [world_seed], "seed": [-1], "variant": [FAILED]})
+    failed = failed.with_columns(settings=pl.lit(str(error).splitlines()[0].split(". ")[0]), cpu=pl.lit(cpu_model()))
+    pl.concat([rows, failed], how="diagonal_relaxed").write_csv(csv)
 
 
 def table(results: pl.DataFrame, split: str = "test") -> pl.DataFrame:
@@ -59,8 +76,10 @@ def table(results: pl.DataFrame, split: str = "test") -> pl.DataFrame:
         rows = results.filter(pl.col("world") == world["seed"])
         seed, runs = rows.filter(pl.col("variant") == "seed"), rows.filter(pl.col("variant") == "loop")
         if seed.height == 0 or runs.height == 0:
+            failed = rows.filter(pl.col("variant") == FAILED)["settings"] if FAILED in rows["variant"] else []
+            why = f"failed: {failed[0]}" if len(failed) else "failed or has not run (its log)"
             missing = "the round" if seed.height else "the bootstrap"
-            lines.append({"world": name, "seed precision": f"no result: {missing} failed or has not run (its log)"})
+            lines.append({"world": name, "seed precision": f"no result: {missing} {why}"})
             continue
 
         def gain(metric: str, runs: pl.DataFrame = runs) -> str:
@@ -80,6 +99,8 @@ def table(results: pl.DataFrame, split: str = "test") -> pl.DataFrame:
                 "recall change": gain("recall"),
                 "POPE F1 change": gain("pope_f1"),
                 "trained POPE acc": f"{float(runs[f'{split}_pope_accuracy'].mean()):.3f}",
+                # a world's bootstrap, and so its every number, depends on the CPU's floating-point kernels
+                "measured on": seed["cpu"][0] if "cpu" in seed.columns and seed["cpu"][0] else "not recorded",
             }
         )
     return pl.DataFrame(lines).fill_null("")
@@ -112,8 +133,11 @@ def main() -> None:
                 measured.append(
                     run(loop, args.seeds, [seed], args.images, overrides, world, args.clip, args.seed_model, out=csv)
                 )
-            except dg.DagsterError as error:  # e.g. a seed that never learns yes/no: the other worlds still run
+            except (dg.DagsterError, SeedTrainingError) as error:
+                # e.g. a seed that never learns yes/no (`materialize` raises the asset's own error): the rest run
                 print(f"world {name} failed: {error}")
+                if csv:
+                    record_failure(csv, seed, error)
     results = pl.read_csv(csv) if csv else pl.concat(measured, how="diagonal")
     shown = table(results)
     with pl.Config(tbl_rows=20, tbl_cols=20, tbl_width_chars=250):

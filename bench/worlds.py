@@ -77,9 +77,9 @@ def table(results: pl.DataFrame, split: str = "test") -> pl.DataFrame:
         seed, runs = rows.filter(pl.col("variant") == "seed"), rows.filter(pl.col("variant") == "loop")
         if seed.height == 0 or runs.height == 0:
             failed = rows.filter(pl.col("variant") == FAILED)["settings"] if FAILED in rows["variant"] else []
-            why = f"failed: {failed[0]}" if len(failed) else "failed or has not run (its log)"
             missing = "the round" if seed.height else "the bootstrap"
-            lines.append({"world": name, "seed precision": f"no result: {missing} {why}"})
+            why = failed[0] if len(failed) else f"{missing} failed or has not run (its log)"
+            lines.append({"world": name, "seed precision": f"no result: {why}"})
             continue
 
         def gain(metric: str, runs: pl.DataFrame = runs) -> str:
@@ -103,7 +103,7 @@ def table(results: pl.DataFrame, split: str = "test") -> pl.DataFrame:
                 "measured on": seed["cpu"][0] if "cpu" in seed.columns and seed["cpu"][0] else "not recorded",
             }
         )
-    return pl.DataFrame(lines).fill_null("")
+    return pl.DataFrame(lines).cast(pl.String).fill_null("")
 
 
 def main() -> None:

@@ -4,11 +4,11 @@ automation then runs downstream, against a full round, both measured in this run
 The downstream selection is not hard-coded: it is what `dagster.evaluate_automation_conditions` requests
 after the change. The full round uses a fresh sampling seed, so nothing of it comes from a cache except what
 a real next round also reuses (the bootstrap models and the seed's own evaluation). The update runs twice: with
-`warm_start_max_change: 0.25` (`trained_model` continues the round's previous adapter), then as by default, training
-from the seed; both models are compared on the test split, with paired bootstrap intervals of warm − from the seed:
-what the warm start saves, and whether it keeps the result.
+`warm_start_max_change: 0.25` (`trained_model` continues the round's previous adapter), then with 0, training from
+the seed; the model before the change and both updates are compared on the test split, with paired bootstrap
+intervals against the one trained from the seed: what the warm start saves, and whether it keeps the result.
 
-    .venv/bin/python bench/partial_update.py [--margin 0.02] [--source-store .si_store]
+    .venv/bin/python bench/partial_update.py [--margin 0.02] [--warm-lr-scale 0.1] [--source-store .si_store]
 
 Runs in a temporary store and instance that start with the memoised bootstrap models of `--source-store`
 (run `make demo` first, or the bootstrap trains here, minutes); the demo's champion is never touched.
@@ -32,6 +32,7 @@ from si_assets.automation.runner import run_bootstrap, run_round  # noqa: E402
 from si_assets.definitions import build_definitions, build_resources  # noqa: E402
 from si_assets.evaluation.data import EvalSettings  # noqa: E402
 from si_assets.evaluation.uncertainty import counts_of, paired_delta_intervals  # noqa: E402
+from si_assets.optimization.dpo import TrainingSettings  # noqa: E402
 from si_assets.rounds.steps import score_checkpoint  # noqa: E402
 from si_assets.storage import StoredArtifact  # noqa: E402
 
@@ -39,7 +40,7 @@ ROUND = "round-0001"
 
 
 COMPARED = ("precision", "recall", "pope_f1")
-WARM = {"config": {"warm_start_max_change": 0.25}}  # warm starts are opt-in
+FROM_SEED = {"config": {"warm_start_max_change": 0.0}}
 
 
 def step_seconds(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:
@@ -66,6 +67,7 @@ def run_downstream(defs: dg.Definitions, instance: dg.DagsterInstance, keys: lis
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--margin", type=float, default=0.02)
+    parser.add_argument("--warm-lr-scale", type=float, default=TrainingSettings().warm_start_lr_scale)
     parser.add_argument("--source-store", type=Path, default=Path(os.environ.get("SI_STORE", ".si_store")))
     args = parser.parse_args()
 
@@ -83,8 +85,10 @@ def main() -> None:
     started = time.perf_counter()
     full = run_round(defs, instance, ROUND, config)
     full_s = time.perf_counter() - started
+    before = latest(instance, "trained_model")
     baseline = dg.evaluate_automation_conditions(defs=defs, instance=instance)
 
+    warm_config = {"config": {"warm_start_max_change": 0.25, "warm_start_lr_scale": args.warm_lr_scale}}
     started = time.perf_counter()
     pairs_job = defs.resolve_implicit_job_def_def_for_assets([dg.AssetKey("verified_pairs")])
     changed = pairs_job.execute_in_process(
@@ -96,10 +100,10 @@ def main() -> None:
     tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=baseline.cursor)
     requested = [k for k in defs.resolve_all_asset_keys() if ROUND in tick.get_requested_partitions(k)]
     change_s = time.perf_counter() - started  # the new pairs and automation's answer: shared by both updates
-    warm_s = change_s + run_downstream(defs, instance, requested, {"ops": {"trained_model": WARM}})
+    warm_s = change_s + run_downstream(defs, instance, requested, {"ops": {"trained_model": warm_config}})
     warm_run = instance.get_runs(limit=1)[0].run_id
     warm = latest(instance, "trained_model")
-    cold_s = change_s + run_downstream(defs, instance, requested, {})
+    cold_s = change_s + run_downstream(defs, instance, requested, {"ops": {"trained_model": FROM_SEED}})
     cold = latest(instance, "trained_model")
 
     print(f"sampling seed {sampling_seed}; gate: {'refused' if full.refused else 'passed'} in the full round")
@@ -111,13 +115,13 @@ def main() -> None:
     print(f"full round {full_s:.1f} s; margin change + automated downstream {warm_s:.1f} s")
     print(f"(e) partial update / full round = {warm_s / full_s:.0%}  (goal <= 35%)")
     print(f"    the same update training from the seed: {cold_s:.1f} s = {cold_s / full_s:.0%} of a full round")
-    compare(resources, {"warm start": warm, "from the seed": cold})
+    compare(resources, {"before the change": before, "warm start": warm, "from the seed": cold})
     shutil.rmtree(work, ignore_errors=True)
 
 
 def compare(resources: dict, trained: dict[str, dict]) -> None:
-    """Both updates' models on the test split (their evaluations come from the store), and warm − from the seed
-    with paired bootstrap intervals over the test images."""
+    """The models on the test split (their evaluations come from the store), and each one − the last (the update
+    trained from the seed) with paired bootstrap intervals over the test images."""
     store, settings = resources["store"].get(), EvalSettings()
     data = settings.data("test", store.read_table(store.head("world_test")))
     scored = {}
@@ -128,15 +132,17 @@ def compare(resources: dict, trained: dict[str, dict]) -> None:
             f"{name:>14}: {meta['steps']:>4} steps, {meta['train_seconds']:6.1f} s training; test "
             + ", ".join(f"{m} {scored[name].metrics[m]:.3f}" for m in COMPARED)
         )
-    warm, cold = scored.values()
-    delta = paired_delta_intervals(counts_of(cold.captions), counts_of(warm.captions))
-    print(
-        "warm start − from the seed (test, 95% paired bootstrap): "
-        + ", ".join(
-            f"{m} {100 * (warm.metrics[m] - cold.metrics[m]):+.1f} [{100 * delta[m][0]:+.1f}, {100 * delta[m][1]:+.1f}]"
-            for m in COMPARED
+    *others, (cold_name, cold) = scored.items()
+    for name, other in others:
+        delta = paired_delta_intervals(counts_of(cold.captions), counts_of(other.captions))
+        print(
+            f"{name} − {cold_name} (test, 95% paired bootstrap): "
+            + ", ".join(
+                f"{m} {100 * (other.metrics[m] - cold.metrics[m]):+.1f} "
+                f"[{100 * delta[m][0]:+.1f}, {100 * delta[m][1]:+.1f}]"
+                for m in COMPARED
+            )
         )
-    )
 
 
 if __name__ == "__main__":

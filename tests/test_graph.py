@@ -284,7 +284,8 @@ def test_margin_change_retrains_and_reevaluates_by_automation_without_resampling
     job = world.defs.resolve_implicit_job_def_def_for_assets(round_keys)
     ops = round_config(PASS_GATE)["ops"]
     config = {"ops": {name: ops[name] for name in ("trained_model", "eval_scores")}}
-    # warm starts are opt-in; the tiny world's CLIP scores pairs close together: a 0.01 margin drops a third of them
+    # the tiny world's CLIP scores pairs close together: a 0.01 margin drops a third of them, more than the default
+    # warm_start_max_change lets continue
     config["ops"]["trained_model"] = {"config": {**TRAINING, "warm_start_max_change": 1.0}}
     assert job.execute_in_process(
         instance=instance, partition_key=key, asset_selection=round_keys, run_config=config
@@ -303,6 +304,7 @@ def test_margin_change_retrains_and_reevaluates_by_automation_without_resampling
     # few pairs changed: the round's adapter went on from where it was, on the changed pairs and as many replayed
     changed = retrained["warm_start_pairs"]
     assert "continuing the earlier adapter" in retrained["warm_start"], retrained["warm_start"]
+    assert retrained["warm_start"].endswith("at learning rate 0.0001")  # a tenth of the default 1e-3
     assert retrained["warm_started_from"] == trained_before
     assert f"continuing {trained_before}" in latest(instance, "eval_scores", key)["lineage"]
     unchanged = retrained["training_pairs"] - changed["added"]

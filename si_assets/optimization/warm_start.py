@@ -6,11 +6,12 @@ content key of every pair). A new pair set is compared with it by content: pairs
 pairs only in the old one *removed*. When the changed share stays under `warm_start_max_change`, the adapter trains
 `epochs` epochs on the added pairs plus as many unchanged pairs, drawn at random, as the larger of added and
 removed: the added pairs get the passes a full training gives them, and the replayed ones pull the adapter toward
-the new set's balance where pairs left it. The DPO reference stays the seed, as in a full training.
+the new set's balance where pairs left it. It trains at a tenth of the learning rate (`warm_start_lr_scale`): at the
+full rate a new schedule on so few rows pulls the adapter away from what it learned, and costs POPE F1 that an update
+trained from the seed keeps (docs/benchmarks.md). The DPO reference stays the seed, as in a full training.
 
-A warm-started adapter depends on its predecessor as well as on its pairs; the asset's metadata names both. Warm
-starts are opt-in (`warm_start_max_change: 0`, the default, always trains from the seed): on the embedded world a
-warm start after a new margin takes a quarter of the time and loses 5.6 points of POPE F1 (docs/benchmarks.md).
+A warm-started adapter depends on its predecessor as well as on its pairs; the asset's metadata names both.
+`warm_start_max_change: 0` always trains from the seed.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ numbers a person reads about it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -287,6 +288,10 @@ def train(
     else:
         adapter = Path(previous.path) / "adapter" if previous is not None else None
         warm = plan_warm_start(pairs, trained_on, adapter, settings.warm_start_max_change, dpo.seed)
+    trainer_settings = dpo
+    if warm.warm:  # most pairs are learned already: a small step on the rest, not a new schedule
+        trainer_settings = dpo.model_copy(update={"learning_rate": dpo.learning_rate * settings.warm_start_lr_scale})
+        warm = dataclasses.replace(warm, reason=f"{warm.reason} at learning rate {trainer_settings.learning_rate:g}")
     log(f"warm start: {warm.reason}")
     work, merged = store.staging_dir(), store.staging_dir()
 
@@ -317,7 +322,15 @@ def train(
         else:
             rows = warm.rows if warm.warm else pairs
             peft_model, _, result = train_dpo(
-                model, processor, rows, image_by_id, dpo, work / "trainer", ref.table, log, adapter=warm.adapter_dir
+                model,
+                processor,
+                rows,
+                image_by_id,
+                trainer_settings,
+                work / "trainer",
+                ref.table,
+                log,
+                adapter=warm.adapter_dir,
             )
             save_trained(peft_model, processor, merged, merged / "adapter", seed_checkpoint.path, trust_remote_code)
             distributed = {}

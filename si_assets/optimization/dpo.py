@@ -95,7 +95,7 @@ class TrainingSettings(DPOSettings):
         "Pipes (one per GPU; gloo on CPU); the global batch stays `batch_size`",
     )
     processes: int = Field(2, ge=1, description="torchrun workers, with launcher 'torchrun'")
-    # measured where a new margin changed 3% of the pairs; a larger change trains anew, since a warm start at a
+    # measured where a new margin changed 3-9% of the pairs; a larger change trains anew, since a warm start at a
     # tenth of the rate barely undoes what the removed pairs taught the adapter
     warm_start_max_change: float = Field(
         0.1,

@@ -30,7 +30,7 @@ def _previous(tmp_path: Path, pairs: pl.DataFrame, seed: str = SEED, settings: s
 
 
 def _plan(pairs: pl.DataFrame, adapter: Path | None, max_change: float = 0.25, seed: int = 0):
-    return plan_warm_start(pairs, TrainedOn.of(SEED, SETTINGS, pairs), adapter, max_change, seed)
+    return plan_warm_start(pairs, TrainedOn.of(SEED, SETTINGS, pairs), adapter, max_change, seed, 1e-4)
 
 
 def test_the_record_round_trips_and_keys_pairs_by_content(tmp_path: Path) -> None:
@@ -51,6 +51,7 @@ def test_a_few_removed_pairs_replay_as_many_unchanged_ones(tmp_path: Path) -> No
     assert (plan.added, plan.removed, plan.replayed) == (0, 10, 10)
     assert plan.rows.height == 10 and set(plan.rows["pair_id"]) <= set(new["pair_id"])
     assert "10.0% of the pairs changed" in plan.reason
+    assert plan.learning_rate == 1e-4 and plan.reason.endswith("at learning rate 0.0001")
 
 
 def test_added_pairs_are_all_trained_with_as_many_replayed(tmp_path: Path) -> None:

@@ -67,6 +67,7 @@ class WarmStart:
     added: int = 0
     removed: int = 0
     replayed: int = 0
+    learning_rate: float | None = None  # the rate it continues at
 
     @property
     def warm(self) -> bool:
@@ -79,8 +80,10 @@ def plan_warm_start(
     previous_adapter: Path | None,
     max_change: float,
     seed: int,
+    learning_rate: float,
 ) -> WarmStart:
-    """Whether training `pairs` (as the trainer sees them) can continue the previous adapter, and on which rows."""
+    """Whether training `pairs` (as the trainer sees them) can continue the previous adapter, on which rows, and at
+    which `learning_rate` (a fraction of a full training's)."""
     if max_change <= 0:
         return WarmStart("warm starts are off (warm_start_max_change 0)")
     if previous_adapter is None:
@@ -104,10 +107,11 @@ def plan_warm_start(
     replay = unchanged.sort(PAIR_KEY).sample(min(max(added.height, removed), unchanged.height), seed=seed)
     rows = pl.concat([added, replay]).drop(PAIR_KEY)
     return WarmStart(
-        f"{share:.1%} of the pairs changed: continuing the earlier adapter",
+        f"{share:.1%} of the pairs changed: continuing the earlier adapter at learning rate {learning_rate:g}",
         Path(previous_adapter),
         rows,
         added.height,
         removed,
         replay.height,
+        learning_rate,
     )

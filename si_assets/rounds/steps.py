@@ -8,7 +8,6 @@ numbers a person reads about it.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import shutil
@@ -287,11 +286,10 @@ def train(
         warm = WarmStart("torchrun workers train from the seed")
     else:
         adapter = Path(previous.path) / "adapter" if previous is not None else None
-        warm = plan_warm_start(pairs, trained_on, adapter, settings.warm_start_max_change, dpo.seed)
-    trainer_settings = dpo
-    if warm.warm:  # most pairs are learned already: a small step on the rest, not a new schedule
-        trainer_settings = dpo.model_copy(update={"learning_rate": dpo.learning_rate * settings.warm_start_lr_scale})
-        warm = dataclasses.replace(warm, reason=f"{warm.reason} at learning rate {trainer_settings.learning_rate:g}")
+        # most pairs are learned already: a small step on the rest, not a new schedule
+        rate = dpo.learning_rate * settings.warm_start_lr_scale
+        warm = plan_warm_start(pairs, trained_on, adapter, settings.warm_start_max_change, dpo.seed, rate)
+    trainer_settings = dpo.model_copy(update={"learning_rate": warm.learning_rate}) if warm.warm else dpo
     log(f"warm start: {warm.reason}")
     work, merged = store.staging_dir(), store.staging_dir()
 

@@ -100,13 +100,14 @@ def partner_habit(labels: Labels, samples: pl.DataFrame, chosen: dict[str, str])
     )
 
 
-def clause_support(labels: Labels, samples: pl.DataFrame, score) -> dict[str, tuple[int, float]]:
-    """Per mention kind: (count, share of clauses whose removal lowers CLIP's score). A hallucinated partner
-    is an "addition" when the response also names every present object, else a "substitution" (it stands
-    for a present object of another kind)."""
+def clause_drops(labels: Labels, samples: pl.DataFrame, score) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """Per object clause of the samples (responses with two or more clauses): its mention kind, how much CLIP's
+    score falls when the clause is dropped, and (image id, clause). A hallucinated partner is an "addition" when
+    the response also names every present object, else a "substitution" (it stands for a present object of
+    another kind)."""
     ids, texts = samples["image_id"].to_list(), samples["response"].to_list()
     full = score(ids, texts)
-    owners, shorter, kinds = [], [], []
+    owners, shorter, kinds, where = [], [], [], []
     for k, (image_id, text) in enumerate(zip(ids, texts)):
         parts = clauses(text)
         named = set(labels.vocab.mentions(text))
@@ -120,9 +121,44 @@ def clause_support(labels: Labels, samples: pl.DataFrame, score) -> dict[str, tu
             owners.append(k)
             shorter.append(join_segments(parts[:j] + parts[j + 1 :]))
             kinds.append(kind)
+            where.append((image_id, part))
     drop = full[owners] - score([ids[k] for k in owners], shorter)
-    kinds_ = np.array(kinds)
-    return {k: (int((kinds_ == k).sum()), float((drop[kinds_ == k] > 0).mean())) for k in sorted(set(kinds))}
+    return np.array(kinds), drop, where
+
+
+def clause_support(labels: Labels, samples: pl.DataFrame, score) -> dict[str, tuple[int, float]]:
+    """Per mention kind: (count, share of clauses whose removal lowers CLIP's score)."""
+    kinds, drop, _ = clause_drops(labels, samples, score)
+    return {k: (int((kinds == k).sum()), float((drop[kinds == k] > 0).mean())) for k in sorted(set(kinds))}
+
+
+def load_round(
+    store_dir: Path, round_key: str, clip: Path | None = None, world: dict | None = None
+) -> tuple[Labels, pl.DataFrame, pl.DataFrame, pl.DataFrame, dict, ClipScorer]:
+    """(labels, positive samples, negatives, kept or reversed caption pairs, `improve` images by id, the CLIP
+    scorer) of a finished round in the store; the bootstrap CLIP unless `clip` names an open_clip folder."""
+    store = ArtifactStore(store_dir)
+
+    def table(asset: str, partition: str | None = None) -> pl.DataFrame:
+        head = store.head(asset, partition)
+        if head is None:
+            raise SystemExit(f"no {asset} {partition or ''} in {store_dir}: run `make demo` first")
+        return store.read_table(head)
+
+    pairs = table("verified_pairs", round_key).filter(pl.col("decision") != "discarded")
+    if "task" in pairs.columns:  # the caption pairs; the yes/no probes restate them
+        pairs = pairs.filter(pl.col("task") == CAPTION)
+    clip_dir = clip or Path(store.local_checkpoint(store.head("bootstrap_clip")).path)
+    improve = table("world_improve")
+    images = {i: decode_png(b) for i, b in zip(improve["id"], improve["image_png"])}
+    return (
+        Labels(WorldSpec(**(world or {}))),
+        table("sampled_responses", round_key),
+        table("hallucinated_negatives", round_key),
+        pairs,
+        images,
+        ClipScorer(*load_clip(str(clip_dir))),
+    )
 
 
 def main() -> None:
@@ -133,24 +169,8 @@ def main() -> None:
     parser.add_argument("--world", type=json.loads, default={}, help="WorldConfig overrides of the store's world")
     args = parser.parse_args()
 
-    store = ArtifactStore(args.store)
-
-    def table(asset: str, partition: str | None = None) -> pl.DataFrame:
-        head = store.head(asset, partition)
-        if head is None:
-            raise SystemExit(f"no {asset} {partition or ''} in {args.store}: run `make demo` first")
-        return store.read_table(head)
-
-    labels = Labels(WorldSpec(**args.world))
-    samples = table("sampled_responses", args.round)
-    negatives = table("hallucinated_negatives", args.round)
-    pairs = table("verified_pairs", args.round).filter(pl.col("decision") != "discarded")
-    if "task" in pairs.columns:  # the caption pairs; the yes/no probes restate them
-        pairs = pairs.filter(pl.col("task") == CAPTION)
-    clip_dir = args.clip or Path(store.local_checkpoint(store.head("bootstrap_clip")).path)
-    improve = table("world_improve")
-    images = {i: decode_png(b) for i, b in zip(improve["id"], improve["image_png"])}
-    score = clip_score_fn(ClipScorer(*load_clip(str(clip_dir))), images, improve["id"].to_list(), "sentence_mean")
+    labels, samples, negatives, pairs, images, scorer = load_round(args.store, args.round, args.clip, args.world)
+    score = clip_score_fn(scorer, images, list(images), "sentence_mean")
 
     print(f"{args.round}: {samples.height} positives, {negatives.height} negatives, {pairs.height} pairs")
     rows = {

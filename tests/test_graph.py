@@ -381,3 +381,47 @@ def test_seed_checkpoint_takes_a_configured_base_until_a_round_promotes(tmp_path
     assert out.value.path == bootstrap and out.metadata["source"].value == "base: bootstrap_seed_model"
     with pytest.raises(dg.Failure, match="'org/some-hub-model' is not in the Hugging Face cache"):
         seed_checkpoint(context, SeedConfig(base="org/some-hub-model"), models, store, Checkpoint(bootstrap))
+
+
+@pytest.mark.slow
+def test_region_support_cuts_chosen_captions_by_configuration(world: World) -> None:
+    """`min_region_support` through the asset. `cut`: each chosen caption is the one the rule picks without it, less
+    the segments it counts as dropped, against the same rejected side. `add`: the caption pairs stay as they were,
+    and each cut caption is chosen once more against its whole caption. The metadata counts the cut captions."""
+    key, pairs_key = "round-0001", dg.AssetKey("verified_pairs")
+    job = world.defs.resolve_implicit_job_def_def_for_assets([pairs_key])
+    runs = {}
+    for mode, threshold in (("cut", 0.0), ("cut", 0.5), ("add", 0.5)):
+        config = {"min_region_support": threshold, "region_pairs": mode}
+        result = job.execute_in_process(
+            instance=world.instance,
+            partition_key=key,
+            asset_selection=[pairs_key],
+            run_config={"ops": {"verified_pairs": {"config": config}}},
+        )
+        assert result.success
+        runs[mode, threshold] = result.output_for_node("verified_pairs")
+    assert (
+        latest(world.instance, "verified_pairs", key)["region_support_cut"]
+        == runs["add", 0.5].filter(pl.col("task") == "region").height
+    )
+    whole = runs["cut", 0.0].filter(pl.col("task") == "caption")
+    cut = runs["cut", 0.5].filter(pl.col("task") == "caption")
+    assert "unsupported_dropped" not in whole.columns
+    assert whole["pair_id"].to_list() == cut["pair_id"].to_list()
+    assert whole["rejected"].to_list() == cut["rejected"].to_list()
+    assert cut["unsupported_dropped"].sum() > 0
+    for before, after, dropped in zip(whole["chosen"], cut["chosen"], cut["unsupported_dropped"]):
+        kept = [after[a:b] for a, b in segment_spans(after)]
+        assert set(kept) <= {before[a:b] for a, b in segment_spans(before)}
+        assert len(kept) == len(segment_spans(before)) - dropped
+    added = runs["add", 0.5]
+    assert added.filter(pl.col("task") == "caption").select(whole.columns).equals(whole)
+    region = added.filter(pl.col("task") == "region").sort("pair_id")
+    edited = cut.filter(pl.col("unsupported_dropped") > 0).sort("pair_id")
+    assert region["pair_id"].to_list() == [f"{p}/region" for p in edited["pair_id"]]
+    assert region["chosen"].to_list() == edited["chosen"].to_list()
+    assert (
+        region["rejected"].to_list()
+        == whole.filter(pl.col("pair_id").is_in(edited["pair_id"])).sort("pair_id")["chosen"].to_list()
+    )

@@ -101,7 +101,12 @@ def pair_metadata(verified: Verified, responses: pl.DataFrame) -> dict:
     `responses`, and a preview."""
     pairs = verified.pairs
     probes = pairs.filter(pl.col("task") == PROBE)
+    cut = {}
+    if "unsupported_dropped" in pairs.columns:  # min_region_support: chosen captions cut to what CLIP finds
+        dropped = pairs["unsupported_dropped"].fill_null(0)
+        cut = {"region_support_cut": int((dropped > 0).sum()), "region_support_segments_dropped": int(dropped.sum())}
     return {
+        **cut,
         "probe_pairs": probes.height,
         "probe_answers": dict(probes.group_by("answer").len().sort("answer").iter_rows()),
         "rejected_sources": dict(pairs.group_by("rejected_source").len().sort("rejected_source").iter_rows()),

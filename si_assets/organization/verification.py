@@ -19,6 +19,7 @@ from si_assets.collection.sampling import NEGATIVE, POSITIVE, stable_seed
 from si_assets.organization.composition import composed_responses
 from si_assets.organization.probes import PROBE, probe_pairs
 from si_assets.organization.segments import swapped_responses
+from si_assets.organization.support import RegionPairs
 from si_assets.settings import Settings
 from si_assets.verifier.clip import BOOTSTRAP, ScoreMode, VerifierSource
 
@@ -97,6 +98,19 @@ class VerificationSettings(PairRule):
     verifier_pretrained: str | None = Field(
         None, description="with a model name: a pretrained tag (e.g. 'openai'; hub or its cache) or a weights file"
     )
+    min_region_support: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="chosen captions lose the segments whose object CLIP finds in no window of the image with at "
+        "least this share of its probability (region support); 0: off",
+    )
+    region_pairs: RegionPairs = Field(
+        "add",
+        description="with min_region_support: 'cut' trains towards the cut captions in place of the chosen ones; "
+        "'add' keeps the pairs and adds one per cut caption, the cut caption chosen against the whole one",
+    )
+    region_window: float = Field(1 / 3, gt=0, le=1, description="region support's window side, share of the image")
     max_reverse_rate: float = Field(0.5, ge=0, le=1, description="the reverse_rate check warns above this")
     max_discard_rate: float = Field(0.5, ge=0, le=1, description="the discard_rate check warns above this")
     chunk_size: int = Field(4096, ge=1, description="responses per stored chunk of scores (resume after a crash)")

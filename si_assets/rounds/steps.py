@@ -56,6 +56,7 @@ from si_assets.optimization.dpo import (
 from si_assets.optimization.reference_cache import ReferenceLookup, cached_reference
 from si_assets.optimization.self_training import self_sft_pairs
 from si_assets.optimization.warm_start import TrainedOn, WarmStart, plan_warm_start
+from si_assets.organization.support import region_support_edit
 from si_assets.organization.verification import (
     DISCARDED,
     REVERSED,
@@ -210,7 +211,13 @@ def verify(
         scorer.context_length,
         settings.max_cut_share,
     )
-    score = clip_score_fn(scorer, decode_images(images), images["id"].to_list(), settings.score_mode)
+    decoded = decode_images(images)
+    score = clip_score_fn(scorer, decoded, images["id"].to_list(), settings.score_mode)
+    if settings.min_region_support:
+        to_supported = region_support_edit(
+            scorer, decoded, settings.min_region_support, settings.region_window, settings.region_pairs
+        )
+        edit = then(to_supported, edit)
     verifier_version = settings.verifier_source().identity(clip_checkpoint_version)
     key = config_key(verifier_version, table_version(images), settings.score_mode, device_name, SCORING_VERSION)
     scored, chunks = run_in_chunks(
@@ -226,6 +233,13 @@ def verify(
     if settings.verifier != BOOTSTRAP:
         verifier_version = f"{verifier_version} ({settings.verifier})"
     return Verified(pairs, verifier_version, cut, scored.height, chunks.reused, time.perf_counter() - started)
+
+
+def then(first: PairEdit, second: PairEdit | None) -> PairEdit:
+    """`first`, then `second` if there is one."""
+    if second is None:
+        return first
+    return lambda pairs, score: second(first(pairs, score), score)
 
 
 # --- optimization -----------------------------------------------------------------------------------------------

@@ -9,9 +9,11 @@ object's share of CLIP's probability in its best window. Then what the chosen si
 of low region support dropped from CLIP's chosen captions.
 
 `--start-from ROUND` first runs `--round` as a round whose policy is ROUND's trained model (whether or not the
-gate promoted it), so a second round can be examined on a machine whose first round was refused.
+gate promoted it), with the round settings of `--config`, so a second round can be examined on a machine whose
+first round was refused. It needs DAGSTER_HOME and SI_STORE of that store.
 
-    .venv/bin/python bench/region_support.py [--store .si_store] [--round round-0001] [--start-from round-0001]
+    .venv/bin/python bench/region_support.py [--store .si_store] [--round round-0001]
+        [--start-from round-0001 [--config bench/configs/region_support_add.yaml]]
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
+import yaml  # noqa: E402
 from pair_diagnostics import clause_drops, clauses, load_round, oracle_pick  # noqa: E402
 
 from si_assets.organization.segments import join_segments, segment_positions  # noqa: E402
@@ -34,8 +37,9 @@ THRESHOLDS = (0.1, 0.2, 0.3)
 ADDED = ((0.2, 0.7),)  # (cut below, add the samples' segments from)
 
 
-def run_from_trained(store_dir: Path, key: str, trained_round: str) -> None:
-    """Runs round `key` with `trained_round`'s trained model as its policy (unless `key` is already in the store)."""
+def run_from_trained(store_dir: Path, key: str, trained_round: str, config: dict) -> None:
+    """Runs round `key` with `trained_round`'s trained model as its policy and the round `config` (a run config), unless
+    `key` is in the store already and no config is given."""
     import dagster as dg
 
     from si_assets.automation.runner import run_round
@@ -43,14 +47,16 @@ def run_from_trained(store_dir: Path, key: str, trained_round: str) -> None:
     from si_assets.storage import ArtifactStore
 
     store = ArtifactStore(store_dir)
-    if store.head("verified_pairs", key) is not None:
+    if store.head("verified_pairs", key) is not None and not config:
         return
     trained = store.head("trained_model", trained_round)
     if trained is None:
         raise SystemExit(f"no trained_model {trained_round} in {store_dir}")
-    policy = {"ops": {"seed_checkpoint": {"config": {"base": str(store.local_checkpoint(trained).path)}}}}
+    ops = dict(config.get("ops", {}))
+    ops["seed_checkpoint"] = {"config": {"base": str(store.local_checkpoint(trained).path)}}
     with dg.DagsterInstance.get() as instance:
-        run_round(defs, instance, key, policy)
+        run = run_round(defs, instance, key, {**config, "ops": ops})
+    print(f"{key} from {trained_round}'s trained model: promotion gate {'refused' if run.refused else 'passed'}")
 
 
 def main() -> None:
@@ -58,10 +64,12 @@ def main() -> None:
     parser.add_argument("--store", type=Path, default=Path(os.environ.get("SI_STORE", ".si_store")))
     parser.add_argument("--round", default="round-0001")
     parser.add_argument("--start-from", help="run --round first, from this round's trained model")
+    parser.add_argument("--config", type=Path, help="with --start-from: the round's run config (YAML)")
     parser.add_argument("--window", type=float, default=1 / 3, help="window side as a share of the image side")
     args = parser.parse_args()
     if args.start_from:
-        run_from_trained(args.store, args.round, args.start_from)
+        config = yaml.safe_load(args.config.read_text()) if args.config else {}
+        run_from_trained(args.store, args.round, args.start_from, config)
 
     labels, samples, _, pairs, images, scorer = load_round(args.store, args.round)
     round_ids = samples["image_id"].unique(maintain_order=True).to_list()

@@ -9,17 +9,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import polars as pl
 import pytest
 
 from resources import ArtifactStoreResource, ComputeDevice, VisionLanguageModels
 from si_assets.assets.collection import SeedConfig, seed_checkpoint
 from si_assets.automation.runner import refresh_summary, run_bootstrap, run_round
+from si_assets.collection.images import decode_images
 from si_assets.definitions import build_definitions, build_resources, defs
 from si_assets.optimization.dpo import optimizer_steps
 from si_assets.organization.segments import segment_spans
+from si_assets.organization.support import region_support_of
 from si_assets.rounds import ChampionRegistry, round_seed
 from si_assets.storage import ArtifactStore, Checkpoint
+from si_assets.verifier.clip import ClipScorer, load_clip
 from tests.conftest import SMALL_SPLITS
 
 BOOTSTRAP_CONFIG = {
@@ -390,8 +394,8 @@ def test_region_support_cuts_chosen_captions_by_configuration(world: World) -> N
     and each cut caption is chosen once more against its whole caption. The metadata counts the cut captions."""
     key, pairs_key = "round-0001", dg.AssetKey("verified_pairs")
     job = world.defs.resolve_implicit_job_def_def_for_assets([pairs_key])
-    runs = {}
-    for mode, threshold in (("cut", 0.0), ("cut", 0.5), ("add", 0.5)):
+
+    def pairs(mode: str, threshold: float) -> pl.DataFrame:
         config = {"min_region_support": threshold, "region_pairs": mode}
         result = job.execute_in_process(
             instance=world.instance,
@@ -400,13 +404,21 @@ def test_region_support_cuts_chosen_captions_by_configuration(world: World) -> N
             run_config={"ops": {"verified_pairs": {"config": config}}},
         )
         assert result.success
-        runs[mode, threshold] = result.output_for_node("verified_pairs")
-    assert (
-        latest(world.instance, "verified_pairs", key)["region_support_cut"]
-        == runs["add", 0.5].filter(pl.col("task") == "region").height
-    )
-    whole = runs["cut", 0.0].filter(pl.col("task") == "caption")
-    cut = runs["cut", 0.5].filter(pl.col("task") == "caption")
+        return result.output_for_node("verified_pairs")
+
+    whole = pairs("cut", 0.0).filter(pl.col("task") == "caption")
+    # the median support of the chosen segments, as the edit computes it: about half of them fall under it
+    clip = world.store.local_checkpoint(world.store.head("bootstrap_clip")).path
+    images = decode_images(world.store.read_table(world.store.head("unlabeled_images", key)))
+    texts: dict[str, list[str]] = {}
+    for image_id, chosen, rejected in whole.select("image_id", "chosen", "rejected").iter_rows():
+        texts.setdefault(image_id, []).extend([chosen, rejected])
+    support_of = region_support_of(ClipScorer(*load_clip(str(clip))), images, texts, 1 / 3)
+    segments = [(i, c[a:b]) for i, c in whole.select("image_id", "chosen").iter_rows() for a, b in segment_spans(c)]
+    median = float(np.median([support_of(i, segment) for i, segment in segments]))
+    cut, added = pairs("cut", median).filter(pl.col("task") == "caption"), pairs("add", median)
+    region = added.filter(pl.col("task") == "region")
+    assert latest(world.instance, "verified_pairs", key)["region_support_cut"] == region.height > 0
     assert "unsupported_dropped" not in whole.columns
     assert whole["pair_id"].to_list() == cut["pair_id"].to_list()
     assert whole["rejected"].to_list() == cut["rejected"].to_list()
@@ -415,9 +427,8 @@ def test_region_support_cuts_chosen_captions_by_configuration(world: World) -> N
         kept = [after[a:b] for a, b in segment_spans(after)]
         assert set(kept) <= {before[a:b] for a, b in segment_spans(before)}
         assert len(kept) == len(segment_spans(before)) - dropped
-    added = runs["add", 0.5]
     assert added.filter(pl.col("task") == "caption").select(whole.columns).equals(whole)
-    region = added.filter(pl.col("task") == "region").sort("pair_id")
+    region = region.sort("pair_id")
     edited = cut.filter(pl.col("unsupported_dropped") > 0).sort("pair_id")
     assert region["pair_id"].to_list() == [f"{p}/region" for p in edited["pair_id"]]
     assert region["chosen"].to_list() == edited["chosen"].to_list()

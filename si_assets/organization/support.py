@@ -2,11 +2,11 @@
 
 CLIP's whole-image score reads a caption in context and believes the objects that usually come with the ones in
 the picture; the better the model, the more of its remaining hallucinations are of that kind, and the fewer the
-score can see (docs/results.md, "What a second round needs"). Region support (si_assets/verifier/regions.py) asks
-about one object in one part of the image at a time. Each chosen caption loses the segments whose object CLIP finds
-in no window; the rejected side stays the hallucinated negative, and the yes/no probes restate the cut captions.
-Judge-free: the same CLIP, and every phrase is the model's own. Meant for list-like captions, where a segment names
-one object, its head noun (the last word).
+score can see (docs/results.md, "What a second round needs: region support"). Region support
+(si_assets/verifier/regions.py) asks about one object in one part of the image at a time. A chosen caption cut to the
+segments whose object CLIP finds in some window either replaces the chosen one (`cut`) or is chosen over it in one
+more pair (`add`); the yes/no probes restate the cut captions. Judge-free: the same CLIP, and every phrase is the
+model's own. Meant for list-like captions, where a segment names one object, its head noun (the last word).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from PIL import Image
 
 from si_assets.bootstrap.clip import TinyClipSpec, build_tiny_clip
 from si_assets.organization.support import drop_unsupported, region_support_of, segment_object
+from si_assets.organization.verification import VerificationSettings
 from si_assets.verifier.clip import ClipScorer, load_clip, save_clip
 from si_assets.verifier.regions import masked_view, object_support, rank_auc, sliding_boxes
 from si_assets.world import WorldSpec, decode_png, generate_split
@@ -149,3 +150,11 @@ def test_added_region_pairs_rank_the_cut_caption_above_the_whole_one() -> None:
     assert added["score_chosen"][0] == pytest.approx(len("a red circle and a green star.") / 100)
     with pytest.raises(ValueError, match="region pairs mode"):
         drop_unsupported(pairs, _support_of, 0.2, _length_score, "both")
+
+
+def test_region_support_needs_clip_verification() -> None:
+    with pytest.raises(ValueError, match="min_region_support needs verification='clip'"):
+        VerificationSettings(min_region_support=0.2, verification="none")
+    with pytest.raises(ValueError, match="region_pairs"):
+        VerificationSettings(min_region_support=0.2, region_pairs="both")
+    assert VerificationSettings().min_region_support == 0.0  # off by default

@@ -125,6 +125,8 @@ class VerificationSettings(PairRule):
     @model_validator(mode="after")
     def _verifier_exists(self) -> VerificationSettings:
         self.verifier_source()  # a missing folder or unknown model name is refused as configuration
+        if self.min_region_support and self.verification != "clip":
+            raise ValueError("min_region_support needs verification='clip' (CLIP finds the objects)")
         return self
 
     def verifier_source(self) -> VerifierSource:

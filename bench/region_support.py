@@ -65,13 +65,14 @@ def main() -> None:
     parser.add_argument("--round", default="round-0001")
     parser.add_argument("--start-from", help="run --round first, from this round's trained model")
     parser.add_argument("--config", type=Path, help="with --start-from: the round's run config (YAML)")
+    parser.add_argument("--clip", type=Path, help="an open_clip folder to judge with (default: the bootstrap CLIP)")
     parser.add_argument("--window", type=float, default=1 / 3, help="window side as a share of the image side")
     args = parser.parse_args()
     if args.start_from:
         config = yaml.safe_load(args.config.read_text()) if args.config else {}
         run_from_trained(args.store, args.round, args.start_from, config)
 
-    labels, samples, _, pairs, images, scorer = load_round(args.store, args.round)
+    labels, samples, _, pairs, images, scorer = load_round(args.store, args.round, args.clip)
     round_ids = samples["image_id"].unique(maintain_order=True).to_list()
     score = clip_score_fn(scorer, images, round_ids, "sentence_mean")
     kinds, drop, where = clause_drops(labels, samples, score)

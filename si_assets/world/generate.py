@@ -150,15 +150,20 @@ def generate_split(spec: WorldSpec, split: str) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
-def _improve_scenes(spec: WorldSpec) -> dict[str, list[PlacedObject]]:
-    """The objects of each `improve` image in kind order, replayed from the split's random streams."""
-    children = _split_seed(spec, "improve").spawn(spec.splits["improve"])
+def split_scenes(spec: WorldSpec, split: str) -> dict[str, list[PlacedObject]]:
+    """The objects of each image of `split` in kind order, with their places, replayed from the split's random
+    streams (a table holds the kinds, not where they are)."""
+    children = _split_seed(spec, split).spawn(spec.splits[split])
     return {
-        f"improve-{i:06d}": sorted(
+        f"{split}-{i:06d}": sorted(
             sample_scene(spec, np.random.default_rng(child)), key=lambda o: spec.kinds.index(o.kind)
         )
         for i, child in enumerate(children)
     }
+
+
+def _improve_scenes(spec: WorldSpec) -> dict[str, list[PlacedObject]]:
+    return split_scenes(spec, "improve")
 
 
 def improve_ground_truth(spec: WorldSpec) -> dict[str, list[str]]:

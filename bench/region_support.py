@@ -12,7 +12,7 @@ of low region support dropped from CLIP's chosen captions.
 gate promoted it), with the round settings of `--config`, so a second round can be examined on a machine whose
 first round was refused. It needs DAGSTER_HOME and SI_STORE of that store.
 
-    .venv/bin/python bench/region_support.py [--store .si_store] [--round round-0001]
+    .venv/bin/python bench/region_support.py [--store .si_store] [--round round-0001] [--clip FOLDER]
         [--start-from round-0001 [--config bench/configs/region_support_add.yaml]]
 """
 
@@ -77,8 +77,7 @@ def main() -> None:
     score = clip_score_fn(scorer, images, round_ids, "sentence_mean")
     kinds, drop, where = clause_drops(labels, samples, score)
 
-    mentions = {clause: labels.vocab.mentions(clause) for _, clause in where}
-    phrases = sorted({clause.rstrip(".") + "." for clause in mentions})
+    phrases = sorted({clause.rstrip(".") + "." for _, clause in where})
     support, objects = object_support(
         scorer,
         [images[i] for i in round_ids],

@@ -24,15 +24,11 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from si_assets.evaluation.metrics import ObjectVocabulary  # noqa: E402
-from si_assets.organization.segments import join_segments, segment_spans  # noqa: E402
+from si_assets.organization.segments import join_segments, segment_texts  # noqa: E402
 from si_assets.organization.verification import CAPTION, clip_score_fn  # noqa: E402
 from si_assets.storage import ArtifactStore  # noqa: E402
 from si_assets.verifier.clip import ClipScorer, load_clip  # noqa: E402
 from si_assets.world import WorldSpec, decode_png, improve_ground_truth  # noqa: E402
-
-
-def clauses(text: str) -> list[str]:
-    return [text[a:b].strip() for a, b in segment_spans(text)]
 
 
 class Labels:
@@ -109,7 +105,7 @@ def clause_drops(labels: Labels, samples: pl.DataFrame, score) -> tuple[np.ndarr
     full = score(ids, texts)
     owners, shorter, kinds, where = [], [], [], []
     for k, (image_id, text) in enumerate(zip(ids, texts)):
-        parts = clauses(text)
+        parts = segment_texts(text)
         named = set(labels.vocab.mentions(text))
         for j, part in enumerate(parts if len(parts) > 1 else []):
             mention = labels.vocab.mentions(part)

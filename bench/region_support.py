@@ -27,9 +27,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 import yaml  # noqa: E402
-from pair_diagnostics import clause_drops, clauses, load_round, oracle_pick  # noqa: E402
+from pair_diagnostics import clause_drops, load_round, oracle_pick  # noqa: E402
 
-from si_assets.organization.segments import join_segments, segment_positions  # noqa: E402
+from si_assets.organization.segments import join_segments, segment_positions, segment_texts  # noqa: E402
 from si_assets.organization.verification import clip_score_fn  # noqa: E402
 from si_assets.verifier.regions import object_support, rank_auc  # noqa: E402
 
@@ -106,7 +106,7 @@ def main() -> None:
     for threshold in THRESHOLDS:
         edited = []
         for image_id, text in zip(ids, chosen):
-            kept = [c for c in clauses(text) if support_of(image_id, c) >= threshold]
+            kept = [c for c in segment_texts(text) if support_of(image_id, c) >= threshold]
             edited.append(join_segments(kept) if kept else text)  # nothing supported: left as it is
         print(f"  {f'  with clauses of support < {threshold} dropped':<42} {labels.summary(ids, edited)}")
     pool: dict[str, dict[str, float]] = {}
@@ -115,7 +115,7 @@ def main() -> None:
     for threshold, added in ADDED:
         edited = []
         for image_id, text in zip(ids, chosen):
-            kept = [c for c in clauses(text) if support_of(image_id, c) >= threshold] or clauses(text)
+            kept = [c for c in segment_texts(text) if support_of(image_id, c) >= threshold] or segment_texts(text)
             named = {tuple(labels.vocab.mentions(c)) for c in kept}
             extra = {}
             for segment in pool.get(image_id, {}):

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import polars as pl
 
-from si_assets.organization.segments import join_segments, segment_positions, segment_spans
+from si_assets.organization.segments import join_segments, segment_positions, segment_texts
 
 Score = Callable[[Sequence[str], Sequence[str]], np.ndarray]
 
@@ -86,7 +86,7 @@ def composed_responses(
         pools[image_id] = segment_positions(group["response"].to_list())
         if from_best:
             top = group.sort("score", "sample", descending=[True, False])["response"][0]
-            start[image_id] = list(dict.fromkeys(top[a:b].strip() for a, b in segment_spans(top)))
+            start[image_id] = list(dict.fromkeys(segment_texts(top)))
     texts = compose_by_verifier(pools, score, bonus, start if from_best else None)
     rows = extra_candidates(positives, texts)
     values = score(rows["image_id"].to_list(), rows["response"].to_list()) if rows.height else []

@@ -25,11 +25,16 @@ def segment_spans(text: str) -> list[tuple[int, int]]:
     return [(a, b) for a, b in stripped if text[a:b].strip()]
 
 
+def segment_texts(text: str) -> list[str]:
+    """The segments of `text`, stripped: "a red circle, a blue square." -> ["a red circle", "a blue square"]."""
+    return [text[a:b].strip() for a, b in segment_spans(text)]
+
+
 def swapped_responses(chosen: str, donor: str) -> list[str]:
     """Every text that is `chosen` with one of its segments replaced by a segment of `donor` that `chosen`
     does not contain: as long as `chosen`, different in one mention."""
     own = {chosen[a:b].strip().lower() for a, b in segment_spans(chosen)}
-    inserts = dict.fromkeys(donor[a:b].strip() for a, b in segment_spans(donor))
+    inserts = dict.fromkeys(segment_texts(donor))
     inserts = [s for s in inserts if s.lower() not in own]
     return list(dict.fromkeys(chosen[:a] + s + chosen[b:] for a, b in segment_spans(chosen) for s in inserts))
 
@@ -46,7 +51,7 @@ def _positions(texts: Sequence[str]) -> dict[str, list[int]]:
     """Each distinct segment -> its position in every text that names it (once per text)."""
     positions: dict[str, list[int]] = defaultdict(list)
     for text in texts:
-        for k, segment in enumerate(dict.fromkeys(text[a:b].strip() for a, b in segment_spans(text))):
+        for k, segment in enumerate(dict.fromkeys(segment_texts(text))):
             positions[segment].append(k)
     return positions
 

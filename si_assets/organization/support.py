@@ -19,7 +19,7 @@ import polars as pl
 from PIL import Image
 
 from si_assets.evaluation.metrics import singular_words
-from si_assets.organization.segments import join_segments, segment_spans
+from si_assets.organization.segments import join_segments, segment_texts
 from si_assets.verifier.clip import ClipScorer
 from si_assets.verifier.regions import object_support
 
@@ -27,10 +27,6 @@ Score = Callable[[Sequence[str], Sequence[str]], np.ndarray]
 SupportOf = Callable[[str, str], float]  # (image id, segment) -> support in [0, 1]
 RegionPairs = Literal["cut", "add"]
 REGION_CUT = "region"  # rejected_source of a pair whose rejected side is the whole chosen caption
-
-
-def segments_of(text: str) -> list[str]:
-    return [text[a:b].strip() for a, b in segment_spans(text)]
 
 
 def segment_object(segment: str) -> str | None:
@@ -44,7 +40,8 @@ def region_support_of(
 ) -> SupportOf:
     """Support of each (image, segment) for the segments of `texts_by_image`: CLIP classifies every window of
     the image among all their distinct segments, and a segment's support is its object's best window share."""
-    phrases = sorted({s.rstrip(".") + "." for texts in texts_by_image.values() for t in texts for s in segments_of(t)})
+    texts = [text for image_texts in texts_by_image.values() for text in image_texts]
+    phrases = sorted({segment.rstrip(".") + "." for text in texts for segment in segment_texts(text)})
     objects = [segment_object(p) for p in phrases]
     named = [(p, o) for p, o in zip(phrases, objects) if o is not None]
     image_ids = list(texts_by_image)
@@ -72,7 +69,7 @@ def drop_unsupported(
     pairs rank cut > whole > negative, and the new pair differs only in the unsupported objects."""
     cut, dropped = [], []
     for image_id, text in pairs.select("image_id", "chosen").iter_rows():
-        parts = segments_of(text)
+        parts = segment_texts(text)
         kept = [p for p in parts if support_of(image_id, p) >= threshold]
         shorter = bool(kept) and len(kept) < len(parts)
         cut.append(join_segments(kept) if shorter else text)

@@ -6,7 +6,8 @@ Per object clause of the positive samples: the ROC AUC with which each signal ra
 hallucinated ones (the usual partner of a present object, or another wrong kind). CLIP in context is the fall of
 the response's score when the clause is dropped (what the hill-climb and the pick act on); region support is the
 object's share of CLIP's probability in its best window. Then what the chosen side would become with the clauses
-of low region support dropped from CLIP's chosen captions.
+of low region support dropped from CLIP's chosen captions, and the grounded consensus
+(si_assets/organization/support.py) that `region_caption: consensus` trains towards instead.
 
 `--start-from ROUND` first runs `--round` as a round whose policy is ROUND's trained model (whether or not the
 gate promoted it), with the round settings of `--config`, so a second round can be examined on a machine whose
@@ -30,11 +31,13 @@ import yaml  # noqa: E402
 from pair_diagnostics import clause_drops, load_round, oracle_pick  # noqa: E402
 
 from si_assets.organization.segments import join_segments, segment_positions, segment_texts  # noqa: E402
+from si_assets.organization.support import grounded_consensus, region_support_of  # noqa: E402
 from si_assets.organization.verification import clip_score_fn  # noqa: E402
 from si_assets.verifier.regions import object_support, rank_auc  # noqa: E402
 
 THRESHOLDS = (0.1, 0.2, 0.3)
-ADDED = ((0.2, 0.7),)  # (cut below, add the samples' segments from)
+ADDED = ((0.2, 0.5), (0.2, 0.7), (0.2, 0.9))  # (cut below, add the samples' segments from)
+CONSENSUS = ((0.25, 0.5), (0.375, 0.5), (0.5, 0.5), (0.375, 0.8))  # (share of the samples, region support)
 
 
 def run_from_trained(store_dir: Path, key: str, trained_round: str, config: dict) -> None:
@@ -127,6 +130,14 @@ def main() -> None:
             edited.append(join_segments(parts))
         label = f"  cut < {threshold}, samples' segments >= {added} added"
         print(f"  {label:<42} {labels.summary(ids, edited)}")
+    texts: dict[str, list[str]] = {}
+    for image_id, response in samples.select("image_id", "response").iter_rows():
+        texts.setdefault(image_id, []).append(response)
+    product_support = region_support_of(scorer, images, texts, args.window)  # as the round computes it
+    for share, least in CONSENSUS:
+        consensus = grounded_consensus(samples, product_support, least, share)
+        label = f"  grounded consensus: share >= {share:g}, support >= {least}"
+        print(f"  {label:<42} {labels.summary(ids, [consensus.get(i, c) for i, c in zip(ids, chosen)])}")
     oracle = oracle_pick(labels, samples.filter(pl.col("image_id").is_in(round_ids)))
     print(f"  {'oracle pick among the samples':<42} {labels.summary(*oracle)}")
 

@@ -20,7 +20,7 @@ from si_assets.collection.images import decode_images
 from si_assets.definitions import build_definitions, build_resources, defs
 from si_assets.optimization.dpo import optimizer_steps
 from si_assets.organization.segments import segment_spans
-from si_assets.organization.support import region_support_of
+from si_assets.organization.support import grounded_consensus, region_support_of
 from si_assets.rounds import ChampionRegistry, round_seed
 from si_assets.storage import ArtifactStore, Checkpoint
 from si_assets.verifier.clip import ClipScorer, load_clip
@@ -436,3 +436,31 @@ def test_region_support_cuts_chosen_captions_by_configuration(world: World) -> N
         region["rejected"].to_list()
         == whole.filter(pl.col("pair_id").is_in(edited["pair_id"])).sort("pair_id")["chosen"].to_list()
     )
+
+
+def test_grounded_consensus_rewrites_chosen_captions_from_the_samples(world: World) -> None:
+    """`region_caption: consensus` through the asset: each caption pair's chosen side is its image's consensus of
+    the sampled responses (at a support bar every object clears, only the share of samples decides), against the same
+    rejected side; the rest of the pairs are those of the rule alone."""
+    key, pairs_key = "round-0001", dg.AssetKey("verified_pairs")
+    job = world.defs.resolve_implicit_job_def_def_for_assets([pairs_key])
+
+    def pairs(config: dict) -> pl.DataFrame:
+        result = job.execute_in_process(
+            instance=world.instance,
+            partition_key=key,
+            asset_selection=[pairs_key],
+            run_config={"ops": {"verified_pairs": {"config": config}}},
+        )
+        assert result.success
+        return result.output_for_node("verified_pairs").filter(pl.col("task") == "caption")
+
+    whole = pairs({})
+    config = {"min_region_support": 1e-6, "region_caption": "consensus", "min_sample_share": 0.5, "region_pairs": "cut"}
+    rewritten = pairs(config)
+    samples = world.store.read_table(world.store.head("sampled_responses", key))
+    expected = grounded_consensus(samples, lambda image_id, segment: 1.0, 0.0, 0.5)
+    assert expected and whole["pair_id"].to_list() == rewritten["pair_id"].to_list()
+    assert whole["rejected"].to_list() == rewritten["rejected"].to_list()
+    before = whole.select("image_id", "chosen").iter_rows()
+    assert rewritten["chosen"].to_list() == [expected.get(image_id, chosen) for image_id, chosen in before]

@@ -9,7 +9,13 @@ import torch
 from PIL import Image
 
 from si_assets.bootstrap.clip import TinyClipSpec, build_tiny_clip
-from si_assets.organization.support import drop_unsupported, region_support_of, segment_object
+from si_assets.organization.support import (
+    drop_unsupported,
+    grounded_consensus,
+    region_support_of,
+    replace_chosen,
+    segment_object,
+)
 from si_assets.organization.verification import VerificationSettings
 from si_assets.verifier.clip import ClipScorer, load_clip, save_clip
 from si_assets.verifier.regions import masked_view, object_support, rank_auc, sliding_boxes
@@ -152,9 +158,65 @@ def test_added_region_pairs_rank_the_cut_caption_above_the_whole_one() -> None:
         drop_unsupported(pairs, _support_of, 0.2, _length_score, "both")
 
 
+def _samples(by_image: dict[str, list[str]]) -> pl.DataFrame:
+    rows = [(image_id, text) for image_id, texts in by_image.items() for text in texts]
+    return pl.DataFrame(rows, schema=["image_id", "response"], orient="row")
+
+
+def test_grounded_consensus_names_what_enough_samples_name_and_clip_finds() -> None:
+    """Of four samples: the circle (4 of 4, found) stays; the square (3 of 4) is the usual partner CLIP finds
+    nowhere; the star is found but named once. Each object in its most used phrase, in the samples' order."""
+    samples = _samples(
+        {
+            "i0": [
+                "a blue circle, a blue square and a green star.",
+                "a red circle and a blue square.",
+                "a red circle, a blue square.",
+                "a red circle.",
+            ],
+            "i1": ["a blue square.", "a blue square.", "a blue square and a green star."],  # nothing named and found
+        }
+    )
+    support = {"circle": 0.9, "square": 0.05, "star": 0.95}
+
+    def support_of(image_id: str, segment: str) -> float:
+        return support[segment_object(segment)]
+
+    assert grounded_consensus(samples, support_of, 0.5, 0.5) == {"i0": "a red circle."}
+    support["square"] = 0.6
+    assert grounded_consensus(samples, support_of, 0.5, 0.5) == {
+        "i0": "a red circle and a blue square.",
+        "i1": "a blue square.",
+    }
+    # a quarter of the samples is enough for the star; a lower support bar keeps what 0.5 refused
+    assert grounded_consensus(samples, support_of, 0.5, 0.25)["i0"] == "a red circle, a blue square and a green star."
+    assert grounded_consensus(samples, support_of, 0.7, 0.25)["i0"] == "a red circle and a green star."
+
+
+def test_an_object_named_twice_in_one_sample_counts_once() -> None:
+    samples = _samples({"i0": ["a red circle and a blue circle.", "a star."]})
+    found = grounded_consensus(samples, lambda i, s: 1.0, 0.5, 0.75)
+    assert found == {}  # the circle is in 1 of 2 samples, not 2 of 2
+
+
+def test_replace_chosen_counts_the_objects_a_caption_lost() -> None:
+    pairs = _pairs(CHOSEN)
+    new = ["a blue circle and a green star.", "a blue square.", "a red circle and a star."]
+    out = replace_chosen(pairs, new, _length_score, "cut")
+    assert out["chosen"].to_list() == new
+    assert out["unsupported_dropped"].to_list() == [1, 0, 0]  # the square; a recoloured circle is not lost
+    assert out["score_chosen"].to_list() == [pytest.approx(len(new[0]) / 100), 0.5, pytest.approx(len(new[2]) / 100)]
+    added = replace_chosen(pairs, new, _length_score, "add")
+    assert added.height == 5 and added.head(2)["rejected"].to_list() == [CHOSEN[0], CHOSEN[2]]
+
+
 def test_region_support_needs_clip_verification() -> None:
     with pytest.raises(ValueError, match="min_region_support needs verification='clip'"):
         VerificationSettings(min_region_support=0.2, verification="none")
     with pytest.raises(ValueError, match="region_pairs"):
         VerificationSettings(min_region_support=0.2, region_pairs="both")
     assert VerificationSettings().min_region_support == 0.0  # off by default
+    with pytest.raises(ValueError, match="region_caption"):
+        VerificationSettings(min_region_support=0.2, region_caption="union")
+    with pytest.raises(ValueError, match="min_sample_share"):
+        VerificationSettings(min_region_support=0.2, region_caption="consensus", min_sample_share=0)

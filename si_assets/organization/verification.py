@@ -19,7 +19,7 @@ from si_assets.collection.sampling import NEGATIVE, POSITIVE, stable_seed
 from si_assets.organization.composition import composed_responses
 from si_assets.organization.probes import PROBE, probe_pairs
 from si_assets.organization.segments import swapped_responses
-from si_assets.organization.support import RegionPairs
+from si_assets.organization.support import RegionCaption, RegionPairs
 from si_assets.settings import Settings
 from si_assets.verifier.clip import BOOTSTRAP, ScoreMode, VerifierSource
 
@@ -109,6 +109,15 @@ class VerificationSettings(PairRule):
         "add",
         description="with min_region_support: 'cut' trains towards the cut captions in place of the chosen ones; "
         "'add' keeps the pairs and adds one per cut caption, the cut caption chosen against the whole one",
+    )
+    region_caption: RegionCaption = Field(
+        "chosen",
+        description="with min_region_support: 'chosen' cuts the chosen caption to its supported segments; "
+        "'consensus' writes it anew from the objects that min_sample_share of the image's samples name and region "
+        "support finds",
+    )
+    min_sample_share: float = Field(
+        0.5, gt=0, le=1, description="with region_caption 'consensus': the share of samples that must name an object"
     )
     region_window: float = Field(1 / 3, gt=0, le=1, description="region support's window side, share of the image")
     max_reverse_rate: float = Field(0.5, ge=0, le=1, description="the reverse_rate check warns above this")

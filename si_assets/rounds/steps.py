@@ -30,7 +30,7 @@ from si_assets.collection.images import (
     round_slice,
     world_pool,
 )
-from si_assets.collection.sampling import SamplingSettings, decode_plan, plan_requests
+from si_assets.collection.sampling import POSITIVE, SamplingSettings, decode_plan, plan_requests
 from si_assets.collection.validation import InputLimits
 from si_assets.evaluation.data import EvalData, EvalSettings, Split
 from si_assets.evaluation.evaluate import evaluate_amber, evaluate_model
@@ -214,8 +214,17 @@ def verify(
     decoded = decode_images(images)
     score = clip_score_fn(scorer, decoded, images["id"].to_list(), settings.score_mode)
     if settings.min_region_support:
+        samples = None
+        if settings.region_caption == "consensus":
+            samples = responses.filter(pl.col("role") == POSITIVE).select("image_id", "response")
         to_supported = region_support_edit(
-            scorer, decoded, settings.min_region_support, settings.region_window, settings.region_pairs
+            scorer,
+            decoded,
+            settings.min_region_support,
+            settings.region_window,
+            settings.region_pairs,
+            samples,
+            settings.min_sample_share,
         )
         edit = then(to_supported, edit)
     verifier_version = settings.verifier_source().identity(clip_checkpoint_version)

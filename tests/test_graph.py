@@ -440,8 +440,8 @@ def test_region_support_cuts_chosen_captions_by_configuration(world: World) -> N
 
 def test_grounded_consensus_rewrites_chosen_captions_from_the_samples(world: World) -> None:
     """`region_caption: consensus` through the asset: each caption pair's chosen side is its image's consensus of
-    the sampled responses (at a support bar every object clears, only the share of samples decides), against the same
-    rejected side; the rest of the pairs are those of the rule alone."""
+    the sampled responses, against the same rejected side and pair ids. At bars every object clears, the consensus is
+    each object the samples name, in its most used phrase, which the test recomputes from the stored samples."""
     key, pairs_key = "round-0001", dg.AssetKey("verified_pairs")
     job = world.defs.resolve_implicit_job_def_def_for_assets([pairs_key])
 
@@ -456,10 +456,12 @@ def test_grounded_consensus_rewrites_chosen_captions_from_the_samples(world: Wor
         return result.output_for_node("verified_pairs").filter(pl.col("task") == "caption")
 
     whole = pairs({})
-    config = {"min_region_support": 1e-6, "region_caption": "consensus", "min_sample_share": 0.5, "region_pairs": "cut"}
-    rewritten = pairs(config)
+    share = 0.001
+    rewritten = pairs(
+        {"min_region_support": 1e-6, "region_caption": "consensus", "min_sample_share": share, "region_pairs": "cut"}
+    )
     samples = world.store.read_table(world.store.head("sampled_responses", key))
-    expected = grounded_consensus(samples, lambda image_id, segment: 1.0, 0.0, 0.5)
+    expected = grounded_consensus(samples, lambda image_id, segment: 1.0, 0.0, share)
     assert expected and whole["pair_id"].to_list() == rewritten["pair_id"].to_list()
     assert whole["rejected"].to_list() == rewritten["rejected"].to_list()
     before = whole.select("image_id", "chosen").iter_rows()

@@ -387,24 +387,28 @@ def test_seed_checkpoint_takes_a_configured_base_until_a_round_promotes(tmp_path
         seed_checkpoint(context, SeedConfig(base="org/some-hub-model"), models, store, Checkpoint(bootstrap))
 
 
+def verified_pairs_with(world: World, key: str, config: dict) -> pl.DataFrame:
+    """`verified_pairs` of round `key` materialized again with the verification `config`."""
+    pairs_key = dg.AssetKey("verified_pairs")
+    result = world.defs.resolve_implicit_job_def_def_for_assets([pairs_key]).execute_in_process(
+        instance=world.instance,
+        partition_key=key,
+        asset_selection=[pairs_key],
+        run_config={"ops": {"verified_pairs": {"config": config}}},
+    )
+    assert result.success
+    return result.output_for_node("verified_pairs")
+
+
 @pytest.mark.slow
 def test_region_support_cuts_chosen_captions_by_configuration(world: World) -> None:
     """`min_region_support` through the asset. `cut`: each chosen caption is the one the rule picks without it, less
     the segments it counts as dropped, against the same rejected side. `add`: the caption pairs stay as they were,
     and each cut caption is chosen once more against its whole caption. The metadata counts the cut captions."""
-    key, pairs_key = "round-0001", dg.AssetKey("verified_pairs")
-    job = world.defs.resolve_implicit_job_def_def_for_assets([pairs_key])
+    key = "round-0001"
 
     def pairs(mode: str, threshold: float) -> pl.DataFrame:
-        config = {"min_region_support": threshold, "region_pairs": mode}
-        result = job.execute_in_process(
-            instance=world.instance,
-            partition_key=key,
-            asset_selection=[pairs_key],
-            run_config={"ops": {"verified_pairs": {"config": config}}},
-        )
-        assert result.success
-        return result.output_for_node("verified_pairs")
+        return verified_pairs_with(world, key, {"min_region_support": threshold, "region_pairs": mode})
 
     whole = pairs("cut", 0.0).filter(pl.col("task") == "caption")
     # the median support of the chosen segments, as the edit computes it: about half of them fall under it
@@ -438,28 +442,21 @@ def test_region_support_cuts_chosen_captions_by_configuration(world: World) -> N
     )
 
 
+@pytest.mark.slow
 def test_grounded_consensus_rewrites_chosen_captions_from_the_samples(world: World) -> None:
     """`region_caption: consensus` through the asset: each caption pair's chosen side is its image's consensus of
     the sampled responses, against the same rejected side and pair ids. At bars every object clears, the consensus is
     each object the samples name, in its most used phrase, which the test recomputes from the stored samples."""
-    key, pairs_key = "round-0001", dg.AssetKey("verified_pairs")
-    job = world.defs.resolve_implicit_job_def_def_for_assets([pairs_key])
-
-    def pairs(config: dict) -> pl.DataFrame:
-        result = job.execute_in_process(
-            instance=world.instance,
-            partition_key=key,
-            asset_selection=[pairs_key],
-            run_config={"ops": {"verified_pairs": {"config": config}}},
-        )
-        assert result.success
-        return result.output_for_node("verified_pairs").filter(pl.col("task") == "caption")
-
-    whole = pairs({})
-    share = 0.001
-    rewritten = pairs(
-        {"min_region_support": 1e-6, "region_caption": "consensus", "min_sample_share": share, "region_pairs": "cut"}
-    )
+    key, share = "round-0001", 0.001
+    consensus = {
+        "min_region_support": 1e-6,
+        "region_caption": "consensus",
+        "min_sample_share": share,
+        "region_pairs": "cut",
+    }
+    captions = pl.col("task") == "caption"
+    whole = verified_pairs_with(world, key, {}).filter(captions)
+    rewritten = verified_pairs_with(world, key, consensus).filter(captions)
     samples = world.store.read_table(world.store.head("sampled_responses", key))
     expected = grounded_consensus(samples, lambda image_id, segment: 1.0, 0.0, share)
     assert expected and whole["pair_id"].to_list() == rewritten["pair_id"].to_list()

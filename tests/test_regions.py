@@ -218,5 +218,7 @@ def test_region_support_needs_clip_verification() -> None:
     assert VerificationSettings().min_region_support == 0.0  # off by default
     with pytest.raises(ValueError, match="region_caption"):
         VerificationSettings(min_region_support=0.2, region_caption="union")
+    with pytest.raises(ValueError, match="region_caption='consensus' needs min_region_support"):
+        VerificationSettings(region_caption="consensus")
     with pytest.raises(ValueError, match="min_sample_share"):
         VerificationSettings(min_region_support=0.2, region_caption="consensus", min_sample_share=0)

@@ -72,8 +72,9 @@ def drop_unsupported(
     whose segments reaches it stays whole (nothing is left to train towards). See `replace_chosen` for `mode`."""
     captions = []
     for image_id, text in pairs.select("image_id", "chosen").iter_rows():
-        kept = [p for p in segment_texts(text) if support_of(image_id, p) >= threshold]
-        captions.append(join_segments(kept) if 0 < len(kept) < len(segment_texts(text)) else text)
+        parts = segment_texts(text)
+        kept = [p for p in parts if support_of(image_id, p) >= threshold]
+        captions.append(join_segments(kept) if 0 < len(kept) < len(parts) else text)
     return replace_chosen(pairs, captions, score, mode)
 
 

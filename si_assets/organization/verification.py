@@ -136,6 +136,8 @@ class VerificationSettings(PairRule):
         self.verifier_source()  # a missing folder or unknown model name is refused as configuration
         if self.min_region_support and self.verification != "clip":
             raise ValueError("min_region_support needs verification='clip' (CLIP finds the objects)")
+        if self.region_caption == "consensus" and not self.min_region_support:
+            raise ValueError("region_caption='consensus' needs min_region_support > 0 (the support an object needs)")
         return self
 
     def verifier_source(self) -> VerifierSource:

@@ -130,7 +130,9 @@ def main() -> None:
             edited.append(join_segments(parts))
         label = f"  cut < {threshold}, samples' segments >= {added} added"
         print(f"  {label:<42} {labels.summary(ids, edited)}")
-    texts: dict[str, list[str]] = {}
+    texts: dict[str, list[str]] = {}  # the phrases the round's edit classifies windows among: pairs, then samples
+    for image_id, chosen_text, rejected in pairs.select("image_id", "chosen", "rejected").iter_rows():
+        texts.setdefault(image_id, []).extend([chosen_text, rejected])
     for image_id, response in samples.select("image_id", "response").iter_rows():
         texts.setdefault(image_id, []).append(response)
     product_support = region_support_of(scorer, images, texts, args.window)  # as the round computes it

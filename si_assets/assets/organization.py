@@ -17,8 +17,9 @@ from si_assets.assets.common import (
     preview,
     versioned,
 )
+from si_assets.organization.balance import OMISSION, name_push
 from si_assets.organization.probes import PROBE
-from si_assets.organization.verification import VerificationSettings
+from si_assets.organization.verification import VerificationSettings, training_pairs
 from si_assets.rounds.steps import Verified, verify
 from si_assets.storage import Checkpoint
 
@@ -105,8 +106,15 @@ def pair_metadata(verified: Verified, responses: pl.DataFrame) -> dict:
     if "unsupported_dropped" in pairs.columns:  # min_region_support: chosen captions cut to what CLIP finds
         dropped = pairs["unsupported_dropped"].fill_null(0)
         cut = {"region_support_cut": int((dropped > 0).sum()), "region_support_segments_dropped": int(dropped.sum())}
+    # per object, the caption pairs' chosen-side minus rejected-side mentions: DPO learns to say the kinds pushed
+    # down most less often, present or not (omission pairs offset it)
+    trained = training_pairs(pairs).filter(pl.col("task") != PROBE)
+    push = {"name_push": dict(sorted(name_push(trained.filter(pl.col("task") != OMISSION)).items()))}
+    if OMISSION in trained["task"]:
+        push["name_push_with_omissions"] = dict(sorted(name_push(trained).items()))
     return {
         **cut,
+        **push,
         "probe_pairs": probes.height,
         "probe_answers": dict(probes.group_by("answer").len().sort("answer").iter_rows()),
         "rejected_sources": dict(pairs.group_by("rejected_source").len().sort("rejected_source").iter_rows()),

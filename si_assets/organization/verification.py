@@ -120,6 +120,13 @@ class VerificationSettings(PairRule):
         0.5, gt=0, le=1, description="with region_caption 'consensus': the share of samples that must name an object"
     )
     region_window: float = Field(1 / 3, gt=0, le=1, description="region support's window side, share of the image")
+    omission_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="pairs that prefer a chosen caption to itself with one object left out, per object: this share "
+        "of the net push down the caption pairs give its name (they teach to say each kind less); 0: none",
+    )
     max_reverse_rate: float = Field(0.5, ge=0, le=1, description="the reverse_rate check warns above this")
     max_discard_rate: float = Field(0.5, ge=0, le=1, description="the discard_rate check warns above this")
     chunk_size: int = Field(4096, ge=1, description="responses per stored chunk of scores (resume after a crash)")

@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         stored_table,
     )
     from si_assets.definitions import defs
-    from si_assets.organization.verification import decision_counts
+    from si_assets.organization.probes import PROBE
+    from si_assets.organization.verification import CAPTION, decision_counts
     from si_assets.rounds import round_key
     from si_assets.rounds.summary import headline_table
 
@@ -79,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
                 counts = decision_counts(pairs)
                 scores = stored_table(defs, instance, "eval_scores", run.key)
                 decided = ", ".join(f"{n} {d}" for d, n in counts.items())
-                print(f"\n{run.key}: verified pairs {decided}; {pairs.height - sum(counts.values())} yes/no probes")
+                tasks = dict(pairs.group_by("task").len().iter_rows())
+                added = "".join(f", {tasks[t]} {t} pairs" for t in sorted(tasks) if t not in (CAPTION, PROBE))
+                print(f"\n{run.key}: verified pairs {decided}; {tasks.get(PROBE, 0)} yes/no probes{added}")
                 print("held-out evaluation, 95% bootstrap intervals; test is reported, dev gates the promotion")
                 print("(precision: distinct named objects present / distinct named; POPE averaged over strategies):")
                 print(headline_table(scores))

@@ -1,14 +1,15 @@
 """Omission pairs (`omission_share`): the counterweight that keeps a round from learning to leave objects out.
 
 A caption pair pushes up the objects its chosen side names and down the ones its rejected side names. Summed over a
-round's pairs, the push on an object's name is far from zero: the hallucinated negatives name every kind more often
-than the chosen captions do (the kinds the model confuses most of all), so besides which object belongs in which
-image, DPO learns to say each kind less, and the trained model leaves out true objects of the kinds pushed down the
-most (docs/results.md, "What a round learns to leave out"). An omission pair prefers a chosen caption to the same
-caption with one of its objects left out: it pushes that one name up, on an image the chosen side says holds it, and
-nothing else (the rest of the caption is on both sides). Omission pairs are added per object until they make up
-`share` of the net push down the caption pairs give it. Judge-free and label-free: the objects are the chosen
-captions' own, and only omissions the verifier scores below the whole caption are used (it sees something missing).
+round's pairs, the push on an object's name is far from zero: the hallucinated negatives name nearly every kind more
+often than the chosen captions do (with the grounded consensus, the kinds CLIP confuses most of all), so besides
+which object belongs in which image, DPO learns to say each kind less, and the trained model leaves out true objects
+of the kinds pushed down the most (docs/results.md, "What a round learns to leave out"). An omission pair prefers a
+chosen caption to the same caption with one of its objects left out: it pushes that one name up, on an image the
+chosen side says holds it, and nothing else (the rest of the caption is on both sides). Omission pairs are added per
+object until they make up `share` of the net push down the caption pairs give it. Judge-free and label-free: the
+objects are the chosen captions' own, and only omissions the verifier scores below the whole caption are used (it
+sees something missing).
 """
 
 from __future__ import annotations

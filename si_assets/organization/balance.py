@@ -59,7 +59,8 @@ def omission_pairs(pairs: pl.DataFrame, score: Score, share: float, seed: int) -
     ...): for each object the pairs push down on balance, `share` of that push in pairs that prefer a distinct
     chosen caption naming it to the caption without it, drawn at random (`seed`) among the omissions the verifier
     scores below their caption. An object with too few such captions gets what there is."""
-    wanted = {obj: round(-share * n) for obj, n in name_push(pairs).items() if round(-share * n) > 0}
+    offsets = {obj: round(-share * n) for obj, n in name_push(pairs).items()}
+    wanted = {obj: k for obj, k in offsets.items() if k > 0}
     sources = pairs.unique(["image_id", "chosen"], keep="first", maintain_order=True)
     rows, objects, texts = [], [], []
     for row, text in enumerate(sources["chosen"]):

@@ -20,7 +20,7 @@ from si_assets.world import (
     render_image,
     sample_scene,
 )
-from si_assets.world.generate import SPLIT_NAMES, order_mentions
+from si_assets.world.generate import SPLIT_NAMES, order_mentions, split_scenes
 from si_assets.world.vocabulary import caption_mentions, caption_order_of
 
 
@@ -253,3 +253,21 @@ def test_caption_order_is_read_back_off_the_captions(caption_order: str) -> None
     assert caption_order_of(table) == caption_order
     for row in table.iter_rows(named=True):
         assert caption_text(caption_mentions(row["caption"], row["objects"], row["colours"])) == row["caption"]
+
+
+def test_the_verifiers_split_holds_each_objects_box() -> None:
+    """`clip_train` carries one box per object, in the order of `objects`, around what is drawn there; the other
+    splits carry none."""
+    spec = WorldSpec(seed=0, splits={"seed_train": 5, "clip_train": 40, "improve": 5, "dev": 5, "test": 5})
+    table = generate_split(spec, "clip_train")
+    scenes = split_scenes(spec, "clip_train")
+    for row in table.iter_rows(named=True):
+        placed = scenes[row["id"]]
+        assert len(row["boxes"]) == len(row["objects"]) == len(placed)
+        for obj, (left, top, right, bottom) in zip(placed, row["boxes"]):
+            drawn = np.argwhere(np.asarray(draw_mask(obj.kind, obj.cx, obj.cy, obj.size, spec.image_size)) > 0)
+            assert right - left == pytest.approx(obj.size) and bottom - top == pytest.approx(obj.size)
+            assert drawn[:, 1].min() >= left - 1 and drawn[:, 1].max() <= right + 1  # columns: x
+            assert drawn[:, 0].min() >= top - 1 and drawn[:, 0].max() <= bottom + 1
+    for split in ("seed_train", "improve", "dev", "test"):
+        assert "boxes" not in generate_split(spec, split).columns

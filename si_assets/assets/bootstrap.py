@@ -80,8 +80,9 @@ def bootstrap_clip(
     world_clip_train: pl.DataFrame,
     world_dev: pl.DataFrame,
 ) -> dg.Output[Checkpoint]:
-    """A tiny open_clip model trained contrastively on `clip_train` (plus hard-negative captions), saved
-    as a `local-dir:` folder. Its image→text recall@1 on `dev` is reported against chance."""
+    """A tiny open_clip model trained contrastively on `clip_train` (plus hard-negative captions), and with
+    `object_window` also on one window per object box, saved as a `local-dir:` folder. Its image→text recall@1 on
+    `dev` is reported against chance."""
     artifact_store = store.get()
     train_cfg = ClipTrainConfig(**config.model_dump(exclude={"architecture"}))
     arch = TinyClipSpec(**config.architecture.model_dump())
@@ -104,5 +105,6 @@ def bootstrap_clip(
         chance_recall_at_1=chance,
         train_seconds=float(meta["seconds"]),
         final_loss=float(meta["final_loss"]),
+        object_windows=int(meta.get("object_windows", 0)),
         **consumed(world_clip_train=world_clip_train, world_dev=world_dev),
     )

@@ -99,9 +99,20 @@ def preview(df: pl.DataFrame, rows: int = 8, drop: tuple[str, ...] = ("image_png
     """A markdown preview of a table for the UI (binary columns left out)."""
     shown = df.drop([c for c in drop if c in df.columns]).head(rows)
     shown = shown.with_columns(
-        [pl.col(c).cast(pl.List(pl.String)).list.join(", ") for c, t in shown.schema.items() if isinstance(t, pl.List)]
+        [
+            pl.Series(c, [_list_text(v) for v in shown[c].to_list()], pl.String)
+            for c, t in shown.schema.items()
+            if isinstance(t, pl.List)
+        ]
     )
     return dg.MetadataValue.md(markdown_table(shown))
+
+
+def _list_text(value: object) -> str:
+    """`a, b` for a list; nested lists bracketed (`[1.5, 2], [3, 4]`)."""
+    if not isinstance(value, list):
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+    return ", ".join(f"[{_list_text(v)}]" if isinstance(v, list) else _list_text(v) for v in value)
 
 
 def markdown_table(df: pl.DataFrame, float_format: str = "{:.3f}") -> str:

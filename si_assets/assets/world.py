@@ -25,7 +25,7 @@ class WorldConfig(dg.Config, WorldSpec):
         )
         for split in SPLIT_NAMES
     },
-    code_version="world-1",
+    code_version="world-2",
 )
 def world_splits(context: dg.AssetExecutionContext, config: WorldConfig):
     """Disjoint seeded splits: each from its own random stream of (world seed, split name)."""

@@ -4,7 +4,7 @@ negative captions (Dagster-free)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +12,15 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP
+from PIL import Image
 from pydantic import Field
 
 from si_assets.bootstrap.schedule import warmup_cosine_scheduler
 from si_assets.progress import progress
 from si_assets.settings import Settings
 from si_assets.verifier.clip import ClipScorer, load_clip, retrieval_recall_at_1, save_clip
-from si_assets.world import WorldSpec, decode_png, hard_negative_caption
+from si_assets.verifier.regions import centred_box, masked_view
+from si_assets.world import WorldSpec, caption_text, decode_png, hard_negative_caption
 from si_assets.world.vocabulary import caption_mentions, caption_order_of, cooccurring_pairs, world_vocabulary
 
 
@@ -74,6 +76,15 @@ class ClipTrainConfig(Settings):
     negatives_per_image: int = Field(4, ge=1)  # candidates generated per caption
     negatives_per_step: int = Field(1, ge=1)  # how many of them each image meets in one batch
     retrieval_candidates: int = Field(50, ge=2, description="reported recall@1 ranks a caption among this many")
+    # Region support shows CLIP one window at a time; a CLIP that has only seen whole scenes finds few objects alone
+    # (docs/results.md, "What a second round needs: region support").
+    object_window: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="also train on one window per object box (its side a share of the image's, the rest of the "
+        "image masked as region support masks it), captioned with that object alone; 0: whole images only",
+    )
 
 
 def build_tiny_clip(spec: TinyClipSpec) -> CLIP:
@@ -140,6 +151,44 @@ def _pick_negatives(
     return neg_tokens[idx[:, None], picks].reshape(-1, neg_tokens.shape[-1])
 
 
+def training_views(
+    table: pl.DataFrame, object_window: float = 0.0
+) -> Iterator[tuple[Image.Image, str, list[tuple[str, str]]]]:
+    """(image, caption, its mentions) per row; with `object_window` > 0, each followed by one masked window per
+    object box (the `boxes` column, in the order of `objects`), captioned with that object alone."""
+    columns = ["image_png", "caption", "objects", "colours"]
+    if object_window:
+        if "boxes" not in table.columns:
+            raise ValueError(
+                f"object_window={object_window} needs a `boxes` column (each object's left, top, right, bottom in "
+                f"pixels, in the order of `objects`); the table has {table.columns}"
+            )
+        columns.append("boxes")
+    for png, caption, objects, colours, *boxes in table.select(columns).iter_rows():
+        image = decode_png(png)
+        yield image, caption, caption_mentions(caption, objects, colours)
+        if not boxes:
+            continue
+        side = max(1, round(min(image.size) * object_window))
+        for kind, colour, box in zip(objects, colours, boxes[0], strict=True):
+            window = centred_box(box, side, *image.size)
+            yield masked_view(image, window), caption_text([(kind, colour)]), [(kind, colour)]
+
+
+def training_examples(
+    table: pl.DataFrame, preprocess: Callable, spec: WorldSpec, config: ClipTrainConfig
+) -> tuple[torch.Tensor, list[str], list[list[str]]]:
+    """(pixels, captions, hard negatives) of `training_views`, `config.negatives_per_image` negatives each, drawn
+    with `spec`'s kinds, colours and partners by `config.seed`."""
+    rng = np.random.default_rng(config.seed)
+    images, captions, negatives = [], [], []
+    for view, caption, mentions in training_views(table, config.object_window):
+        images.append(preprocess(view))
+        captions.append(caption)
+        negatives.append([hard_negative_caption(mentions, spec, rng) for _ in range(config.negatives_per_image)])
+    return torch.stack(images), captions, negatives
+
+
 def train_bootstrap_clip(
     clip_train: pl.DataFrame,
     eval_split: pl.DataFrame,
@@ -163,17 +212,18 @@ def train_bootstrap_clip(
         caption_order=caption_order_of(clip_train),
         max_objects=1,
     )
-    rng = np.random.default_rng(config.seed)
-    negatives = [
-        [hard_negative_caption(mentions, partner_spec, rng) for _ in range(config.negatives_per_image)]
-        for mentions in (
-            caption_mentions(*row) for row in clip_train.select("caption", "objects", "colours").iter_rows()
-        )
-    ]
-    images = torch.stack([preprocess(decode_png(b)) for b in clip_train["image_png"]])
-    stats = train_clip(model, tokenizer, images, clip_train["caption"].to_list(), negatives, config, log)
+    images, captions, negatives = training_examples(clip_train, preprocess, partner_spec, config)
+    if log and config.object_window:
+        log(f"CLIP training views: {clip_train.height} images and {len(captions) - clip_train.height} object windows")
+    stats = train_clip(model, tokenizer, images, captions, negatives, config, log)
     save_clip(model, arch.open_clip_config(), directory)
     scorer = ClipScorer(model, preprocess, tokenizer)
     eval_images = [decode_png(b) for b in eval_split["image_png"]]
     recall = retrieval_recall_at_1(scorer, eval_images, eval_split["caption"].to_list(), retrieval_candidates)
-    return {**stats, "eval_recall_at_1": recall, "chance_recall_at_1": 1 / retrieval_candidates}
+    windows = len(captions) - clip_train.height
+    return {
+        **stats,
+        "object_windows": windows,
+        "eval_recall_at_1": recall,
+        "chance_recall_at_1": 1 / retrieval_candidates,
+    }

@@ -36,6 +36,12 @@ def sliding_boxes(width: int, height: int, window: float = 1 / 3) -> list[Box]:
     return [(x, y, x + side, y + side) for y in starts(height) for x in starts(width)]
 
 
+def centred_box(box: Sequence[float], side: int, width: int, height: int) -> Box:
+    """The `side`-pixel window around the centre of `box` (left, top, right, bottom), clipped to the image."""
+    x, y, half = round((box[0] + box[2]) / 2), round((box[1] + box[3]) / 2), side // 2
+    return max(0, x - half), max(0, y - half), min(width, x + half), min(height, y + half)
+
+
 def masked_view(image: Image.Image, box: Box) -> Image.Image:
     """`image` with everything outside `box` filled with its median colour."""
     pixels = np.asarray(image.convert("RGB"))

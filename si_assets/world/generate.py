@@ -20,6 +20,7 @@ SPLIT_NAMES = ("seed_train", "clip_train", "improve", "dev", "test")
 EVAL_SPLITS = ("dev", "test")  # dev: defaults and the promotion gate; test: reported, never a choice
 # Captioned splits carry ground truth; `improve` is the unlabeled pool the loop may read.
 LABELED_SPLITS = ("seed_train", "clip_train", "dev", "test")
+GROUNDED_SPLIT = "clip_train"  # the verifier's training data also holds each object's box
 
 
 def sample_scene(spec: WorldSpec, rng: np.random.Generator) -> list[PlacedObject]:
@@ -115,6 +116,12 @@ def absent_partner_mention(objects: list[PlacedObject], spec: WorldSpec, rng: np
     return None
 
 
+def object_box(obj: PlacedObject) -> list[float]:
+    """The square an object is drawn in, (left, top, right, bottom) in pixels."""
+    r = obj.size / 2
+    return [obj.cx - r, obj.cy - r, obj.cx + r, obj.cy + r]
+
+
 def _split_seed(spec: WorldSpec, split: str) -> np.random.SeedSequence:
     # A stable integer per split name (Python's hash() is salted per process).
     salt = int.from_bytes(hashlib.sha256(split.encode()).digest()[:4], "little")
@@ -123,7 +130,8 @@ def _split_seed(spec: WorldSpec, split: str) -> np.random.SeedSequence:
 
 def generate_split(spec: WorldSpec, split: str) -> pl.DataFrame:
     """One split as a table. Labeled splits carry `objects` (ground truth, kind order), `colours`, and a
-    `caption`; `improve` carries only the image and a prompt — the loop never sees a label."""
+    `caption`; `clip_train` also each object's box, as a grounding data set gives them (the verifier may train on
+    objects alone); `improve` carries only the image and a prompt — the loop never sees a label."""
     if split not in spec.splits:
         raise KeyError(f"unknown split {split!r}; configured: {sorted(spec.splits)}")
     n = spec.splits[split]
@@ -146,6 +154,8 @@ def generate_split(spec: WorldSpec, split: str) -> pl.DataFrame:
                 mentions = add_mention(mentions, noise, spec)
             row["caption"] = caption_text(mentions)
             row["caption_objects"] = sorted({k for k, _ in mentions}, key=spec.kinds.index)
+            if split == GROUNDED_SPLIT:
+                row["boxes"] = [object_box(o) for o in ordered]
         rows.append(row)
     return pl.DataFrame(rows)
 

@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1, help="rounds to run (default 1)")
     parser.add_argument("--config", type=Path, help="run config (YAML) for every round: your model, images, eval")
     parser.add_argument("--bootstrap-config", type=Path, help="run config (YAML) of the bootstrap: world, models")
+    parser.add_argument("--plot", type=Path, help="also write the rounds summary's plot (PNG) to this file")
     args = parser.parse_args(argv)
     run_config = yaml.safe_load(args.config.read_text()) if args.config else {}
     bootstrap_config = yaml.safe_load(args.bootstrap_config.read_text()) if args.bootstrap_config else {}
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from si_assets.organization.probes import PROBE
     from si_assets.organization.verification import CAPTION, decision_counts
     from si_assets.rounds import round_key
-    from si_assets.rounds.summary import headline_table
+    from si_assets.rounds.summary import headline_table, plot_rounds
 
     started = time.perf_counter()
     table_style = pl.Config(
@@ -96,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         shown += ["seed_recall", "trained_recall", "seed_pope_f1", "trained_pope_f1", "gate_passed", "promoted"]
         print("\nrounds so far (test split):")
         print(summary.select([c for c in shown if c in summary.columns]))
+        if args.plot:
+            args.plot.parent.mkdir(parents=True, exist_ok=True)
+            args.plot.write_bytes(plot_rounds(summary))
+            print(f"plot of the rounds: {args.plot}")
     print("every metric, POPE per strategy, the lineage and plots: the assets in the UI")
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; Dagster instance: {home}")
     print("browse it with: make ui   (http://127.0.0.1:3000)")

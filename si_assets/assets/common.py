@@ -111,7 +111,7 @@ def preview(df: pl.DataFrame, rows: int = 8, drop: tuple[str, ...] = ("image_png
 def _list_text(value: object) -> str:
     """`a, b` for a list; nested lists bracketed (`[1.5, 2], [3, 4]`)."""
     if not isinstance(value, list):
-        return f"{value:.4g}" if isinstance(value, float) else str(value)
+        return f"{value:.4g}" if isinstance(value, float) else "" if value is None else str(value)
     return ", ".join(f"[{_list_text(v)}]" if isinstance(v, list) else _list_text(v) for v in value)
 
 

@@ -111,6 +111,28 @@ def test_the_edit_appends_omission_pairs_for_the_training_pairs() -> None:
     assert edit(discarded, _below_every_caption).height == 1  # a discarded pair pushes nothing
 
 
+def test_omission_pairs_can_leave_objects_out_of_one_tasks_chosen_captions_only() -> None:
+    """With a source task, the omissions come from that task's chosen captions; the push they offset is still that
+    of every pair."""
+    consensus = _pairs([("i4", "a star and a ring.", "a star, a ring and a hexagon.")]).with_columns(
+        task=pl.lit("region"), pair_id=pl.lit("i4/0/region")
+    )
+    pairs = pl.concat([PAIRS, consensus])
+    added = omission_pairs(pairs, _below_every_caption, 1.0, seed=0, source_task="region")
+    assert added.select("pair_id", "rejected").rows() == [("i4/0/region/omission/star", "a ring.")]
+    assert name_push(pairs)["star"] == -2  # the push on a star, offset from the one consensus caption that names it
+    every = omission_pairs(pairs, _below_every_caption, 1.0, seed=0)
+    assert set(every["image_id"]) == {"i1", "i2", "i4"}
+
+
+def test_omissions_from_the_consensus_need_the_consensus_pairs() -> None:
+    consensus = {"min_region_support": 0.5, "region_caption": "consensus", "region_pairs": "add"}
+    assert VerificationSettings(**consensus, omission_share=1.0, omission_source="consensus").omission_source
+    for other in ({"region_pairs": "cut"}, {"region_caption": "chosen"}):
+        with pytest.raises(ValueError, match="omission_source='consensus' needs"):
+            VerificationSettings(**{**consensus, **other}, omission_share=1.0, omission_source="consensus")
+
+
 def test_omission_share_is_a_share() -> None:
     assert VerificationSettings().omission_share == 0.0  # off by default
     with pytest.raises(ValueError, match="omission_share"):

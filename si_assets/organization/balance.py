@@ -54,14 +54,18 @@ def omissions(text: str) -> dict[str, str]:
     return {obj: join_segments([p for p, o in zip(parts, objects) if o != obj]) for obj in sorted(named)}
 
 
-def omission_pairs(pairs: pl.DataFrame, score: Score, share: float, seed: int) -> pl.DataFrame:
+def omission_pairs(
+    pairs: pl.DataFrame, score: Score, share: float, seed: int, source_task: str | None = None
+) -> pl.DataFrame:
     """Omission pairs for the training caption pairs `pairs` (image_id, pair_id, chosen, rejected, score_chosen,
-    ...): for each object the pairs push down on balance, `share` of that push in pairs that prefer a distinct
+    ..., task): for each object the pairs push down on balance, `share` of that push in pairs that prefer a distinct
     chosen caption naming it to the caption without it, drawn at random (`seed`) among the omissions the verifier
-    scores below their caption. An object with too few such captions gets what there is."""
+    scores below their caption. The chosen captions are those of every pair, or of the pairs of `source_task` only.
+    An object with too few such captions gets what there is."""
     offsets = {obj: round(-share * n) for obj, n in name_push(pairs).items()}
     wanted = {obj: k for obj, k in offsets.items() if k > 0}
-    sources = pairs.unique(["image_id", "chosen"], keep="first", maintain_order=True)
+    sources = pairs if source_task is None else pairs.filter(pl.col("task") == source_task)
+    sources = sources.unique(["image_id", "chosen"], keep="first", maintain_order=True)
     rows, objects, texts = [], [], []
     for row, text in enumerate(sources["chosen"]):
         for obj, shorter in omissions(text).items():
@@ -97,12 +101,14 @@ def omission_pairs(pairs: pl.DataFrame, score: Score, share: float, seed: int) -
     )
 
 
-def omission_edit(share: float, seed: int) -> Callable[[pl.DataFrame, Score], pl.DataFrame]:
-    """The pair edit of `omission_share`: the caption pairs, then their omission pairs (after them, so the yes/no
-    probes restate the caption pairs as before)."""
+def omission_edit(
+    share: float, seed: int, source_task: str | None = None
+) -> Callable[[pl.DataFrame, Score], pl.DataFrame]:
+    """The pair edit of `omission_share` (and `omission_source`): the caption pairs, then their omission pairs
+    (after them, so the yes/no probes restate the caption pairs as before)."""
 
     def edit(pairs: pl.DataFrame, score: Score) -> pl.DataFrame:
-        added = omission_pairs(pairs.filter(pl.col("decision") != DISCARDED), score, share, seed)
+        added = omission_pairs(pairs.filter(pl.col("decision") != DISCARDED), score, share, seed, source_task)
         return pl.concat([pairs, added], how="diagonal_relaxed")
 
     return edit

@@ -57,7 +57,7 @@ from si_assets.optimization.reference_cache import ReferenceLookup, cached_refer
 from si_assets.optimization.self_training import self_sft_pairs
 from si_assets.optimization.warm_start import TrainedOn, WarmStart, plan_warm_start
 from si_assets.organization.balance import omission_edit
-from si_assets.organization.support import region_support_edit
+from si_assets.organization.support import REGION_CUT, region_support_edit
 from si_assets.organization.verification import (
     DISCARDED,
     REVERSED,
@@ -229,7 +229,8 @@ def verify(
         )
         edit = then(to_supported, edit)
     if settings.omission_share:
-        omitted = omission_edit(settings.omission_share, round_seed(settings.seed, round_key))
+        source_task = REGION_CUT if settings.omission_source == "consensus" else None
+        omitted = omission_edit(settings.omission_share, round_seed(settings.seed, round_key), source_task)
         edit = omitted if edit is None else then(edit, omitted)
     verifier_version = settings.verifier_source().identity(clip_checkpoint_version)
     key = config_key(verifier_version, table_version(images), settings.score_mode, device_name, SCORING_VERSION)

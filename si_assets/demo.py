@@ -40,9 +40,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1, help="rounds to run (default 1)")
     parser.add_argument("--config", type=Path, help="run config (YAML) for every round: your model, images, eval")
     parser.add_argument("--bootstrap-config", type=Path, help="run config (YAML) of the bootstrap: world, models")
+    parser.add_argument(
+        "--round-config",
+        action="append",
+        default=[],
+        metavar="N=YAML",
+        help="run config of round N in place of --config (repeatable)",
+    )
     parser.add_argument("--plot", type=Path, help="also write the rounds summary's plot (PNG) to this file")
     args = parser.parse_args(argv)
     run_config = yaml.safe_load(args.config.read_text()) if args.config else {}
+    round_configs = {}
+    for item in args.round_config:
+        number, _, path = item.partition("=")
+        if not number.isdigit() or not path:
+            parser.error(f"--round-config {item!r}: expected N=YAML, e.g. 3=round3.yaml")
+        round_configs[int(number)] = yaml.safe_load(Path(path).read_text())
     bootstrap_config = yaml.safe_load(args.bootstrap_config.read_text()) if args.bootstrap_config else {}
     home = prepare_instance()
     import dagster as dg
@@ -76,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             run_bootstrap(defs, instance, bootstrap_config)
             for number in range(1, args.rounds + 1):
-                run = run_round(defs, instance, round_key(number), run_config)
+                run = run_round(defs, instance, round_key(number), round_configs.get(number, run_config))
                 pairs = stored_table(defs, instance, "verified_pairs", run.key)
                 counts = decision_counts(pairs)
                 scores = stored_table(defs, instance, "eval_scores", run.key)

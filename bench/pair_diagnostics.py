@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from si_assets.evaluation.metrics import ObjectVocabulary  # noqa: E402
+from si_assets.organization.probes import PROBE  # noqa: E402
 from si_assets.organization.segments import join_segments, segment_texts  # noqa: E402
 from si_assets.organization.verification import CAPTION, clip_score_fn  # noqa: E402
 from si_assets.storage import ArtifactStore  # noqa: E402
@@ -142,7 +143,7 @@ def load_round(
         return store.read_table(head)
 
     pairs = table("verified_pairs", round_key).filter(pl.col("decision") != "discarded")
-    if "task" in pairs.columns:  # the caption pairs; the yes/no probes restate them
+    if "task" in pairs.columns:  # the caption pairs; the yes/no probes restate them, the other tasks edit them
         pairs = pairs.filter(pl.col("task") == CAPTION)
     clip_dir = clip or Path(store.local_checkpoint(store.head("bootstrap_clip")).path)
     improve = table("world_improve")
@@ -176,6 +177,13 @@ def main() -> None:
         "rejected": (pairs["image_id"].to_list(), pairs["rejected"].to_list()),
         "oracle pick": oracle_pick(labels, samples),
     }
+    every = ArtifactStore(args.store)
+    edits = every.read_table(every.head("verified_pairs", args.round)).filter(
+        (pl.col("decision") != "discarded") & ~pl.col("task").is_in([CAPTION, PROBE])
+    )
+    for task, added in edits.group_by("task", maintain_order=True):
+        for side in ("chosen", "rejected"):  # region: the grounded consensus or cut caption; omission: one object less
+            rows[f"{task[0]} {side}"] = (added["image_id"].to_list(), added[side].to_list())
     for name, (ids, texts) in rows.items():
         print(f"  {name:<20} {labels.summary(ids, texts)}")
     print("  " + partner_habit(labels, samples, dict(zip(pairs["image_id"], pairs["chosen"]))))

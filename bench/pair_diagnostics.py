@@ -177,10 +177,9 @@ def main() -> None:
         "rejected": (pairs["image_id"].to_list(), pairs["rejected"].to_list()),
         "oracle pick": oracle_pick(labels, samples),
     }
-    every = ArtifactStore(args.store)
-    edits = every.read_table(every.head("verified_pairs", args.round)).filter(
-        (pl.col("decision") != "discarded") & ~pl.col("task").is_in([CAPTION, PROBE])
-    )
+    store = ArtifactStore(args.store)
+    every = store.read_table(store.head("verified_pairs", args.round)).filter(pl.col("decision") != "discarded")
+    edits = every.filter(~pl.col("task").is_in([CAPTION, PROBE])) if "task" in every.columns else every.clear()
     for task, added in edits.group_by("task", maintain_order=True):
         for side in ("chosen", "rejected"):  # region: the grounded consensus or cut caption; omission: one object less
             rows[f"{task[0]} {side}"] = (added["image_id"].to_list(), added[side].to_list())

@@ -180,7 +180,7 @@ def main() -> None:
     store = ArtifactStore(args.store)
     every = store.read_table(store.head("verified_pairs", args.round)).filter(pl.col("decision") != "discarded")
     edits = every.filter(~pl.col("task").is_in([CAPTION, PROBE])) if "task" in every.columns else every.clear()
-    for task, added in edits.group_by("task", maintain_order=True):
+    for task, added in edits.group_by("task", maintain_order=True) if edits.height else ():
         for side in ("chosen", "rejected"):  # region: the grounded consensus or cut caption; omission: one object less
             rows[f"{task[0]} {side}"] = (added["image_id"].to_list(), added[side].to_list())
     for name, (ids, texts) in rows.items():

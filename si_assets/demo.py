@@ -35,6 +35,17 @@ def prepare_instance() -> Path:
     return home
 
 
+def per_round_configs(items: list[str]) -> dict[int, dict]:
+    """`--round-config` items (`N=YAML`) as round number -> run config."""
+    configs = {}
+    for item in items:
+        number, _, path = item.partition("=")
+        if not number.isdigit() or int(number) < 1 or not path:
+            raise ValueError(f"--round-config {item!r}: expected N=YAML with N ≥ 1, e.g. 3=round3.yaml")
+        configs[int(number)] = yaml.safe_load(Path(path).read_text()) or {}
+    return configs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1, help="rounds to run (default 1)")
@@ -50,12 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, help="also write the rounds summary's plot (PNG) to this file")
     args = parser.parse_args(argv)
     run_config = yaml.safe_load(args.config.read_text()) if args.config else {}
-    round_configs = {}
-    for item in args.round_config:
-        number, _, path = item.partition("=")
-        if not number.isdigit() or not path:
-            parser.error(f"--round-config {item!r}: expected N=YAML, e.g. 3=round3.yaml")
-        round_configs[int(number)] = yaml.safe_load(Path(path).read_text())
+    try:
+        round_configs = per_round_configs(args.round_config)
+    except ValueError as bad:
+        parser.error(str(bad))
     bootstrap_config = yaml.safe_load(args.bootstrap_config.read_text()) if args.bootstrap_config else {}
     home = prepare_instance()
     import dagster as dg

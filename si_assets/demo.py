@@ -10,6 +10,7 @@ Re-running repeats the same rounds with the same results: rounds are partitions,
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import time
@@ -46,6 +47,20 @@ def per_round_configs(items: list[str]) -> dict[int, dict]:
     return configs
 
 
+# The ops whose `seed` a round seed sets: the round's sampling, its pair draws and its training.
+SEEDED_OPS = ("collected_responses", "verified_pairs", "trained_model")
+
+
+def with_round_seed(run_config: dict, seed: int) -> dict:
+    """`run_config` with `seed` as the seed of the round's sampling, verification and training (a round seed
+    varies the whole round)."""
+    seeded = copy.deepcopy(run_config)
+    ops = seeded.setdefault("ops", {})
+    for op in SEEDED_OPS:
+        ops.setdefault(op, {}).setdefault("config", {})["seed"] = seed
+    return seeded
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1, help="rounds to run (default 1)")
@@ -58,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N=YAML",
         help="run config of round N in place of --config (repeatable)",
     )
+    parser.add_argument(
+        "--round-seed",
+        type=int,
+        metavar="N",
+        help="seed of every round's sampling, verification and training (default: the configs' own, else 0)",
+    )
     parser.add_argument("--plot", type=Path, help="also write the rounds summary's plot (PNG) to this file")
     args = parser.parse_args(argv)
     run_config = yaml.safe_load(args.config.read_text()) if args.config else {}
@@ -65,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         round_configs = per_round_configs(args.round_config)
     except ValueError as bad:
         parser.error(str(bad))
+    if args.round_seed is not None:
+        if args.round_seed < 0:
+            parser.error(f"--round-seed {args.round_seed}: a seed is ≥ 0")
+        run_config = with_round_seed(run_config, args.round_seed)
+        round_configs = {n: with_round_seed(c, args.round_seed) for n, c in round_configs.items()}
     bootstrap_config = yaml.safe_load(args.bootstrap_config.read_text()) if args.bootstrap_config else {}
     home = prepare_instance()
     import dagster as dg

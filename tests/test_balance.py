@@ -133,7 +133,16 @@ def test_omissions_from_the_consensus_need_the_consensus_pairs() -> None:
             VerificationSettings(**{**consensus, **other}, omission_share=1.0, omission_source="consensus")
 
 
-def test_omission_share_is_a_share() -> None:
+def test_omission_share_above_one_pushes_the_names_up() -> None:
+    many = _pairs([(f"i{k}", "a star and a ring.", "a star, a ring, a hexagon.") for k in range(10)])
+    skewed = pl.concat([many, _pairs([(f"k{k}", "a circle.", "a star.") for k in range(4)])])  # star: 4 down
+    added = omission_pairs(skewed, _below_every_caption, 1.5, seed=0)
+    assert added["pair_id"].str.split("/").list.last().to_list() == ["star"] * 6  # round(1.5 * 4)
+    assert name_push(pl.concat([skewed, added]))["star"] == 2  # up on balance
+
+
+def test_omission_share_is_bounded() -> None:
     assert VerificationSettings().omission_share == 0.0  # off by default
+    assert VerificationSettings(omission_share=1.5).omission_share == 1.5
     with pytest.raises(ValueError, match="omission_share"):
-        VerificationSettings(omission_share=1.5)
+        VerificationSettings(omission_share=2.5)

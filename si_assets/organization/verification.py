@@ -124,9 +124,10 @@ class VerificationSettings(PairRule):
     omission_share: float = Field(
         0.0,
         ge=0,
-        le=1,
+        le=2,
         description="pairs that prefer a chosen caption to itself with one object left out, per object: this share "
-        "of the net push down the caption pairs give its name (they teach to say each kind less); 0: none",
+        "of the net push down the caption pairs give its name (they teach to say each kind less); 0: none; above "
+        "1: a net push up on the names the omitted captions hold",
     )
     # The chosen captions of the caption pairs still name the hallucinations the verifier believes; the grounded
     # consensus names fewer (docs/results.md, "Three rounds on new images"), so its omissions are mostly true objects.

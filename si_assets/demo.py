@@ -95,8 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     home = prepare_instance()
     import dagster as dg
 
+    from si_assets.automation.jobs import bootstrap_job, improvement_round_job
     from si_assets.automation.runner import (
         RoundFailed,
+        RunConfigError,
+        check_run_config,
         refresh_summary,
         release_dead_runs,
         run_bootstrap,
@@ -108,6 +111,17 @@ def main(argv: list[str] | None = None) -> int:
     from si_assets.organization.verification import CAPTION, decision_counts
     from si_assets.rounds import round_key
     from si_assets.rounds.summary import headline_table, plot_rounds
+
+    # every config is checked before the first step runs: a typo in round 3's config fails now, not an hour in
+    rounds = range(1, args.rounds + 1)
+    checks = {"--config": run_config} if any(n not in round_configs for n in rounds) else {}
+    checks |= {f"--round-config {n}": config for n, config in round_configs.items() if n in rounds}
+    try:
+        check_run_config(defs.resolve_job_def(bootstrap_job.name), bootstrap_config, "--bootstrap-config")
+        for name, config in checks.items():
+            check_run_config(defs.resolve_job_def(improvement_round_job.name), config, name)
+    except RunConfigError as bad:
+        parser.error(str(bad))
 
     started = time.perf_counter()
     table_style = pl.Config(
@@ -123,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"run {run_id} was left running by a process that is gone: marked failed, its pool slots freed")
         try:
             run_bootstrap(defs, instance, bootstrap_config)
-            for number in range(1, args.rounds + 1):
+            for number in rounds:
                 run = run_round(defs, instance, round_key(number), round_configs.get(number, run_config))
                 pairs = stored_table(defs, instance, "verified_pairs", run.key)
                 counts = decision_counts(pairs)

@@ -4,11 +4,13 @@ benchmarks and the tests share. The daemon-driven path (schedule, sensor) launch
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import typing
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
+import pydantic
 
 from si_assets.assets.common import PROMOTION_GATE, ROUNDS
 from si_assets.automation.jobs import bootstrap_job, improvement_round_job
@@ -28,6 +30,60 @@ class RoundRun:
 
 class RoundFailed(RuntimeError):
     pass
+
+
+class RunConfigError(ValueError):
+    pass
+
+
+def check_run_config(job: dg.JobDefinition, run_config: Mapping[str, Any], name: str) -> None:
+    """Raises `RunConfigError` when `run_config` (called `name` in the message) does not fit `job`: an unknown or
+    mistyped field (Dagster's schema) or a value out of its range (the ops' settings classes, which Dagster would
+    only build when the step starts, after the steps before it have run)."""
+    try:
+        resolved = dg.validate_run_config(job, dict(run_config))
+    except dg.DagsterInvalidConfigError as bad:
+        errors = "\n  ".join(error.message for error in bad.errors)
+        raise RunConfigError(f"{name} does not fit the {job.name} job:\n  {errors}") from None
+    except dg.DagsterConfigMappingFunctionError as bad:  # a graph-backed asset builds its settings while resolving
+        if not isinstance(bad.user_exception, pydantic.ValidationError):
+            raise
+        raise RunConfigError(_settings_errors(name, bad.user_exception)) from None
+    ops = dict(_ops_by_path(job.graph))
+    for path, node_config in resolved["ops"].items():
+        config_class = _config_class(ops[path]) if path in ops else None
+        if config_class is None or node_config.get("config") is None:
+            continue
+        try:
+            config_class(**node_config["config"])
+        except pydantic.ValidationError as bad:
+            raise RunConfigError(_settings_errors(name, bad, path)) from None
+
+
+def _settings_errors(name: str, bad: pydantic.ValidationError, path: str | None = None) -> str:
+    errors = "\n  ".join(_field_error(error) for error in bad.errors())
+    return f"{name}: the config of {path or bad.title}:\n  {errors}"
+
+
+def _field_error(error: Mapping[str, Any]) -> str:
+    location = ".".join(map(str, error["loc"]))
+    return f"{location}: {error['msg']}" if location else error["msg"]
+
+
+def _ops_by_path(graph: dg.GraphDefinition, prefix: str = "") -> Iterator[tuple[str, dg.OpDefinition]]:
+    """Every op of `graph` under its path in a resolved run config (`graph_asset.op` inside a graph-backed asset)."""
+    for node in graph.nodes:
+        if isinstance(node.definition, dg.GraphDefinition):
+            yield from _ops_by_path(node.definition, f"{prefix}{node.name}.")
+        else:
+            yield f"{prefix}{node.name}", node.definition
+
+
+def _config_class(op: dg.OpDefinition) -> type[pydantic.BaseModel] | None:
+    """The Pythonic config class an op's function takes as `config`, if any."""
+    function = getattr(op.compute_fn, "decorated_fn", None)
+    config_class = typing.get_type_hints(function).get("config") if function is not None else None
+    return config_class if isinstance(config_class, type) and issubclass(config_class, pydantic.BaseModel) else None
 
 
 def run_bootstrap(defs: dg.Definitions, instance: dg.DagsterInstance, run_config: dict | None = None) -> None:

@@ -22,6 +22,7 @@ from si_assets.rounds import (
     round_seed,
     steps,
 )
+from si_assets.rounds.gate import dev_images_for, gain_promoted, promotion_power
 from si_assets.rounds.steps import Scored
 from si_assets.rounds.summary import plot_rounds, rounds_table
 from si_assets.storage import ArtifactStore, Checkpoint
@@ -280,3 +281,43 @@ def test_the_interval_gate_refuses_a_gain_inside_the_noise(share: float, promote
     assert gate_decision(seed, trained, seed, policy.model_copy(update={"rule": "point"})).passed  # the old rule
     if not promoted:
         assert "(lower bound of its 95% interval)" in decision.summary()
+
+
+def _gate_pass_rate(images: int, fix: float, policy: GatePolicy, runs: int, seed: int) -> tuple[float, float]:
+    """Over `runs` simulated dev splits of `images` images (3 mentions each, each wrong with probability .2; the
+    trained model fixes one wrong mention of an image with probability `fix`): the share rule 'interval' promotes on
+    precision, and the mean standard error of the paired gain its intervals imply."""
+    rng = np.random.default_rng(seed)
+    passed, errors = 0, []
+    for run in range(runs):
+        wrong = rng.binomial(3, 0.2, images).astype(float)
+        fixed = (wrong > 0) & (rng.random(images) < fix)
+        before = {"n_mentioned": np.full(images, 3.0), "n_hallucinated": wrong}
+        before |= {"n_covered": 3 - wrong, "n_truth": np.full(images, 4.0)}
+        before |= {"n_mentions": before["n_mentioned"], "n_hallucinated_mentions": wrong}
+        before |= {c: np.full(images, 1.0) for c in POPE_COUNTS}
+        after = before | {"n_hallucinated": wrong - fixed, "n_covered": 3 - wrong + fixed}
+        low, high = paired_delta_intervals(before, after, resamples=400, seed=run)["precision"]
+        passed += low >= policy.min_precision_gain
+        errors.append((high - low) / (2 * 1.96))
+    return passed / runs, float(np.mean(errors))
+
+
+def test_promotion_power_predicts_how_often_the_interval_gate_promotes() -> None:
+    """A true gain of two points against the gate's one-point minimum: the normal approximation of the bootstrap
+    interval predicts the simulated promotion rate, and the dev size it asks for promotes that gain 80% of the
+    time."""
+    policy = GatePolicy()
+    fix = 0.06 / (1 - 0.8**3)  # the population gain: fix × P(an image has a wrong mention) / 3 = 0.02
+    rate, error = _gate_pass_rate(400, fix, policy, runs=200, seed=0)
+    predicted = promotion_power(0.02, error, policy.min_precision_gain)
+    assert 0.4 < predicted < 0.9  # a gain near the gate's edge, where the prediction matters
+    assert abs(rate - predicted) < 0.1
+    assert promotion_power(gain_promoted(0.8, error, policy.min_precision_gain), error, 0.01) == pytest.approx(0.8)
+    needed = dev_images_for(0.02, error, 400, policy.min_precision_gain)
+    assert needed is not None and needed > 400
+    rate_needed, _ = _gate_pass_rate(needed, fix, policy, runs=200, seed=1)
+    assert abs(rate_needed - 0.8) < 0.1
+    assert dev_images_for(0.01, error, 400, policy.min_precision_gain) is None  # the minimum itself: never sure
+    with pytest.raises(ValueError, match="standard_error"):
+        promotion_power(0.02, 0.0, 0.01)

@@ -3,8 +3,10 @@ losing recall, and answers yes/no questions about objects (POPE) no worse."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -146,3 +148,32 @@ def gate_decision(
         reasons.append(f"POPE F1 fell {-pope_vs_base:.3f} below the base model (tolerance {policy.pope_tolerance:.3f})")
     reasons += [f"the trained model's yes/no answers are degenerate: {r}" for r in degenerate_answers(trained, policy)]
     return GateDecision(not reasons, gain, vs_seed, vs_base, pope_vs_seed, pope_vs_base, tuple(reasons))
+
+
+def _z(probability: float) -> float:
+    return NormalDist().inv_cdf(probability)
+
+
+def promotion_power(gain: float, standard_error: float, min_gain: float, level: float = 0.95) -> float:
+    """The chance that rule 'interval' promotes a round whose true precision gain on dev is `gain`, when the paired
+    estimate of it has `standard_error`: the interval's lower bound, about estimate − z·SE, must clear `min_gain`
+    (normal approximation of the bootstrap interval; precision only, the recall and POPE tests aside)."""
+    if standard_error <= 0:
+        raise ValueError(f"standard_error must be positive, got {standard_error}")
+    return NormalDist().cdf((gain - min_gain) / standard_error - _z(0.5 + level / 2))
+
+
+def gain_promoted(power: float, standard_error: float, min_gain: float, level: float = 0.95) -> float:
+    """The true dev gain that rule 'interval' promotes with probability `power` at this `standard_error`."""
+    return min_gain + (_z(0.5 + level / 2) + _z(power)) * standard_error
+
+
+def dev_images_for(
+    gain: float, standard_error: float, images: int, min_gain: float, power: float = 0.8, level: float = 0.95
+) -> int | None:
+    """How many dev images rule 'interval' needs to promote a true `gain` with probability `power`, given the
+    `standard_error` measured on `images` images (it shrinks as 1/√images); None when no number of images does
+    (the gain does not exceed the minimum)."""
+    if gain <= min_gain:
+        return None
+    return math.ceil(images * ((_z(0.5 + level / 2) + _z(power)) * standard_error / (gain - min_gain)) ** 2)

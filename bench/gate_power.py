@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from itertools import count
 from pathlib import Path
+from statistics import NormalDist
 
 import polars as pl
 
@@ -33,7 +34,7 @@ def round_rows(store: ArtifactStore, dev_images: int, min_gain: float) -> list[d
             break
         scores = store.read_table(stored)
         dev = scores.filter((pl.col("split") == "dev") & (pl.col("metric") == "precision")).row(0, named=True)
-        error = (dev["delta_high"] - dev["delta_low"]) / (2 * 1.959964)
+        error = (dev["delta_high"] - dev["delta_low"]) / (2 * NormalDist().inv_cdf(0.5 + LEVEL / 2))
         needed = dev_images_for(dev["delta"], error, dev_images, min_gain, 0.8, LEVEL)
         rows.append(
             {

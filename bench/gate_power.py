@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 from itertools import count
 from pathlib import Path
-from statistics import NormalDist
 
 import polars as pl
 
 from si_assets.rounds import round_key
-from si_assets.rounds.gate import dev_images_for, gain_promoted, promotion_power
+from si_assets.rounds.gate import dev_images_for, gain_promoted, interval_standard_error, promotion_power
 from si_assets.storage import ArtifactStore
 
 LEVEL = 0.95
@@ -34,7 +33,7 @@ def round_rows(store: ArtifactStore, dev_images: int, min_gain: float) -> list[d
             break
         scores = store.read_table(stored)
         dev = scores.filter((pl.col("split") == "dev") & (pl.col("metric") == "precision")).row(0, named=True)
-        error = (dev["delta_high"] - dev["delta_low"]) / (2 * NormalDist().inv_cdf(0.5 + LEVEL / 2))
+        error = interval_standard_error(dev["delta_low"], dev["delta_high"], LEVEL)
         needed = dev_images_for(dev["delta"], error, dev_images, min_gain, 0.8, LEVEL)
         rows.append(
             {

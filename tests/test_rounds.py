@@ -22,7 +22,7 @@ from si_assets.rounds import (
     round_seed,
     steps,
 )
-from si_assets.rounds.gate import dev_images_for, gain_promoted, promotion_power
+from si_assets.rounds.gate import dev_images_for, gain_promoted, interval_standard_error, promotion_power
 from si_assets.rounds.steps import Scored
 from si_assets.rounds.summary import plot_rounds, rounds_table
 from si_assets.storage import ArtifactStore, Checkpoint
@@ -299,7 +299,7 @@ def _gate_pass_rate(images: int, fix: float, policy: GatePolicy, runs: int, seed
         after = before | {"n_hallucinated": wrong - fixed, "n_covered": 3 - wrong + fixed}
         low, high = paired_delta_intervals(before, after, resamples=400, seed=run)["precision"]
         passed += low >= policy.min_precision_gain
-        errors.append((high - low) / (2 * 1.96))
+        errors.append(interval_standard_error(low, high))
     return passed / runs, float(np.mean(errors))
 
 

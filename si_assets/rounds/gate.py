@@ -154,18 +154,28 @@ def _z(probability: float) -> float:
     return NormalDist().inv_cdf(probability)
 
 
+def _critical(level: float) -> float:
+    """The two-sided normal quantile of `level` (1.96 at 0.95)."""
+    return _z(0.5 + level / 2)
+
+
+def interval_standard_error(low: float, high: float, level: float = 0.95) -> float:
+    """The standard error a two-sided `level` interval [low, high] implies (normal approximation)."""
+    return (high - low) / (2 * _critical(level))
+
+
 def promotion_power(gain: float, standard_error: float, min_gain: float, level: float = 0.95) -> float:
     """The chance that rule 'interval' promotes a round whose true precision gain on dev is `gain`, when the paired
     estimate of it has `standard_error`: the interval's lower bound, about estimate − z·SE, must clear `min_gain`
     (normal approximation of the bootstrap interval; precision only, the recall and POPE tests aside)."""
     if standard_error <= 0:
         raise ValueError(f"standard_error must be positive, got {standard_error}")
-    return NormalDist().cdf((gain - min_gain) / standard_error - _z(0.5 + level / 2))
+    return NormalDist().cdf((gain - min_gain) / standard_error - _critical(level))
 
 
 def gain_promoted(power: float, standard_error: float, min_gain: float, level: float = 0.95) -> float:
     """The true dev gain that rule 'interval' promotes with probability `power` at this `standard_error`."""
-    return min_gain + (_z(0.5 + level / 2) + _z(power)) * standard_error
+    return min_gain + (_critical(level) + _z(power)) * standard_error
 
 
 def dev_images_for(
@@ -176,4 +186,4 @@ def dev_images_for(
     (the gain does not exceed the minimum)."""
     if gain <= min_gain:
         return None
-    return math.ceil(images * ((_z(0.5 + level / 2) + _z(power)) * standard_error / (gain - min_gain)) ** 2)
+    return math.ceil(images * ((_critical(level) + _z(power)) * standard_error / (gain - min_gain)) ** 2)

@@ -404,3 +404,33 @@ def test_random_negatives_never_come_from_the_same_image() -> None:
     one_image = _scored().filter(pl.col("image_id") == "a")
     with pytest.raises(ValueError, match="two images"):
         organize_pairs(one_image, PairRule.plain(negatives="random", pairs_per_image=2), _score_by_lookup)
+
+
+def test_a_share_of_random_negatives_mixes_both_kinds() -> None:
+    # 100 copies of the two images: 400 caption pairs, about half of them drawn for another image's response
+    scored = pl.concat(
+        _scored().with_columns(pl.col("image_id") + str(i), pl.col("response").str.replace("-", f"{i}-", literal=True))
+        for i in range(100)
+    )
+    rule = PairRule.plain(random_share=0.5, pairs_per_image=2, seed=3)
+    pairs = organize_pairs(scored, rule, _score_by_lookup)
+    mixed = pairs.filter(pl.col("rejected_source") == "random")
+    kept = pairs.filter(pl.col("rejected_source") == "sampled")
+    assert pairs.height == 400 and 160 < mixed.height < 240 and mixed.height + kept.height == 400
+    # a drawn pair's negative is another image's positive, scored against this image; the others keep theirs
+    donors = [text.split("-")[0] for text in mixed["response_negative"]]
+    assert all(donor != image for donor, image in zip(donors, mixed["image_id"], strict=True))
+    assert set(mixed["score_negative"]) == {0.05} and mixed["h_negative"].null_count() == mixed.height
+    assert all(f"{image}-negative-" in text for image, text in kept.select("image_id", "response_negative").iter_rows())
+    assert (kept["h_negative"] == 0.7).all()
+    # the draw is the round's: the same seed draws the same pairs, no share draws none
+    assert organize_pairs(scored, rule, _score_by_lookup).equals(pairs)
+    plain = organize_pairs(scored, PairRule.plain(pairs_per_image=2, seed=3), _score_by_lookup)
+    assert set(plain["rejected_source"]) == {"sampled"}
+    assert plain.drop("rejected_source").equals(
+        organize_pairs(scored, PairRule.plain(random_share=0.0, pairs_per_image=2), _score_by_lookup).drop(
+            "rejected_source"
+        )
+    )
+    with pytest.raises(ValueError, match="random_share"):
+        PairRule.plain(negatives="random", random_share=0.5)

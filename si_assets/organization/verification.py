@@ -48,6 +48,13 @@ class PairRule(Settings):
         description="'random': another image's response (baseline); 'own_samples': the CLIP-worst low-h sample; "
         "'swapped': the chosen response with one mention swapped for one of the hallucinated negative's",
     )
+    random_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="with negatives 'hallucinated': this share of the caption pairs, drawn per pair, takes another "
+        "image's response as its negative instead (both kinds in one round); 0: none",
+    )
     seed: int = Field(0, ge=0, description="with the round key, the seed of random negatives and of the probes' draw")
     pairs_per_image: int = Field(2, ge=1, description="k best positives meet the k worst negatives, by rank")
     chosen: ChosenSource = Field(
@@ -71,6 +78,8 @@ class PairRule(Settings):
     def _needs_clip(self) -> PairRule:
         if self.negatives in ("own_samples", "swapped") and self.verification != "clip":
             raise ValueError(f"negatives={self.negatives!r} needs verification='clip' (CLIP picks the negative)")
+        if self.random_share and self.negatives != "hallucinated":
+            raise ValueError(f"random_share mixes random into hallucinated negatives, not into {self.negatives!r}")
         return self
 
     @classmethod
@@ -208,10 +217,11 @@ def select_candidates(scored: pl.DataFrame, rule: PairRule) -> pl.DataFrame:
 
 
 def random_negatives(
-    candidates: pl.DataFrame, score: Callable[[Sequence[str], Sequence[str]], np.ndarray], seed: int
+    candidates: pl.DataFrame, score: Callable[[Sequence[str], Sequence[str]], np.ndarray], seed: int, share: float = 1.0
 ) -> pl.DataFrame:
     """Baseline: the negative is another image's positive (a cyclic shift of the rows that moves every pair to
-    another image), scored against this image."""
+    another image), scored against this image. With `share` < 1 only that share of the pairs, drawn per pair,
+    takes one; the others keep theirs. `source_negative` says which."""
     n = candidates.height
     images = candidates["image_id"].to_numpy()
     if candidates["image_id"].n_unique() < 2:
@@ -227,13 +237,23 @@ def random_negatives(
             break
     else:
         raise ValueError("random negatives: no shift of the pairs moves every one to another image")
-    texts = candidates["response_positive"].gather(donors)
+    replaced = np.ones(n, dtype=bool) if share >= 1 else rng.random(n) < share
+    rows = np.flatnonzero(replaced)
+    texts = candidates["response_positive"].gather(donors[rows])
+    scores = np.full(n, np.nan)
+    scores[rows] = score(candidates["image_id"].gather(rows).to_list(), texts.to_list()) if len(rows) else []
+    donated = np.full(n, None, dtype=object)
+    donated[rows] = texts.to_list()
+    random_row = pl.Series(replaced)
+
+    def replace(column: str, value: pl.Series | None) -> pl.Expr:
+        return pl.when(random_row).then(value).otherwise(column).alias(column)
+
     return candidates.with_columns(
-        response_negative=texts,
-        score_negative=pl.Series(score(candidates["image_id"].to_list(), texts.to_list()), dtype=pl.Float64),
-        h_negative=pl.lit(None, dtype=pl.Float64),
-        sample_negative=pl.lit(None, dtype=pl.Int32),
-        seed_negative=pl.lit(None, dtype=pl.UInt64),
+        replace("response_negative", pl.Series(donated, dtype=pl.String)),
+        replace("score_negative", pl.Series(scores, dtype=pl.Float64)),
+        *(replace(column, None) for column in ("h_negative", "sample_negative", "seed_negative")),
+        source_negative=pl.when(random_row).then(pl.lit("random")).otherwise(pl.lit("sampled")),
     )
 
 
@@ -291,8 +311,11 @@ def organize_pairs(
         scored = pl.concat([scored, composed])
     candidates = select_candidates(scored, rule)
     candidates = candidates.with_columns(pair_id=pl.format("{}/{}", "image_id", "rank"))
-    if rule.negatives == "random":
-        candidates = random_negatives(candidates, score, rule.seed)
+    if rule.negatives == "random" or rule.random_share:
+        share = 1.0 if rule.negatives == "random" else rule.random_share
+        candidates = random_negatives(candidates, score, rule.seed, share)
+    else:
+        candidates = candidates.with_columns(source_negative=pl.lit("sampled"))
     if rule.verification == "clip":
         decision = decide(candidates["score_positive"].to_numpy(), candidates["score_negative"].to_numpy(), rule.margin)
     else:
@@ -304,7 +327,7 @@ def organize_pairs(
         rejected=pl.when(reversed_).then("response_positive").otherwise("response_negative"),
         score_chosen=pl.when(reversed_).then("score_negative").otherwise("score_positive"),
         score_rejected=pl.when(reversed_).then("score_positive").otherwise("score_negative"),
-        rejected_source=pl.lit("random" if rule.negatives == "random" else "sampled"),
+        rejected_source="source_negative",
         task=pl.lit(CAPTION),
     )
     if rule.negatives == "swapped":

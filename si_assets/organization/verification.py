@@ -329,7 +329,7 @@ def organize_pairs(
         score_rejected=pl.when(reversed_).then("score_positive").otherwise("score_negative"),
         rejected_source="source_negative",
         task=pl.lit(CAPTION),
-    )
+    ).drop("source_negative")
     if rule.negatives == "swapped":
         pairs = swap_negatives(pairs, score)
     if edit is not None:
